@@ -1,0 +1,299 @@
+"""YAML + ``SWARMGATE_*`` environment → frozen, validated settings. Parsed once, at the edge.
+
+This is the only module that reads ``os.environ``. Environment overrides use ``__`` to walk
+into sections (``SWARMGATE_SERVER__PORT=9000``, ``SWARMGATE_AUTH__SECRET=...``); values are
+read as YAML scalars, so ``true``, ``42`` and ``[a, b]`` mean what they look like.
+Deployment API keys are never written in the file: ``api_key_env`` names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from swarmgate.errors import ConfigError
+from swarmgate.types import ModelType
+
+ENV_PREFIX = "SWARMGATE_"
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a URL")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError("not a URL") from exc
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Timeouts(Frozen):
+    """Every wait has a bound. ``first_byte`` is the time to the first response byte
+    (time to first token when streaming); ``idle`` the longest gap between two chunks."""
+
+    connect: Seconds = 5.0
+    first_byte: Seconds = 60.0
+    idle: Seconds = 30.0
+    total: Seconds = 600.0
+
+
+class Deployment(Frozen):
+    url: HttpUrl
+    model: str | None = None  # the name the upstream knows the model by; default: the model id
+    api_key_env: str | None = None
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    max_concurrent: Annotated[int, Field(ge=1)] = 100
+    input_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
+    output_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
+    timeouts: Timeouts | None = None
+    name: str | None = None  # shown in responses and metrics; default: host:port
+    # Resolved from api_key_env by the loader; never written in YAML.
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+
+
+class Model(Frozen):
+    type: ModelType = ModelType.CHAT
+    capabilities: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    owned_by: str = "swarmgate"
+    deployments: Annotated[tuple[Deployment, ...], Field(min_length=1)]
+
+
+class Server(Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1)] = 1
+    server: Literal["uvicorn", "granian"] = "uvicorn"
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    trusted_hosts: tuple[str, ...] = ()
+    shutdown_grace: Seconds = 30.0
+    access_log: bool = False
+
+
+class Store(Frozen):
+    url: str = "sqlite+aiosqlite:///swarmgate.db"
+    migrate_on_start: bool = True
+
+
+class Redis(Frozen):
+    url: str | None = None
+
+
+class JWTClaims(Frozen):
+    """Where to find role, scopes and tier in a token's claims."""
+
+    subject: str = "sub"
+    role: str = "role"
+    scopes: str = "scope"
+    tier: str = "tier"
+    models: str = "models"
+    default_role: str = "user"
+
+
+class JWT(Frozen):
+    enabled: bool = False
+    hs256_secret: str | None = Field(default=None, repr=False)
+    oidc_discovery_url: HttpUrl | None = None
+    jwks_url: HttpUrl | None = None
+    algorithms: tuple[Literal["HS256", "RS256", "ES256"], ...] = ("RS256", "ES256")
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: Annotated[float, Field(ge=0)] = 30.0
+    jwks_cache_seconds: Seconds = 300.0
+    claims: JWTClaims = JWTClaims()
+
+
+class IPProtection(Frozen):
+    allow: tuple[str, ...] = ()  # CIDRs; empty: everyone not blocked
+    block: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    max_failures: Annotated[int, Field(ge=1)] = 10
+    failure_window: Seconds = 60.0
+    block_seconds: Seconds = 300.0
+
+
+class Auth(Frozen):
+    enabled: bool = True
+    secret: str | None = Field(default=None, repr=False)  # HMAC key for API keys
+    admin_key: str | None = Field(default=None, repr=False)  # SWARMGATE_ADMIN_KEY
+    anonymous: bool = False  # allow unauthenticated callers as the guest role
+    cache_ttl: Seconds = 5.0
+    rotation_grace: Annotated[float, Field(ge=0)] = 86400.0
+    jwt: JWT = JWT()
+    ip: IPProtection = IPProtection()
+
+
+class Audit(Frozen):
+    spool_path: str = "swarmgate-audit.spool"
+    flush_interval: Seconds = 1.0
+    queue_size: Annotated[int, Field(ge=1)] = 10000
+
+
+class Settings(Frozen):
+    server: Server = Server()
+    default_model: str | None = None
+    timeouts: Timeouts = Timeouts()
+    models: Annotated[dict[str, Model], Field(min_length=1)]
+    store: Store = Store()
+    redis: Redis = Redis()
+    auth: Auth = Auth()
+    audit: Audit = Audit()
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, model in self.models.items():
+            for alias in model.aliases:
+                if alias in self.models:
+                    raise ValueError(f"models.{name}.aliases: {alias!r} is also a model name")
+                if alias in seen:
+                    raise ValueError(
+                        f"models.{name}.aliases: {alias!r} is already an alias of {seen[alias]}"
+                    )
+                seen[alias] = name
+        if self.default_model is not None and not (
+            self.default_model in self.models or self.default_model in seen
+        ):
+            raise ValueError(f"default_model: {self.default_model!r} is not a configured model")
+        return self
+
+    def timeouts_for(self, deployment: Deployment) -> Timeouts:
+        return deployment.timeouts or self.timeouts
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = _format_loc(tuple(err["loc"]))
+        if err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        problems.append(f"{loc}: {msg}" if loc and not msg.startswith(f"{loc}:") else msg)
+    return problems
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key == "admin_key":
+            path = ["auth", "admin_key"]
+        elif key == "config":
+            continue
+        else:
+            path = key.split("__")
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            node[path[-1]] = value
+
+
+def _resolve_keys(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return
+    for name, model in models.items():
+        deployments = model.get("deployments") if isinstance(model, dict) else None
+        if not isinstance(deployments, list):
+            continue
+        for i, dep in enumerate(deployments):
+            if not isinstance(dep, dict):
+                continue
+            if "api_key" in dep:
+                problems.append(
+                    f"models.{name}.deployments[{i}].api_key: never put a key in the file; "
+                    "name its environment variable in api_key_env"
+                )
+                dep.pop("api_key")
+            env = dep.get("api_key_env")
+            if isinstance(env, str):
+                if env not in environ:
+                    problems.append(
+                        f"models.{name}.deployments[{i}].api_key_env: ${env} is not set"
+                    )
+                else:
+                    dep["api_key"] = environ[env]
+
+
+def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed YAML document plus environment overrides into ``Settings``."""
+    env = os.environ if environ is None else environ
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping of sections"])
+    _apply_env(raw, env)
+    problems: list[str] = []
+    _resolve_keys(raw, env, problems)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_messages(exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (YAML) and apply ``SWARMGATE_*`` overrides."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse_settings(raw, environ)
+
+
+def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + "CONFIG")

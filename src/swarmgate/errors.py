@@ -1,0 +1,153 @@
+"""The one error tree. Every error knows its HTTP status and its OpenAI ``type``/``code``.
+
+    SwarmgateError
+    ├── ConfigError                       (startup; never reaches a client)
+    ├── StoreError                        database / Redis unavailable (503)
+    └── GatewayError                      rendered as an OpenAI error body
+        ├── BadRequest            400  invalid_request_error
+        │   └── InvalidJSON       400  invalid_request_error / invalid_json
+        ├── Unauthorized          401  authentication_error / invalid_api_key
+        ├── Forbidden             403  permission_error
+        │   └── IPBlocked         403  permission_error / ip_blocked
+        ├── NotFound              404  invalid_request_error / not_found
+        │   └── ModelNotFound     404  invalid_request_error / model_not_found
+        ├── MethodNotAllowed      405  invalid_request_error / method_not_allowed
+        ├── PayloadTooLarge       413  invalid_request_error / payload_too_large
+        ├── RateLimited           429  rate_limit_error (Retry-After)
+        ├── UpstreamError         502  api_error / bad_gateway
+        ├── NoDeployment          503  api_error / no_deployment_available
+        ├── ServiceUnavailable    503  api_error / service_unavailable
+        └── UpstreamTimeout       504  api_error / upstream_timeout
+
+Third-party errors (aiohttp, sqlalchemy, redis) are translated once at their seam with
+``raise ... from exc``. An upstream 4xx is not an error of ours: it is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SwarmgateError(Exception):
+    """Base of every error swarmgate raises on purpose."""
+
+
+class ConfigError(SwarmgateError):
+    """The configuration is invalid; ``problems`` lists ``path: message`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StoreError(SwarmgateError):
+    """The SQL store or Redis is unavailable or failed."""
+
+
+class GatewayError(SwarmgateError):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+        self.headers = headers or {}
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if request_id is not None:
+            error["request_id"] = request_id
+        return {"error": error}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class IPBlocked(Forbidden):
+    code = "ip_blocked"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "api_error"
+    code = "bad_gateway"
+
+
+class NoDeployment(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "no_deployment_available"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "service_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "api_error"
+    code = "upstream_timeout"
