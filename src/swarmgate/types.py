@@ -94,3 +94,11 @@ class RequestContext:
 
 class Clock(Protocol):
     def __call__(self) -> float: ...
+
+
+class Authenticator(Protocol):
+    """Turns a request's credentials into a ``Principal`` or raises Unauthorized/IPBlocked."""
+
+    async def authenticate(
+        self, authorization: str | None, peer: str | None, forwarded_for: str | None
+    ) -> Principal: ...

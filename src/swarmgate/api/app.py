@@ -1,0 +1,123 @@
+"""``create_app(settings)``: the object graph, built once, and the ASGI entry point.
+
+Requests for the inference and operations paths are dispatched by one dict lookup to plain
+ASGI handlers; everything else (docs, OpenAPI, admin) goes to the management app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from swarmgate.api.http import new_request_id, send_error
+from swarmgate.api.management import build_management_app
+from swarmgate.api.ops import Ops
+from swarmgate.api.proxy import ROUTES, Proxy
+from swarmgate.auth.authenticator import OpenAccess
+from swarmgate.config import Settings, config_path_from_env, load_settings
+from swarmgate.errors import MethodNotAllowed
+from swarmgate.observability.metrics import Metrics
+from swarmgate.routing.pool import Registry
+from swarmgate.types import ASGIApp, ASGIScope, Receive, Send
+from swarmgate.upstream.client import UpstreamClient
+
+Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = Registry(settings)
+        self.client = UpstreamClient()
+        self.authenticator = OpenAccess()
+        self.proxy = Proxy(
+            self.registry,
+            self.client,
+            self.metrics,
+            self.authenticator,
+            settings.server.max_body_bytes,
+        )
+        self.ops = Ops(self.registry, self.metrics, self.authenticator)
+        self.routes: dict[str, tuple[str, Handler]] = {
+            path: ("POST", self.proxy) for path in ROUTES
+        }
+        self.routes |= {
+            "/health": ("GET", self.ops.health),
+            "/health/ready": ("GET", self.ops.readiness),
+            "/models/status": ("GET", self.ops.models_status),
+            "/metrics": ("GET", self.ops.prometheus),
+            "/v1/models": ("GET", self.ops.models),
+        }
+        self.management = build_management_app()
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            route = self.routes.get(path)
+            if route is None and path.startswith("/v1/models/"):
+                route = ("GET", self.ops.models)
+            if route is None:
+                await self.management(scope, receive, send)
+                return
+            method, handler = route
+            if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
+                error = MethodNotAllowed(
+                    f"{scope['method']} is not allowed on {path}; use {method}"
+                )
+                error.headers["allow"] = method
+                await send_error(send, error, new_request_id())
+                return
+            await handler(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.management(scope, receive, send)
+
+    async def startup(self) -> None:
+        await self.client.start(self.registry.backends())
+        self.ops.ready = True
+
+    async def shutdown(self) -> None:
+        self.ops.ready = False
+        await self.client.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> ASGIApp:
+    app: Any = Gateway(settings)
+    server = settings.server
+    if server.trusted_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app = TrustedHostMiddleware(app, allowed_hosts=list(server.trusted_hosts))
+    if server.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(server.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-swarmgate-deployment", "retry-after"],
+        )
+    return app  # type: ignore[no-any-return]
+
+
+def app_from_env() -> ASGIApp:
+    """Factory for servers started by import string (workers): reads SWARMGATE_CONFIG."""
+    return create_app(load_settings(config_path_from_env()))

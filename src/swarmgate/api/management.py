@@ -1,0 +1,87 @@
+"""The management application (FastAPI): OpenAPI document, /docs and the admin API.
+
+A framework is welcome here, off the hot path: it validates admin payloads and generates most
+of the OpenAPI document. Every error it produces is rendered in OpenAI's schema too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from swarmgate import __version__
+from swarmgate.api import openapi
+from swarmgate.api.http import new_request_id, valid_request_id
+from swarmgate.errors import (
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    StoreError,
+)
+
+
+def request_id_of(request: Request) -> str:
+    raw = request.headers.get("x-request-id")
+    return (valid_request_id(raw.encode("latin-1")) if raw else None) or new_request_id()
+
+
+def error_response(exc: GatewayError, request: Request) -> JSONResponse:
+    rid = request_id_of(request)
+    return JSONResponse(
+        exc.body(rid), status_code=exc.status, headers={"x-request-id": rid, **exc.headers}
+    )
+
+
+def build_management_app(routers: Iterable[APIRouter] = ()) -> FastAPI:
+    app = FastAPI(
+        title="swarmgate",
+        version=__version__,
+        description="An OpenAI-compatible inference gateway in front of a swarm of model servers.",
+    )
+    for router in routers:
+        app.include_router(router)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc, request)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        return error_response(ServiceUnavailable(f"the store is unavailable: {exc}"), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error_response(BadRequest(f"{loc}: {first.get('msg')}", param=loc or None), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error: GatewayError
+        if exc.status_code == 404:
+            error = NotFound(f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"method {request.method} is not allowed here")
+        else:
+            error = BadRequest(str(exc.detail))
+            error.status = exc.status_code  # type: ignore[misc]
+        return error_response(error, request)
+
+    def custom_openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            app.openapi_schema = openapi.merge(document)
+        return app.openapi_schema
+
+    app.openapi = custom_openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,83 @@
+"""Operations and discovery routes on the plain ASGI path: health, readiness, metrics, models.
+
+These are polled by load balancers, Prometheus and SDKs, so they stay off the framework too.
+"""
+
+from __future__ import annotations
+
+import time
+
+from swarmgate import __version__
+from swarmgate.api.http import Headers, read_head, send_bytes, send_error, send_json
+from swarmgate.auth.roles import require
+from swarmgate.errors import GatewayError, NotFound
+from swarmgate.observability.metrics import Metrics
+from swarmgate.routing.pool import Pool, Registry
+from swarmgate.types import ApiScope, ASGIScope, Authenticator, Receive, Send
+from swarmgate.upstream.client import NOT_FORWARDED
+
+
+def model_object(pool: Pool, created: int) -> dict[str, object]:
+    return {
+        "id": pool.model,
+        "object": "model",
+        "created": created,
+        "owned_by": pool.config.owned_by,
+        "type": str(pool.type),
+        "capabilities": list(pool.config.capabilities),
+        "aliases": list(pool.config.aliases),
+        "deployments": len(pool.backends),
+    }
+
+
+class Ops:
+    def __init__(self, registry: Registry, metrics: Metrics, authenticator: Authenticator) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.authenticator = authenticator
+        self.created = int(time.time())
+        self.ready = False  # set by the lifespan once upstream pools and the store are open
+
+    async def health(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"status": "ok", "version": __version__}, [])
+
+    def _status(self) -> dict[str, object]:
+        models = {
+            pool.model: {"deployments": len(pool.backends), "usable": pool.usable}
+            for pool in self.registry.pools.values()
+        }
+        ready = self.ready and all(m["usable"] for m in models.values())
+        return {"status": "ready" if ready else "not_ready", "models": models}
+
+    async def readiness(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        status = self._status()
+        await send_json(send, 200 if status["status"] == "ready" else 503, status, [])
+
+    async def models_status(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, self._status(), [])
+
+    async def prometheus(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self.metrics.render(), [], Metrics.CONTENT_TYPE.encode())
+
+    async def models(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        head = read_head(scope, NOT_FORWARDED)
+        headers: Headers = [(b"x-request-id", head.request_id.encode())]
+        try:
+            peer = scope.get("client")
+            principal = await self.authenticator.authenticate(
+                head.authorization, peer[0] if peer else None, head.forwarded_for
+            )
+            require(principal, ApiScope.MODELS_READ)
+            path: str = scope["path"]
+            pools = [p for p in self.registry.pools.values() if principal.allows_model(p.model)]
+            if path == "/v1/models":
+                data = [model_object(p, self.created) for p in pools]
+                await send_json(send, 200, {"object": "list", "data": data}, headers)
+                return
+            name = path.removeprefix("/v1/models/")
+            pool = self.registry.resolve(name)
+            if not principal.allows_model(pool.model):
+                raise NotFound(f"The model {name!r} does not exist", param="model")
+            await send_json(send, 200, model_object(pool, self.created), headers)
+        except GatewayError as exc:
+            await send_error(send, exc, head.request_id)

@@ -1,0 +1,134 @@
+"""The ``swarmgate`` command: serve, sim, demo, check-config, version (keys and migrate: auth)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from swarmgate import __version__
+from swarmgate.config import Settings, load_settings
+from swarmgate.errors import ConfigError
+
+CONFIG_HELP = "YAML configuration file (SWARMGATE_* environment variables override it)."
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        click.echo(f"swarmgate: invalid configuration in {path or '(environment)'}:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="swarmgate")
+def main() -> None:
+    """swarmgate: one OpenAI-compatible endpoint in front of a swarm of model servers."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="SWARMGATE_CONFIG",
+    required=True,
+    help=CONFIG_HELP,
+)
+@click.option("--host", default=None, help="Address to bind (default: server.host).")
+@click.option("--port", type=int, default=None, help="Port to bind (default: server.port).")
+@click.option(
+    "--workers", type=int, default=None, help="Worker processes (default: server.workers)."
+)
+@click.option(
+    "--server",
+    "server_kind",
+    type=click.Choice(["uvicorn", "granian"]),
+    default=None,
+    help="ASGI server (default: server.server).",
+)
+def serve(
+    config_path: str,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    server_kind: str | None,
+) -> None:
+    """Run the gateway."""
+    from swarmgate.serve import serve as run
+
+    settings = _load(config_path)
+    s = settings.server
+    run(
+        config_path,
+        settings,
+        host or s.host,
+        s.port if port is None else port,
+        workers or s.workers,
+        server_kind or s.server,
+    )
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="Simulator fleet profile (YAML).",
+)
+@click.option(
+    "--testing",
+    is_flag=True,
+    help="Honour the X-Sim-Fail request header (failure injection per request).",
+)
+def sim(config_path: str, testing: bool) -> None:
+    """Run simulated OpenAI-compatible model servers from a profile file."""
+    from swarmgate.sim import main_sim
+
+    main_sim(config_path, testing)
+
+
+@main.command(name="check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate a configuration file; print every problem with its path."""
+    settings = _load(path)
+    deployments = sum(len(m.deployments) for m in settings.models.values())
+    click.echo(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Gateway address.")
+@click.option("--port", default=8000, show_default=True, help="Gateway port.")
+@click.option(
+    "--key",
+    default=None,
+    envvar="SWARMGATE_ADMIN_KEY",
+    help="API key the demo accepts (sk-sg-...); generated if not given.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the demo keeps its SQLite store (default: a temporary directory).",
+)
+def demo(host: str, port: int, key: str | None, data_dir: str | None) -> None:
+    """Start a simulated fleet of four models and the gateway in front of it."""
+    from swarmgate.demo import run_demo
+
+    run_demo(host, port, key, Path(data_dir) if data_dir else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""``swarmgate demo``: a simulated fleet of seed 004's four models and the gateway in front.
+
+Everything runs in one process and one event loop on the embedded default (a SQLite file in a
+temporary or given directory), so Ctrl-C stops the fleet and the gateway together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+
+import click
+import yaml
+
+from swarmgate.config import parse_settings
+
+EXAMPLES = """
+swarmgate demo is up: gateway on {base} in front of {n} simulated model servers.
+
+API key (send as "Authorization: Bearer ..."):
+  {key}
+
+Try it:
+  curl {base}/v1/models -H "Authorization: Bearer {key}"
+
+  curl {base}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "phi-3-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  curl -N {base}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "mixtral-8x7b", "stream": true,
+         "messages": [{{"role": "user", "content": "Tell me a story"}}]}}'
+
+With the OpenAI Python SDK:
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}/v1", api_key="{key}")
+  reply = client.chat.completions.create(
+      model="hermes-2", messages=[{{"role": "user", "content": "Hello!"}}])
+  print(reply.choices[0].message.content)
+
+Docs: {base}/docs   Metrics: {base}/metrics   Readiness: {base}/health/ready
+Press Ctrl-C to stop.
+"""
+
+
+def demo_config(data_dir: Path, port: int, host: str, key: str | None) -> dict[str, object]:
+    raw = yaml.safe_load(files("swarmgate").joinpath("examples/swarmgate.yaml").read_text())
+    raw["server"] = {**raw.get("server", {}), "host": host, "port": port}
+    raw["store"] = {"url": f"sqlite+aiosqlite:///{data_dir / 'swarmgate.db'}"}
+    raw["audit"] = {"spool_path": str(data_dir / "audit.spool")}
+    raw.setdefault("auth", {})["admin_key"] = key
+    return raw  # type: ignore[no-any-return]
+
+
+async def _run(host: str, port: int, key: str | None, data_dir: Path) -> None:
+    from swarmgate.serve import serve_in_loop
+    from swarmgate.sim import load_fleet_profile, start_fleet
+
+    profile = load_fleet_profile(str(files("swarmgate").joinpath("sim/demo_fleet.yaml")))
+    fleet = await start_fleet(profile)
+    try:
+        settings = parse_settings(demo_config(data_dir, port, host, key))
+        base = f"http://{host}:{port}"
+
+        def ready() -> None:
+            click.echo(EXAMPLES.format(base=base, n=len(fleet.urls), key=key or "(auth disabled)"))
+
+        await serve_in_loop(settings, host, port, on_ready=ready)
+    finally:
+        await fleet.stop()
+        click.echo("swarmgate demo stopped.")
+
+
+def run_demo(host: str, port: int, key: str | None, data_dir: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="swarmgate-demo-") as tmp:
+        directory = data_dir or Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        asyncio.run(_run(host, port, key, directory))

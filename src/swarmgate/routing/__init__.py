@@ -1,0 +1,1 @@
+"""Model names → pools of deployments → one deployment per request (pure decisions)."""

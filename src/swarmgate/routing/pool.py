@@ -1,0 +1,108 @@
+"""Deployments and the pools that group them by model.
+
+A ``Backend`` is one deployment at run time: its frozen config plus the few counters the balancer
+reads (in-flight requests). A ``Pool`` is a model's deployments; the ``Registry`` resolves a
+client's model name or alias to its pool. Everything here is built once in ``create_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from swarmgate.config import Deployment, Model, Settings, Timeouts
+from swarmgate.errors import ModelNotFound, NoDeployment
+from swarmgate.routing.balancer import Balancer, RoundRobin
+from swarmgate.types import ModelType
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    name: str
+    model: str  # the model id clients use
+    upstream_model: str  # the name the upstream knows it by
+    config: Deployment
+    timeouts: Timeouts
+    base_url: str
+    in_flight: int = 0
+
+    @property
+    def has_capacity(self) -> bool:
+        return self.in_flight < self.config.max_concurrent
+
+
+@dataclass(eq=False, slots=True)
+class Pool:
+    model: str
+    config: Model
+    backends: tuple[Backend, ...]
+    balancer: Balancer = field(default_factory=RoundRobin)
+
+    @property
+    def type(self) -> ModelType:
+        return self.config.type
+
+    def pick(self, exclude: Iterable[Backend] = ()) -> Backend:
+        excluded = set(exclude)
+        candidates = [b for b in self.backends if b.has_capacity and b not in excluded]
+        if not candidates:
+            raise NoDeployment(
+                f"no deployment of model {self.model!r} can take the request now "
+                f"({len(self.backends)} configured, all busy or unavailable)"
+            )
+        return candidates[self.balancer.choose(len(candidates))]
+
+    @property
+    def usable(self) -> int:
+        return sum(1 for b in self.backends if b.has_capacity)
+
+
+def _backend_name(model: str, index: int, dep: Deployment) -> str:
+    if dep.name:
+        return dep.name
+    parts = urlsplit(dep.url)
+    return f"{model}@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class Registry:
+    """Model ids and aliases → pools; the default model for requests that name none."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.pools: dict[str, Pool] = {}
+        self._names: dict[str, Pool] = {}
+        for model_id, model in settings.models.items():
+            backends = tuple(
+                Backend(
+                    name=_backend_name(model_id, i, dep),
+                    model=model_id,
+                    upstream_model=dep.model or model_id,
+                    config=dep,
+                    timeouts=settings.timeouts_for(dep),
+                    base_url=dep.url,
+                )
+                for i, dep in enumerate(model.deployments)
+            )
+            pool = Pool(model=model_id, config=model, backends=backends)
+            self.pools[model_id] = pool
+            self._names[model_id] = pool
+            for alias in model.aliases:
+                self._names[alias] = pool
+        self.default = self._names[settings.default_model] if settings.default_model else None
+
+    def resolve(self, name: str | None) -> Pool:
+        if name is None:
+            if self.default is None:
+                raise ModelNotFound("you must provide a model parameter", param="model")
+            return self.default
+        pool = self._names.get(name)
+        if pool is None:
+            raise ModelNotFound(
+                f"The model {name!r} does not exist. Available models: "
+                + ", ".join(sorted(self.pools)),
+                param="model",
+            )
+        return pool
+
+    def backends(self) -> list[Backend]:
+        return [b for pool in self.pools.values() for b in pool.backends]

@@ -1,0 +1,98 @@
+"""Running the gateway under an ASGI server (uvicorn or granian), and the demo fleet.
+
+Workers load their settings from ``SWARMGATE_CONFIG`` through ``app_from_env``, so the parent
+validates the file once (to fail fast with readable errors) and the workers re-read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from swarmgate.config import ENV_PREFIX, Settings
+
+
+def serve(
+    config_path: str | None, settings: Settings, host: str, port: int, workers: int, server: str
+) -> None:
+    if config_path is not None:
+        os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
+    target = "swarmgate.api.app:app_from_env"
+    if server == "granian":
+        from granian import Granian
+
+        Granian(
+            target,
+            address=host,
+            port=port,
+            interface="asgi",  # type: ignore[arg-type]
+            workers=workers,
+            factory=True,
+            log_access=settings.server.access_log,
+            backlog=2048,
+        ).serve()
+        return
+    import uvicorn
+
+    uvicorn.run(
+        target,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.server.access_log,
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace),
+        backlog=2048,
+        log_level="info",
+    )
+
+
+async def serve_in_loop(
+    settings: Settings, host: str, port: int, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve in the current event loop (the demo runs the fleet beside it) until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from swarmgate.api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise SystemExit(f"the gateway could not start on {host}:{port}")
+            await asyncio.sleep(0.05)
+        if on_ready is not None:
+            on_ready()
+        await asyncio.wait(
+            [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,1 @@
+"""The seam to model servers: pooled HTTP client, timeouts, SSE framing."""

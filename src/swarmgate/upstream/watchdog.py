@@ -1,0 +1,83 @@
+"""Bounds on every upstream wait: time to first byte, idle between chunks, and total.
+
+Why hand-written: ``asyncio.timeout`` arms and disarms a timer handle on every use, and a stream
+would need a fresh one per chunk. The watchdog arms ONE timer per request and re-arms it only
+when it fires; the per-chunk cost is a float store (``touch``). When a bound is exceeded it
+cancels the request's task, and the handler turns that cancellation into ``UpstreamTimeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from swarmgate.config import Timeouts
+
+
+class Watchdog:
+    __slots__ = (
+        "_handle",
+        "_loop",
+        "_started",
+        "_task",
+        "_timeouts",
+        "expired",
+        "first_byte_seen",
+        "last",
+    )
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a watchdog guards the current task"
+        self._task = task
+        self._timeouts = timeouts
+        self._started = self.last = self._loop.time()
+        self.expired: str | None = None
+        self.first_byte_seen = False
+        self._handle = self._loop.call_at(
+            self._started + min(timeouts.first_byte, timeouts.total), self._check
+        )
+
+    def touch(self) -> None:
+        """Called for every chunk: the hot path, so only a clock read and a store."""
+        self.last = self._loop.time()
+
+    def first_byte(self) -> None:
+        self.first_byte_seen = True
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        t = self._timeouts
+        total_at = self._started + t.total
+        if self.first_byte_seen:
+            due = min(self.last + t.idle, total_at)
+            reason = "idle" if due < total_at else "total"
+        else:
+            due = min(self._started + t.first_byte, total_at)
+            reason = "first_byte" if due < total_at else "total"
+        if now + 1e-3 < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.expired = reason
+        self._task.cancel()
+
+    def disarm(self) -> None:
+        self._handle.cancel()
+
+    def absorb(self) -> bool:
+        """After a CancelledError: True if the watchdog caused it (and it is then absorbed)."""
+        if self.expired is None:
+            return False
+        self._task.uncancel()
+        return True
+
+    def describe(self) -> str:
+        t = self._timeouts
+        limits = {"first_byte": t.first_byte, "idle": t.idle, "total": t.total}
+        what = {
+            "first_byte": "no response within the first-byte timeout",
+            "idle": "no data within the idle timeout",
+            "total": "the request exceeded the total timeout",
+        }[self.expired or "total"]
+        return f"upstream timed out: {what} ({limits[self.expired or 'total']:g}s)"

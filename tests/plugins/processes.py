@@ -1,0 +1,158 @@
+"""Factories for real ``swarmgate sim`` and ``swarmgate serve`` processes on free ports.
+
+Each factory writes its YAML into the test's tmp dir, starts the command as a subprocess with
+its output in a log file (tests read it, e.g. to prove no secret is ever logged), waits for
+``/health`` and stops everything at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SWARMGATE = [sys.executable, "-m", "swarmgate.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Gateway(Process):
+    admin_key: str = ""
+    config_path: Path = field(default_factory=Path)
+
+
+@dataclass
+class Sim(Process):
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def wait_healthy(process: Process, path: str = "/health", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise RuntimeError(
+                f"process exited with {process.proc.returncode}:\n{process.output()}"
+            )
+        try:
+            with urllib.request.urlopen(process.url + path, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    process.stop(signal.SIGKILL)
+    raise RuntimeError(f"not healthy after {timeout}s:\n{process.output()}")
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
+    full_env.update(env or {})
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+
+
+def new_admin_key() -> str:
+    return "sk-sg-" + secrets.token_hex(32)
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
+    started: list[Sim] = []
+
+    def start(models: dict[str, dict[str, Any]], *, replicas: int = 1, testing: bool = True) -> Sim:
+        servers = []
+        urls = {}
+        for i in range(replicas):
+            port = free_port()
+            name = f"sim{len(started)}-{i}"
+            servers.append({"name": name, "host": "127.0.0.1", "port": port, "models": models})
+            urls[name] = f"http://127.0.0.1:{port}"
+        profile = tmp_path / f"sim{len(started)}.yaml"
+        profile.write_text(yaml.safe_dump({"servers": servers}))
+        log = tmp_path / f"sim{len(started)}.log"
+        args = [*SWARMGATE, "sim", "--config", str(profile)] + (["--testing"] if testing else [])
+        sim = Sim(spawn(args, log), log, next(iter(urls.values())), urls)
+        started.append(sim)
+        for url in urls.values():
+            wait_healthy(Sim(sim.proc, log, url))
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def start(
+        config: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> Gateway:
+        n = len(started)
+        port = free_port()
+        config = dict(config)
+        config.setdefault("server", {})
+        config["server"] = {"host": "127.0.0.1", "port": port, **config["server"]}
+        config.setdefault("store", {"url": f"sqlite+aiosqlite:///{tmp_path / f'gw{n}.db'}"})
+        config.setdefault("audit", {"spool_path": str(tmp_path / f"gw{n}-audit.spool")})
+        path = tmp_path / f"gateway{n}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        admin_key = new_admin_key()
+        full_env = {
+            "SWARMGATE_ADMIN_KEY": admin_key,
+            "SWARMGATE_AUTH__SECRET": "test-secret-" + str(n),
+        }
+        full_env.update(env or {})
+        log = tmp_path / f"gateway{n}.log"
+        proc = spawn([*SWARMGATE, "serve", "--config", str(path), *args], log, full_env)
+        gw = Gateway(
+            proc,
+            log,
+            f"http://127.0.0.1:{config['server']['port']}",
+            full_env["SWARMGATE_ADMIN_KEY"],
+            path,
+        )
+        started.append(gw)
+        wait_healthy(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
