@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Creates .venv with swarmgate installed (with the test extras when asked: `bootstrap.sh test`).
+# Works on a fresh Debian machine with Python 3.11 as root; installs what is missing via apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if [ ! -f /tmp/.swarmgate-apt-updated ]; then
+      apt-get update -qq && touch /tmp/.swarmgate-apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    echo "please install: $*" >&2
+    exit 1
+  fi
+}
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv
+    "$PY" -m venv .venv
+  fi
+  .venv/bin/pip install -q --upgrade pip
+fi
+
+if [ "${1:-}" = "test" ]; then
+  need=()
+  command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+  .venv/bin/pip install -q -e ".[test]"
+else
+  .venv/bin/pip install -q -e .
+fi
