@@ -313,6 +313,11 @@ class Proxy:
                 await _send_or_gone(
                     send, {"type": "http.response.body", "body": out, "more_body": True}
                 )
+        tail = relay.close()
+        if tail and relay.started:
+            await _send_or_gone(
+                send, {"type": "http.response.body", "body": tail, "more_body": True}
+            )
 
     async def _non_stream_answer(
         self,

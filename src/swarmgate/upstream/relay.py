@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from swarmgate.types import Usage
-from swarmgate.upstream.sse import DONE, SSEDecoder
+from swarmgate.upstream.sse import DONE, SSEDecoder, SSEEvent
 
 
 def usage_from(obj: object) -> Usage | None:
@@ -38,8 +38,15 @@ class StreamRelay:
         self.started = False  # whether the response head has gone to the client
 
     def feed(self, chunk: bytes) -> bytes:
+        return self._frame(self._decoder.feed(chunk))
+
+    def close(self) -> bytes:
+        """At a clean end of the upstream stream: whatever a final unterminated event held."""
+        return self._frame(self._decoder.close())
+
+    def _frame(self, events: list[SSEEvent]) -> bytes:
         out = []
-        for event in self._decoder.feed(chunk):
+        for event in events:
             data = event.data
             if data == b"[DONE]":
                 self.done = True
