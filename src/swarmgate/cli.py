@@ -9,7 +9,7 @@ import click
 
 from swarmgate import __version__
 from swarmgate.config import Settings, load_settings
-from swarmgate.errors import ConfigError
+from swarmgate.errors import ConfigError, StoreError
 
 CONFIG_HELP = "YAML configuration file (SWARMGATE_* environment variables override it)."
 
@@ -63,14 +63,23 @@ def serve(
 
     settings = _load(config_path)
     s = settings.server
-    run(
-        config_path,
-        settings,
-        host or s.host,
-        s.port if port is None else port,
-        workers or s.workers,
-        server_kind or s.server,
-    )
+    try:
+        run(
+            config_path,
+            settings,
+            host or s.host,
+            s.port if port is None else port,
+            workers or s.workers,
+            server_kind or s.server,
+        )
+    except ConfigError as exc:
+        click.echo(f"swarmgate: invalid configuration in {config_path}:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    except StoreError as exc:
+        click.echo(f"swarmgate: cannot start: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -127,8 +136,21 @@ def demo(host: str, port: int, key: str | None, data_dir: str | None) -> None:
     """Start a simulated fleet of four models and the gateway in front of it."""
     from swarmgate.demo import run_demo
 
-    run_demo(host, port, key, Path(data_dir) if data_dir else None)
+    try:
+        run_demo(host, port, key, Path(data_dir) if data_dir else None)
+    except (ConfigError, StoreError) as exc:
+        click.echo(f"swarmgate demo: {exc}", err=True)
+        sys.exit(1)
 
+
+def _register_admin_commands() -> None:
+    from swarmgate.admin_cli import keys, migrate_command
+
+    main.add_command(keys)
+    main.add_command(migrate_command)
+
+
+_register_admin_commands()
 
 if __name__ == "__main__":
     main()

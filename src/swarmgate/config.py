@@ -297,3 +297,23 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
 def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(ENV_PREFIX + "CONFIG")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds. Raises ValueError."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        value = text.strip().lower()
+        unit = _UNITS.get(value[-1:]) if value else None
+        number = value[:-1] if unit else value
+        try:
+            seconds = float(number) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d)") from None
+    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds

@@ -46,7 +46,7 @@ Press Ctrl-C to stop.
 """
 
 
-def demo_config(data_dir: Path, port: int, host: str, key: str | None) -> dict[str, object]:
+def demo_config(data_dir: Path, port: int, host: str, key: str) -> dict[str, object]:
     raw = yaml.safe_load(files("swarmgate").joinpath("examples/swarmgate.yaml").read_text())
     raw["server"] = {**raw.get("server", {}), "host": host, "port": port}
     raw["store"] = {"url": f"sqlite+aiosqlite:///{data_dir / 'swarmgate.db'}"}
@@ -55,7 +55,7 @@ def demo_config(data_dir: Path, port: int, host: str, key: str | None) -> dict[s
     return raw  # type: ignore[no-any-return]
 
 
-async def _run(host: str, port: int, key: str | None, data_dir: Path) -> None:
+async def _run(host: str, port: int, key: str, data_dir: Path) -> None:
     from swarmgate.serve import serve_in_loop
     from swarmgate.sim import load_fleet_profile, start_fleet
 
@@ -66,7 +66,7 @@ async def _run(host: str, port: int, key: str | None, data_dir: Path) -> None:
         base = f"http://{host}:{port}"
 
         def ready() -> None:
-            click.echo(EXAMPLES.format(base=base, n=len(fleet.urls), key=key or "(auth disabled)"))
+            click.echo(EXAMPLES.format(base=base, n=len(fleet.urls), key=key))
 
         await serve_in_loop(settings, host, port, on_ready=ready)
     finally:
@@ -75,6 +75,10 @@ async def _run(host: str, port: int, key: str | None, data_dir: Path) -> None:
 
 
 def run_demo(host: str, port: int, key: str | None, data_dir: Path | None) -> None:
+    from swarmgate.auth.keys import check_admin_key, generate_secret
+
+    key = key or generate_secret()
+    check_admin_key(key)
     with tempfile.TemporaryDirectory(prefix="swarmgate-demo-") as tmp:
         directory = data_dir or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,24 @@ from pathlib import Path
 from swarmgate.config import ENV_PREFIX, Settings
 
 
+async def prepare_store(settings: Settings) -> None:
+    """Migrate and bootstrap the admin key once, before workers start (they would race)."""
+    from swarmgate.auth.security import Security
+    from swarmgate.observability.metrics import Metrics
+
+    security = Security(settings, Metrics())
+    try:
+        await security.prepare_store()
+    finally:
+        await security.db.close()
+
+
 def serve(
     config_path: str | None, settings: Settings, host: str, port: int, workers: int, server: str
 ) -> None:
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
+    asyncio.run(prepare_store(settings))
     target = "swarmgate.api.app:app_from_env"
     if server == "granian":
         from granian import Granian

@@ -137,7 +137,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         admin_key = new_admin_key()
         full_env = {
             "SWARMGATE_ADMIN_KEY": admin_key,
-            "SWARMGATE_AUTH__SECRET": "test-secret-" + str(n),
+            "SWARMGATE_AUTH__SECRET": f"test-server-secret-{n}-" + "x" * 32,
         }
         full_env.update(env or {})
         log = tmp_path / f"gateway{n}.log"

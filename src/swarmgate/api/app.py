@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from swarmgate.api.admin import build_admin_router
 from swarmgate.api.http import new_request_id, send_error
 from swarmgate.api.management import build_management_app
 from swarmgate.api.ops import Ops
 from swarmgate.api.proxy import ROUTES, Proxy
-from swarmgate.auth.authenticator import OpenAccess
+from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings
 from swarmgate.errors import MethodNotAllowed
 from swarmgate.observability.metrics import Metrics
@@ -30,7 +31,8 @@ class Gateway:
         self.metrics = Metrics()
         self.registry = Registry(settings)
         self.client = UpstreamClient()
-        self.authenticator = OpenAccess()
+        self.security = Security(settings, self.metrics)
+        self.authenticator = self.security.authenticator
         self.proxy = Proxy(
             self.registry,
             self.client,
@@ -49,7 +51,7 @@ class Gateway:
             "/metrics": ("GET", self.ops.prometheus),
             "/v1/models": ("GET", self.ops.models),
         }
-        self.management = build_management_app()
+        self.management = build_management_app([build_admin_router(self.security)])
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -75,12 +77,14 @@ class Gateway:
             await self.management(scope, receive, send)
 
     async def startup(self) -> None:
+        await self.security.start()
         await self.client.start(self.registry.backends())
         self.ops.ready = True
 
     async def shutdown(self) -> None:
         self.ops.ready = False
         await self.client.close()
+        await self.security.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

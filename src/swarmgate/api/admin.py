@@ -1,0 +1,281 @@
+"""The admin API under ``/admin`` (admin scope): keys, the audit log, IP blocks.
+
+(No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures,
+which name the ``Admin`` dependency defined inside each builder.)
+
+FastAPI is used here, off the hot path, for payload validation and the OpenAPI document.
+Every action is audited; changes to keys and blocks are published to the other replicas.
+"""
+
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from swarmgate.auth.ip import Networks
+from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes, require
+from swarmgate.auth.security import Security
+from swarmgate.config import parse_duration
+from swarmgate.errors import BadRequest, NotFound
+from swarmgate.store import names
+from swarmgate.store.ipblocks import StoredBlock
+from swarmgate.store.keys import KeyRecord
+from swarmgate.types import ApiScope, Principal, Role
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    owner: str = Field(min_length=1, max_length=200)
+    role: Role = Role.USER
+    scopes: list[str] | None = Field(None, description="Default: the role's scopes")
+    tier: str = Field("default", min_length=1, max_length=64)
+    models: list[str] | None = Field(None, description="Allowed models; default: all")
+    expires_in: str | None = Field(None, description="Duration such as 30d, 12h, 3600")
+    expires_at: float | None = Field(None, description="Epoch seconds")
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grace: str | None = Field(None, description="How long the old secret keeps working (30m)")
+
+
+class KeyExpire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: float | None = Field(None, description="Epoch seconds; default: now")
+    expires_in: str | None = None
+
+
+class BlockCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cidr: str
+    reason: str = Field("", max_length=500)
+    duration: str | None = Field(None, description="e.g. 1h; default: until removed")
+
+
+def key_view(record: KeyRecord, prefixes: list[str] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "owner": record.owner,
+        "role": str(record.role),
+        "scopes": sorted(record.scopes),
+        "tier": record.tier,
+        "models": None if record.models is None else sorted(record.models),
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "last_used_at": record.last_used_at,
+        "revoked_at": record.revoked_at,
+        "active": record.is_active(time.time()),
+    }
+    if prefixes is not None:
+        view["prefixes"] = prefixes
+    return view
+
+
+def _duration(value: str | None, param: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param=param) from None
+
+
+class _Context:
+    """What every admin route needs: the security parts, the admin check, the audit call."""
+
+    def __init__(self, security: Security) -> None:
+        self.security = security
+
+    async def admin(self, request: Request) -> Principal:
+        client = request.client
+        principal = await self.security.authenticator.authenticate(
+            request.headers.get("authorization"),
+            client.host if client else None,
+            request.headers.get("x-forwarded-for"),
+        )
+        require(principal, ApiScope.ADMIN)
+        return principal
+
+    def audit(
+        self, request: Request, who: Principal, action: str, target: str, **details: Any
+    ) -> None:
+        self.security.audit.record(
+            action,
+            actor=who.key_id or who.subject,
+            target=target,
+            client_ip=request.client.host if request.client else None,
+            request_id=request.headers.get("x-request-id"),
+            details=details,
+        )
+
+
+def build_admin_router(security: Security) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"])
+    ctx = _Context(security)
+    _key_routes(router, ctx)
+    _audit_routes(router, ctx)
+    _ip_routes(router, ctx)
+    return router
+
+
+def _key_routes(router: APIRouter, ctx: _Context) -> None:
+    security = ctx.security
+    audit = ctx.audit
+    Admin = Annotated[Principal, Depends(ctx.admin)]
+
+    @router.post("/keys", status_code=201, summary="Create a key (its secret is shown once)")
+    async def create_key(body: KeyCreate, request: Request, who: Admin) -> dict[str, Any]:
+        try:
+            role = parse_role(body.role)
+            scopes = default_scopes(role) if body.scopes is None else parse_scopes(body.scopes)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="scopes") from None
+        expires_at = body.expires_at
+        seconds = _duration(body.expires_in, "expires_in")
+        if seconds is not None:
+            expires_at = time.time() + seconds
+        record, secret = await security.keys.create(
+            body.name, body.owner, role, scopes, body.tier, body.models, expires_at
+        )
+        audit(request, who, "key.create", record.id, role=str(role), tier=record.tier)
+        return {"key": key_view(record), "secret": secret}
+
+    @router.get("/keys", summary="List keys (never their secrets)")
+    async def list_keys(
+        who: Admin,
+        owner: str | None = None,
+        include_revoked: bool = False,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        records = await security.key_store.list(
+            owner=owner, include_revoked=include_revoked, limit=limit, offset=offset
+        )
+        return {"data": [key_view(r) for r in records], "limit": limit, "offset": offset}
+
+    @router.get("/keys/{key_id}", summary="Show one key")
+    async def show_key(key_id: str, who: Admin) -> dict[str, Any]:
+        record = await security.key_store.get(key_id)
+        if record is None:
+            raise NotFound(f"no API key {key_id!r}", param="key_id")
+        return key_view(record, await security.key_store.prefixes(key_id))
+
+    @router.post("/keys/{key_id}/rotate", summary="New secret; the old one works for a grace")
+    async def rotate_key(
+        key_id: str, request: Request, who: Admin, body: KeyRotate | None = None
+    ) -> dict[str, Any]:
+        grace = _duration(body.grace if body else None, "grace")
+        if grace is None:
+            grace = security.settings.auth.rotation_grace
+        record, secret = await security.keys.rotate(key_id, grace)
+        await security.publish_key_change(key_id)
+        audit(request, who, "key.rotate", key_id, grace_seconds=grace)
+        return {"key": key_view(record), "secret": secret, "old_secret_valid_for": grace}
+
+    @router.post("/keys/{key_id}/revoke", summary="Revoke a key at once, on every replica")
+    async def revoke_key(key_id: str, request: Request, who: Admin) -> dict[str, Any]:
+        record = await security.keys.revoke(key_id)
+        await security.publish_key_change(key_id)
+        audit(request, who, "key.revoke", key_id)
+        return key_view(record)
+
+    @router.post("/keys/{key_id}/expire", summary="Set a key's expiry (default: now)")
+    async def expire_key(
+        key_id: str, request: Request, who: Admin, body: KeyExpire | None = None
+    ) -> dict[str, Any]:
+        at = body.at if body else None
+        seconds = _duration(body.expires_in if body else None, "expires_in")
+        if seconds is not None:
+            at = time.time() + seconds
+        record = await security.keys.expire(key_id, at)
+        await security.publish_key_change(key_id)
+        audit(request, who, "key.expire", key_id, expires_at=record.expires_at)
+        return key_view(record)
+
+
+def _audit_routes(router: APIRouter, ctx: _Context) -> None:
+    security = ctx.security
+    Admin = Annotated[Principal, Depends(ctx.admin)]
+
+    @router.get("/audit", summary="The audit log, newest first, with filters")
+    async def audit_log(
+        who: Admin,
+        action: str | None = None,
+        actor: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        cursor: int | None = None,
+    ) -> dict[str, Any]:
+        records, next_cursor = await security.audit_store.query(
+            action=action,
+            actor=actor,
+            outcome=outcome,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+        return {
+            "data": [
+                {
+                    "id": r.id,
+                    "ts": r.ts,
+                    "action": r.action,
+                    "actor": r.actor,
+                    "target": r.target,
+                    "outcome": r.outcome,
+                    "client_ip": r.client_ip,
+                    "request_id": r.request_id,
+                    "details": r.details,
+                }
+                for r in records
+            ],
+            "next_cursor": next_cursor,
+        }
+
+
+def _ip_routes(router: APIRouter, ctx: _Context) -> None:
+    security = ctx.security
+    audit = ctx.audit
+    Admin = Annotated[Principal, Depends(ctx.admin)]
+
+    @router.get("/ip-blocks", summary="Addresses blocked now (operator and automatic)")
+    async def ip_blocks(who: Admin) -> dict[str, Any]:
+        return {
+            "data": [
+                {"cidr": b.cidr, "until": b.until, "reason": b.reason, "source": b.source}
+                for b in security.ip_policy.blocked()
+            ]
+        }
+
+    @router.post("/ip-blocks", status_code=201, summary="Block an address or network")
+    async def add_block(body: BlockCreate, request: Request, who: Admin) -> dict[str, Any]:
+        try:
+            Networks([body.cidr])
+        except ValueError as exc:
+            raise BadRequest(f"cidr: {exc}", param="cidr") from None
+        seconds = _duration(body.duration, "duration")
+        now = time.time()
+        until = None if seconds is None else now + seconds
+        actor = who.key_id or who.subject
+        await security.ip_blocks.put(StoredBlock(body.cidr, body.reason, now, until, actor))
+        security.ip_policy.block(body.cidr, until, body.reason)
+        await security.bus.publish(names.IP_EVENTS, "block " + body.cidr)
+        audit(request, who, "ip.block", body.cidr, reason=body.reason, until=until)
+        return {"cidr": body.cidr, "until": until, "reason": body.reason}
+
+    @router.delete("/ip-blocks/{cidr:path}", summary="Lift a block")
+    async def remove_block(cidr: str, request: Request, who: Admin) -> dict[str, Any]:
+        removed = await security.ip_blocks.remove(cidr)
+        lifted = security.ip_policy.unblock(cidr)
+        if not (removed or lifted):
+            raise NotFound(f"{cidr} is not blocked", param="cidr")
+        await security.bus.publish(names.IP_EVENTS, "unblock " + cidr)
+        audit(request, who, "ip.unblock", cidr)
+        return {"cidr": cidr, "unblocked": True}

@@ -1,0 +1,1 @@
+"""Identity and access: API keys, JWT/OIDC, roles and scopes, IP protection."""

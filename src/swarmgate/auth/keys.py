@@ -1,0 +1,289 @@
+"""API keys: secrets, their HMAC hashes, and the policy of creating, rotating and checking them.
+
+A key's secret (``sk-sg-`` + 256 random bits) is shown once, at creation or rotation, and never
+stored: the store keeps ``HMAC-SHA256(server secret, key)`` and a short visible prefix. The
+server secret makes a stolen database useless for guessing keys offline; every replica must
+share it (``auth.secret``), or each would hash differently.
+
+Lookup hashes the presented key and finds the row by that hash. Timing reveals nothing of the
+key: the only data-dependent comparison the database makes is on an HMAC output the caller
+cannot choose. The one explicit comparison uses ``hmac.compare_digest``.
+
+``KeyService`` holds the rules (revoked, expired, grace periods after rotation, bootstrap of the
+first admin key); ``store.keys.KeyStore`` only reads and writes rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from swarmgate.auth.roles import ALL_SCOPES, default_scopes, parse_role, parse_scopes
+from swarmgate.errors import BadRequest, ConfigError, NotFound, StoreError
+from swarmgate.store.keys import KeyRecord, KeyStore
+from swarmgate.types import Clock, Role
+
+SECRET_PREFIX = "sk-sg-"
+VISIBLE_PREFIX_LEN = 12  # "sk-sg-" + 6 characters: enough to tell keys apart in a listing
+MIN_ADMIN_KEY_BODY = 32  # characters after the prefix in SWARMGATE_ADMIN_KEY
+MAX_SECRET_LEN = 256  # longer bearer tokens are not ours; do not even hash them
+MIN_SERVER_SECRET = 32
+BOOTSTRAP_NAME = "bootstrap-admin"
+
+
+def generate_secret() -> str:
+    """A new key: ``sk-sg-`` and 43 URL-safe characters (256 random bits)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+class KeyHasher:
+    """HMAC-SHA256 of keys under the server secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < MIN_SERVER_SECRET:
+            raise ConfigError(
+                [f"auth.secret: the server secret must be at least {MIN_SERVER_SECRET} bytes"]
+            )
+        self._secret = secret
+
+    def hash(self, key: str) -> str:
+        return hmac.new(self._secret, key.encode(), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def prefix(key: str) -> str:
+        return key[:VISIBLE_PREFIX_LEN]
+
+    def matches(self, key: str, digest: str) -> bool:
+        return hmac.compare_digest(self.hash(key), digest)
+
+
+def check_admin_key(value: str) -> None:
+    """``SWARMGATE_ADMIN_KEY`` must look like one of our keys and be long enough to be safe."""
+    if not value.startswith(SECRET_PREFIX) or len(value) - len(SECRET_PREFIX) < MIN_ADMIN_KEY_BODY:
+        raise ConfigError(
+            [
+                f"auth.admin_key: must start with {SECRET_PREFIX!r} followed by at least "
+                f"{MIN_ADMIN_KEY_BODY} characters (e.g. sk-sg-$(openssl rand -hex 32))"
+            ]
+        )
+    if len(value) > MAX_SECRET_LEN or not value.isascii() or not value.isprintable():
+        raise ConfigError([f"auth.admin_key: at most {MAX_SECRET_LEN} printable ASCII characters"])
+
+
+def load_or_create_server_secret(configured: str | None, path: Path) -> bytes:
+    """The HMAC key for API keys: ``configured`` if given, else the contents of ``path``,
+    created (32 random bytes, mode 0600) if missing. Several processes may race to create it:
+    the file appears atomically and every one of them ends up with the same secret."""
+    if configured is not None:
+        if len(configured) < MIN_SERVER_SECRET:
+            raise ConfigError(
+                [f"auth.secret: must be at least {MIN_SERVER_SECRET} characters long"]
+            )
+        return configured.encode()
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError([f"auth.secret: cannot read {path}: {exc.strerror or exc}"]) from exc
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            # link() fails if the file exists, so a concurrent creator's secret wins intact.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _read_secret(path)
+    except OSError as exc:
+        raise ConfigError([f"auth.secret: cannot create {path}: {exc.strerror or exc}"]) from exc
+
+
+def _read_secret(path: Path) -> bytes:
+    data = path.read_bytes()
+    if len(data) < MIN_SERVER_SECRET:
+        raise ConfigError([f"auth.secret: {path} holds fewer than {MIN_SERVER_SECRET} bytes"])
+    return data
+
+
+def _text(field: str, value: str, max_len: int) -> str:
+    value = value.strip()
+    if not value or len(value) > max_len:
+        raise BadRequest(f"{field} must be 1 to {max_len} characters", param=field)
+    return value
+
+
+def _role(value: Role | str) -> Role:
+    try:
+        return parse_role(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="role") from None
+
+
+def _scopes(role: Role, values: Iterable[str] | None) -> frozenset[str]:
+    if values is None:
+        return default_scopes(role)
+    try:
+        return parse_scopes(values)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="scopes") from None
+
+
+class KeyService:
+    """Create, rotate, revoke, expire and check API keys."""
+
+    def __init__(self, store: KeyStore, hasher: KeyHasher, clock: Clock = time.time) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._clock = clock
+
+    async def create(
+        self,
+        name: str,
+        owner: str,
+        role: Role | str,
+        scopes: Iterable[str] | None = None,
+        tier: str = "default",
+        models: Iterable[str] | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """A new key and its secret. The secret is returned here once and never again.
+        Without ``scopes`` the key gets its role's default scopes (``auth.roles``)."""
+        record = self._new_record(name, owner, role, scopes, tier, models, expires_at)
+        secret = generate_secret()
+        await self._store.create(record, self._hasher.hash(secret), self._hasher.prefix(secret))
+        return record, secret
+
+    def _new_record(
+        self,
+        name: str,
+        owner: str,
+        role: Role | str,
+        scopes: Iterable[str] | None,
+        tier: str,
+        models: Iterable[str] | None,
+        expires_at: float | None,
+    ) -> KeyRecord:
+        now = self._clock()
+        parsed_role = _role(role)
+        if expires_at is not None and expires_at <= now:
+            raise BadRequest("expires_at is in the past", param="expires_at")
+        return KeyRecord(
+            id=new_key_id(),
+            name=_text("name", name, 200),
+            owner=_text("owner", owner, 200),
+            role=parsed_role,
+            scopes=_scopes(parsed_role, scopes),
+            tier=_text("tier", tier, 64),
+            models=None if models is None else frozenset(_text("models", m, 200) for m in models),
+            created_at=now,
+            expires_at=expires_at,
+        )
+
+    async def _existing(self, key_id: str) -> KeyRecord:
+        record = await self._store.get(key_id)
+        if record is None:
+            raise NotFound(f"no API key {key_id!r}", param="key_id")
+        return record
+
+    async def rotate(self, key_id: str, grace_seconds: float) -> tuple[KeyRecord, str]:
+        """A new secret for the key; its older secrets keep working for ``grace_seconds``."""
+        if grace_seconds < 0:
+            raise BadRequest("grace_seconds must not be negative", param="grace_seconds")
+        record = await self._existing(key_id)
+        if record.revoked_at is not None:
+            raise BadRequest(f"API key {key_id!r} is revoked; create a new one", param="key_id")
+        now = self._clock()
+        secret = generate_secret()
+        await self._store.rotate_secret(
+            key_id,
+            self._hasher.hash(secret),
+            self._hasher.prefix(secret),
+            now=now,
+            old_valid_until=now + grace_seconds,
+        )
+        return record, secret
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke the key at once, every secret of it. Revoking twice keeps the first time."""
+        if not await self._store.revoke(key_id, self._clock()):
+            raise NotFound(f"no API key {key_id!r}", param="key_id")
+        return await self._existing(key_id)
+
+    async def expire(self, key_id: str, at: float | None = None) -> KeyRecord:
+        """Make the key expire at ``at`` (default: now)."""
+        when = self._clock() if at is None else at
+        if not await self._store.set_expiry(key_id, when):
+            raise NotFound(f"no API key {key_id!r}", param="key_id")
+        return await self._existing(key_id)
+
+    async def lookup(self, secret: str) -> KeyRecord | None:
+        """The key this secret belongs to, if it may be used now; else None (unknown, revoked,
+        expired, or an old secret past its grace period)."""
+        if not secret.startswith(SECRET_PREFIX) or len(secret) > MAX_SECRET_LEN:
+            return None
+        digest = self._hasher.hash(secret)
+        found = await self._store.find_by_hash(digest)
+        if found is None or not hmac.compare_digest(found.hash, digest):
+            return None
+        now = self._clock()
+        if not found.key.is_active(now):
+            return None
+        if found.valid_until is not None and now >= found.valid_until:
+            return None
+        return found.key
+
+    async def bootstrap_admin(self, admin_key: str | None) -> str | None:
+        """Make sure someone can administer this gateway. Returns the secret of the admin key
+        it created, or None if it created nothing.
+
+        - Empty store, no ``admin_key``: create an admin key with a generated secret (the
+          caller prints it once: it cannot be shown again).
+        - ``admin_key`` given (``SWARMGATE_ADMIN_KEY``) and not yet in the store, empty or not:
+          add it as an admin key. This is the recovery path: an operator who lost every admin
+          key sets the variable and restarts. A key that is already stored is left as it is, so
+          revoking it stays effective; to recover after that, set a new value.
+        - Otherwise nothing happens.
+
+        Two replicas bootstrapping an empty store at the same moment without ``admin_key`` may
+        each create a key; both are valid admin keys.
+        """
+        if admin_key is None:
+            if await self._store.count() > 0:
+                return None
+            return await self._create_admin(None)
+        check_admin_key(admin_key)
+        if await self._store.find_by_hash(self._hasher.hash(admin_key)) is not None:
+            return None
+        try:
+            await self._create_admin(admin_key)
+        except StoreError:
+            # Another replica inserted the same key between our check and our insert.
+            if await self._store.find_by_hash(self._hasher.hash(admin_key)) is None:
+                raise
+            return None
+        return admin_key
+
+    async def _create_admin(self, secret: str | None) -> str:
+        record = self._new_record(
+            BOOTSTRAP_NAME, "admin", Role.ADMIN, ALL_SCOPES, "default", None, None
+        )
+        secret = generate_secret() if secret is None else secret
+        await self._store.create(record, self._hasher.hash(secret), self._hasher.prefix(secret))
+        return secret

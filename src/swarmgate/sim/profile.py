@@ -1,0 +1,124 @@
+"""The simulator's fleet profile: which servers to run, and how each model behaves.
+
+A profile is YAML validated once into frozen pydantic models (unknown keys are errors, so a
+typo in a capacity plan fails loudly instead of silently simulating the default). One process
+can serve many servers, each on its own port; each server serves one or more models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swarmgate.errors import ConfigError
+
+NonNegative = Annotated[float, Field(ge=0)]
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PrefixCacheProfile(_Frozen):
+    """vLLM-style automatic prefix caching: chained hashes of ``block_tokens``-sized blocks."""
+
+    enabled: bool = True
+    block_tokens: Annotated[int, Field(ge=1)] = 16
+    capacity_blocks: Annotated[int, Field(ge=1)] = 4096
+    hit_ttft_ms: NonNegative = 15.0
+
+
+class FailureProfile(_Frozen):
+    """Failures drawn per request from the server's seeded RNG."""
+
+    error_rate: Rate = 0.0
+    error_status: Annotated[int, Field(ge=400, le=599)] = 500
+    hang_rate: Rate = 0.0
+    reset_rate: Rate = 0.0
+    reset_after_chunks: Annotated[int, Field(ge=0)] = 3
+    slow_first_byte_ms: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> FailureProfile:
+        if self.error_rate + self.hang_rate + self.reset_rate > 1:
+            raise ValueError("error_rate + hang_rate + reset_rate must not exceed 1")
+        return self
+
+
+class ModelProfile(_Frozen):
+    ttft_ms: NonNegative = 120.0
+    jitter_ms: NonNegative = 0.0
+    tokens_per_second: Annotated[float, Field(gt=0)] = 60.0
+    slots: Annotated[int, Field(ge=1)] = 4
+    max_queue: Annotated[int, Field(ge=0)] = 256
+    max_tokens_default: Annotated[int, Field(ge=1)] = 64
+    max_model_len: Annotated[int, Field(ge=1)] = 32768
+    # > 0: an embedding model (serves /v1/embeddings only, like vLLM started with --task embed).
+    embedding_dim: Annotated[int, Field(ge=0)] = 0
+    prefix_cache: PrefixCacheProfile = PrefixCacheProfile()
+    failures: FailureProfile = FailureProfile()
+    api_key: str | None = Field(default=None, repr=False)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.embedding_dim > 0
+
+
+class ServerProfile(_Frozen):
+    name: Annotated[str, Field(min_length=1)]
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: pick a free port
+    models: Annotated[dict[str, ModelProfile], Field(min_length=1)]
+
+
+class FleetProfile(_Frozen):
+    seed: int = 0
+    servers: Annotated[tuple[ServerProfile, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FleetProfile:
+        names = [s.name for s in self.servers]
+        if len(set(names)) != len(names):
+            raise ValueError("server names must be distinct")
+        bound = [(s.host, s.port) for s in self.servers if s.port != 0]
+        if len(set(bound)) != len(bound):
+            raise ValueError("two servers listen on the same host and port")
+        return self
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return problems
+
+
+def parse_fleet_profile(raw: Any) -> FleetProfile:
+    """Validate an already-parsed mapping; raises ``ConfigError`` listing every problem."""
+    try:
+        return FleetProfile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def load_fleet_profile(path: str | Path) -> FleetProfile:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse_fleet_profile(raw)

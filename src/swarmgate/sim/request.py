@@ -1,0 +1,100 @@
+"""The fields of an OpenAI request body that the simulator acts on, checked once.
+
+Pure functions from a parsed JSON body to small frozen values; anything malformed is a
+``BadRequest`` (400), never a 500. Fields the simulator does not use (``temperature``,
+``tools``, ``n``, ...) are accepted and ignored, as a lenient server would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from swarmgate.errors import BadRequest
+from swarmgate.sim.text import render_chat, render_inputs
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    model: str
+    prompt: str
+    max_tokens: int | None  # None: the model's default, ending with finish_reason "stop"
+    stream: bool
+    include_usage: bool
+    seed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: list[str]
+    encoding_format: Literal["float", "base64"]
+    dimensions: int | None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required", param="model")
+    return model
+
+
+def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value) or value < minimum:
+        raise BadRequest(f"'{name}' must be an integer >= {minimum}", param=name)
+    return int(value)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean", param=name)
+    return value
+
+
+def parse_generation(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
+    """``/v1/chat/completions`` (``chat``) or ``/v1/completions``. Several prompts in one
+    completions request are served as one prompt, with one choice."""
+    model = model_of(body)
+    if chat:
+        prompt = render_chat(body.get("messages"))
+    else:
+        prompt = "\n".join(render_inputs(body.get("prompt"), "prompt"))
+    max_tokens = _optional_int(body, "max_completion_tokens", 1)
+    if max_tokens is None:
+        max_tokens = _optional_int(body, "max_tokens", 1)
+    stream = _flag(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    include_usage = stream and options is not None and _flag(options, "include_usage")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise BadRequest("'seed' must be an integer", param="seed")
+    return GenerationRequest(model, prompt, max_tokens, stream, include_usage, seed)
+
+
+def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:
+    model = model_of(body)
+    inputs = render_inputs(body.get("input"), "input")
+    encoding: Literal["float", "base64"]
+    match body.get("encoding_format"):
+        case None | "float":
+            encoding = "float"
+        case "base64":
+            encoding = "base64"
+        case _:
+            raise BadRequest(
+                "'encoding_format' must be 'float' or 'base64'", param="encoding_format"
+            )
+    dimensions = _optional_int(body, "dimensions", 1)
+    return EmbeddingRequest(model, inputs, encoding, dimensions)

@@ -1,0 +1,5 @@
+"""Every Redis key and channel name swarmgate uses, in one place."""
+
+PREFIX = "swarmgate:"
+KEY_EVENTS = PREFIX + "events:keys"  # pub/sub: key ids whose cached principals must be dropped
+IP_EVENTS = PREFIX + "events:ip"  # pub/sub: CIDRs blocked or unblocked by an operator

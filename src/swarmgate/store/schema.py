@@ -1,0 +1,80 @@
+"""The SQL schema: one ``MetaData`` with the Core tables every store module reads and writes.
+
+Times are float epoch seconds everywhere: the same type on SQLite and PostgreSQL, no timezone
+conversions, and directly comparable with ``Clock()``. Lists (scopes, models) are JSON arrays.
+The Alembic migrations in ``migrations/versions`` create exactly these tables; a test compares
+them with ``compare_metadata`` on both engines, so a change here needs a new revision there.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# Deterministic constraint names, so that migrations can name what they alter or drop.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False, index=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("tier", sa.String(64), nullable=False),
+    sa.Column("models", sa.JSON, nullable=True),  # NULL: every model
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=True),
+    sa.Column("last_used_at", sa.Double, nullable=True),
+    sa.Column("revoked_at", sa.Double, nullable=True),
+)
+
+# Only HMAC-SHA256 hashes of secrets are stored. A key has one current secret (valid_until
+# NULL) and, after a rotation, old ones that stay valid until their grace period ends.
+api_key_secrets = sa.Table(
+    "api_key_secrets",
+    metadata,
+    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "key_id",
+        sa.String(40),
+        sa.ForeignKey("api_keys.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("valid_until", sa.Double, nullable=True),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Double, nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False, index=True),
+    sa.Column("actor", sa.String(200), nullable=True, index=True),
+    sa.Column("target", sa.String(200), nullable=True),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+ip_blocks = sa.Table(
+    "ip_blocks",
+    metadata,
+    sa.Column("cidr", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=True),
+    sa.Column("created_by", sa.String(200), nullable=False),
+)
