@@ -294,6 +294,12 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     return parse_settings(raw, environ)
 
 
+def metrics_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """prometheus-client's multiprocess directory, set by ``serve`` when running workers."""
+    env = os.environ if environ is None else environ
+    return env.get("PROMETHEUS_MULTIPROC_DIR")
+
+
 def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(ENV_PREFIX + "CONFIG")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def serve(
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
     asyncio.run(prepare_store(settings))
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Workers share their metrics through files; must be set before they import anything.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="swarmgate-metrics-")
     target = "swarmgate.api.app:app_from_env"
     if server == "granian":
         from granian import Granian

@@ -15,7 +15,7 @@ from swarmgate.api.management import build_management_app
 from swarmgate.api.ops import Ops
 from swarmgate.api.proxy import ROUTES, Proxy
 from swarmgate.auth.security import Security
-from swarmgate.config import Settings, config_path_from_env, load_settings
+from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
 from swarmgate.errors import MethodNotAllowed
 from swarmgate.observability.metrics import Metrics
 from swarmgate.routing.pool import Registry
@@ -28,7 +28,7 @@ Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(metrics_dir_from_env())
         self.registry = Registry(settings)
         self.client = UpstreamClient()
         self.security = Security(settings, self.metrics)
