@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from swarmgate.errors import ConfigError, StoreError
 from swarmgate.store.keys import KeyStore
 from swarmgate.store.migrate import migrate
-from swarmgate.store.sql import Database, normalize_url
+from swarmgate.store.sql import Database, _use_wal, normalize_url
 from tests.plugins.servers import PostgresServer, free_port
 
 
@@ -60,6 +61,38 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None
             assert await conn.scalar(sa.text("PRAGMA busy_timeout")) == 5000
     finally:
         await db.close()
+
+
+def test_many_connections_switch_a_new_file_to_wal_together(tmp_path: Path) -> None:
+    # Without the retry in _use_wal about one file in fifteen fails here with
+    # "database is locked": SQLite does not wait on the busy timeout for this switch.
+    failures: list[str] = []
+
+    def connect(path: Path, barrier: threading.Barrier) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            barrier.wait()
+            _use_wal(conn.cursor())
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            conn.execute("COMMIT")
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        except sqlite3.OperationalError as exc:
+            failures.append(str(exc))
+        finally:
+            conn.close()
+
+    for i in range(50):
+        barrier = threading.Barrier(6)
+        threads = [
+            threading.Thread(target=connect, args=(tmp_path / f"{i}.db", barrier)) for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
 
 
 async def test_a_failed_write_transaction_is_rolled_back(database: Database) -> None:

@@ -14,6 +14,8 @@ for the lock (up to the busy timeout) instead of failing mid-transaction.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -30,6 +32,7 @@ from swarmgate.errors import ConfigError, StoreError
 Dialect = Literal["sqlite", "postgresql"]
 
 _SQLITE_BUSY_TIMEOUT_MS = 5000
+_WAL_ATTEMPTS = 20
 # Execution option that marks a connection as a writer (BEGIN IMMEDIATE on SQLite).
 _WRITE = "swarmgate_write"
 _TRANSLATED = (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
@@ -62,14 +65,29 @@ def _describe(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {first_line}" if first_line else type(orig).__name__
 
 
+def _use_wal(cursor: Any) -> None:
+    # Switching a new file to WAL takes an exclusive lock, and when several connections (or
+    # processes) switch at once SQLite may answer "database is locked" without calling the busy
+    # handler (it refuses to wait where waiting could deadlock). It happens at most once per
+    # file, at first start, so a short blocking retry is the simplest correct answer.
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.005 * (attempt + 1))
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, see _on_begin
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+            _use_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
