@@ -114,18 +114,18 @@ class KeyAuthenticator:
             principal = cached.principal
         else:
             try:
-                record = await self._keys.lookup(token)
+                found = await self._keys.check(token)
             except StoreError as exc:
                 raise ServiceUnavailable(
                     "authentication is unavailable: the key store cannot be reached"
                 ) from exc
-            if record is None:
+            if found is None:
                 self._cache.pop(digest, None)
                 self._fail(ip, "invalid_key", "Invalid API key: unknown, revoked or expired")
+            record, usable_until = found
             principal = record.principal()
-            until = now + self._config.cache_ttl
-            if record.expires_at is not None:
-                until = min(until, record.expires_at)
+            # Never trusted past the key's expiry or the end of a rotated secret's grace.
+            until = min(now + self._config.cache_ttl, usable_until)
             self._remember(digest, record.id, _Verified(principal, until))
         if principal.key_id is not None:
             self.last_used[principal.key_id] = now

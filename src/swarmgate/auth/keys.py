@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
@@ -236,6 +237,12 @@ class KeyService:
     async def lookup(self, secret: str) -> KeyRecord | None:
         """The key this secret belongs to, if it may be used now; else None (unknown, revoked,
         expired, or an old secret past its grace period)."""
+        found = await self.check(secret)
+        return None if found is None else found[0]
+
+    async def check(self, secret: str) -> tuple[KeyRecord, float] | None:
+        """Like ``lookup``, with the time until which this secret stays usable (its key's
+        expiry or the end of its rotation grace; ``inf`` if neither), for caches."""
         if not secret.startswith(SECRET_PREFIX) or len(secret) > MAX_SECRET_LEN:
             return None
         digest = self._hasher.hash(secret)
@@ -247,7 +254,11 @@ class KeyService:
             return None
         if found.valid_until is not None and now >= found.valid_until:
             return None
-        return found.key
+        until = min(
+            found.key.expires_at if found.key.expires_at is not None else math.inf,
+            found.valid_until if found.valid_until is not None else math.inf,
+        )
+        return found.key, until
 
     async def bootstrap_admin(self, admin_key: str | None) -> str | None:
         """Make sure someone can administer this gateway. Returns the secret of the admin key
