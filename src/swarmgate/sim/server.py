@@ -2,10 +2,10 @@
 
 aiohttp.web rather than the gateway's ASGI stack: it is low-level enough to hold a thousand
 concurrent streams in one process, and it gives direct access to the transport, which failure
-injection needs to drop a connection mid-stream. A request runs: inject the header's failures
-(middleware) -> parse -> resolve the model -> authorize -> the profile's failures -> queue for
-a slot -> prefill (time to first token, shortened by prefix-cache hits) -> tokens paced at
-``tokens_per_second``. Stream headers go out with the first token.
+injection needs to drop a connection mid-stream. A request runs: the header's failures (a
+wrapper around every route) -> parse -> resolve the model -> authorize -> the profile's
+failures -> queue for a slot -> prefill (time to first token, shortened by prefix-cache hits)
+-> tokens paced at ``tokens_per_second``. Stream headers go out with the first token.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ from swarmgate.sim import failures, metrics, text, wire
 from swarmgate.sim.engine import ModelEngine
 from swarmgate.sim.failures import NO_FAILURE, FailurePlan
 from swarmgate.sim.profile import ServerProfile
-from swarmgate.sim.request import EmbeddingRequest, GenerationRequest, parse_embedding
-from swarmgate.sim.request import parse_generation as parse_generation_body
+from swarmgate.sim.request import (
+    EmbeddingRequest,
+    GenerationRequest,
+    parse_embedding,
+    parse_generation,
+)
 from swarmgate.sim.stream import abort, stream_tokens
 from swarmgate.types import Usage
 
@@ -173,7 +177,7 @@ class SimServer:
     async def _generation(
         self, request: web.Request, plan: FailurePlan, *, chat: bool
     ) -> web.StreamResponse:
-        gen = parse_generation_body(await self._body(request), chat=chat)
+        gen = parse_generation(await self._body(request), chat=chat)
         engine = self._engine(request, gen.model)
         if engine.profile.is_embedding:
             raise BadRequest(f"The model `{gen.model}` does not support generation.", param="model")
