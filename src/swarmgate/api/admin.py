@@ -7,7 +7,6 @@ FastAPI is used here, off the hot path, for payload validation and the OpenAPI d
 Every action is audited; changes to keys and blocks are published to the other replicas.
 """
 
-
 import time
 from typing import Annotated, Any
 
