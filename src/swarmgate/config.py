@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -79,7 +80,15 @@ class Model(Frozen):
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
-    deployments: Annotated[tuple[Deployment, ...], Field(min_length=1)]
+    deployments: tuple[Deployment, ...]
+
+    @field_validator("deployments")
+    @classmethod
+    def _at_least_one(cls, value: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
+        # A validator rather than min_length: a bad deployment must be one problem, not two.
+        if not value:
+            raise ValueError("at least one deployment is required")
+        return value
 
 
 class Server(Frozen):

@@ -271,6 +271,10 @@ def _ip_routes(router: APIRouter, ctx: _Context) -> None:
 
     @router.delete("/ip-blocks/{cidr:path}", summary="Lift a block")
     async def remove_block(cidr: str, request: Request, who: Admin) -> dict[str, Any]:
+        try:
+            Networks([cidr])
+        except ValueError as exc:
+            raise BadRequest(f"cidr: {exc}", param="cidr") from None
         removed = await security.ip_blocks.remove(cidr)
         lifted = security.ip_policy.unblock(cidr)
         if not (removed or lifted):

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from swarmgate.api.admin import build_admin_router
-from swarmgate.api.http import new_request_id, send_error
+from swarmgate.api.http import read_head, send_error
 from swarmgate.api.management import build_management_app
 from swarmgate.api.ops import Ops
 from swarmgate.api.proxy import ROUTES, Proxy
@@ -20,7 +20,7 @@ from swarmgate.errors import MethodNotAllowed
 from swarmgate.observability.metrics import Metrics
 from swarmgate.routing.pool import Registry
 from swarmgate.types import ASGIApp, ASGIScope, Receive, Send
-from swarmgate.upstream.client import UpstreamClient
+from swarmgate.upstream.client import NOT_FORWARDED, UpstreamClient
 
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
@@ -68,7 +68,7 @@ class Gateway:
                     f"{scope['method']} is not allowed on {path}; use {method}"
                 )
                 error.headers["allow"] = method
-                await send_error(send, error, new_request_id())
+                await send_error(send, error, read_head(scope, NOT_FORWARDED).request_id)
                 return
             await handler(scope, receive, send)
         elif scope["type"] == "lifespan":

@@ -48,6 +48,16 @@ ROUTES: dict[str, tuple[str, frozenset[ModelType], str]] = {
     "/v1/embeddings": ("embeddings", frozenset({ModelType.EMBEDDING}), "input"),
 }
 RETRYABLE_ATTEMPTS = 2
+# Upstream response headers a client needs to back off correctly.
+PASSED_BACK = (
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
 
 
 class ClientGone(Exception):
@@ -193,8 +203,6 @@ class Proxy:
             watchdog.first_byte()
             async with response:
                 data = await response.read()
-                status = response.status
-                content_type = response.headers.get("content-type", "application/json")
         except asyncio.CancelledError:
             if watchdog.absorb():
                 self.metrics.upstream_error(backend.name, "timeout")
@@ -209,17 +217,7 @@ class Proxy:
             watchdog.disarm()
             backend.in_flight -= 1
             self.metrics.upstream(backend.model, backend.name, time.perf_counter() - started)
-        if status >= 500:
-            self.metrics.upstream_error(backend.name, f"http_{status}")
-            raise UpstreamError(
-                f"deployment {backend.name} answered HTTP {status}: {_upstream_message(data)}"
-            )
-        if status < 300:
-            self._account(backend, _usage_of_body(data, backend))
-        await send_bytes(
-            send, status, data, self._response_headers(backend, head), content_type.encode()
-        )
-        return status
+        return await self._answer(backend, response, data, head, send)
 
     async def _stream(
         self,
@@ -243,7 +241,7 @@ class Proxy:
             if response.status != 200 or not _is_event_stream(response):
                 data = await response.read()
                 watchdog.first_byte()
-                return await self._non_stream_answer(backend, response, data, head, send)
+                return await self._answer(backend, response, data, head, send)
             await self._pump(response, relay, watchdog, backend, head, send, started)
             if not relay.done:
                 raise UpstreamError(f"deployment {backend.name} ended the stream before [DONE]")
@@ -319,7 +317,7 @@ class Proxy:
                 send, {"type": "http.response.body", "body": tail, "more_body": True}
             )
 
-    async def _non_stream_answer(
+    async def _answer(
         self,
         backend: Backend,
         response: aiohttp.ClientResponse,
@@ -327,16 +325,23 @@ class Proxy:
         head: RequestHead,
         send: Send,
     ) -> int:
+        """Send a whole (non-streamed) upstream answer on: 2xx must be JSON and is accounted,
+        4xx passes through unchanged, 5xx becomes our 502."""
         status = response.status
         if status >= 500:
             self.metrics.upstream_error(backend.name, f"http_{status}")
             raise UpstreamError(
                 f"deployment {backend.name} answered HTTP {status}: {_upstream_message(data)}"
             )
+        if status < 300:
+            self._account(backend, _usage_of_body(data, backend))
+        headers = self._response_headers(backend, head)
+        for name in PASSED_BACK:
+            value = response.headers.get(name)
+            if value is not None:
+                headers.append((name.encode(), value.encode("latin-1")))
         content_type = response.headers.get("content-type", "application/json")
-        await send_bytes(
-            send, status, data, self._response_headers(backend, head), content_type.encode()
-        )
+        await send_bytes(send, status, data, headers, content_type.encode("latin-1"))
         return status
 
 

@@ -43,8 +43,12 @@ class Watchdog:
         self.last = self._loop.time()
 
     def first_byte(self) -> None:
+        """Once per request: from now on the idle bound applies, so re-arm for it."""
         self.first_byte_seen = True
-        self.last = self._loop.time()
+        self.last = now = self._loop.time()
+        self._handle.cancel()
+        t = self._timeouts
+        self._handle = self._loop.call_at(min(now + t.idle, self._started + t.total), self._check)
 
     def _check(self) -> None:
         now = self._loop.time()

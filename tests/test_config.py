@@ -1,0 +1,269 @@
+"""YAML + environment → frozen settings: the example parses, and every mistake is reported with
+its path, all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from swarmgate.config import (
+    Settings,
+    Timeouts,
+    config_path_from_env,
+    load_settings,
+    parse_duration,
+    parse_settings,
+)
+from swarmgate.errors import ConfigError
+from swarmgate.types import ModelType
+
+EXAMPLE = Path(__file__).parents[1] / "src" / "swarmgate" / "examples" / "swarmgate.yaml"
+NO_ENV: dict[str, str] = {}
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"models": {"m": {"deployments": [{"url": "http://127.0.0.1:9000"}]}}}
+    raw.update(extra)
+    return raw
+
+
+def problems(raw: Any, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(raw, NO_ENV if environ is None else environ)
+    assert str(exc.value) == "\n".join(exc.value.problems)
+    return exc.value.problems
+
+
+def test_the_example_configuration_parses() -> None:
+    settings = load_settings(EXAMPLE, NO_ENV)
+    assert set(settings.models) == {
+        "mixtral-8x7b",
+        "hermes-2",
+        "openchat-3.5",
+        "phi-3-mini",
+        "embed-small",
+    }
+    assert settings.default_model == "mixtral-8x7b"
+    assert settings.models["embed-small"].type is ModelType.EMBEDDING
+    assert settings.models["phi-3-mini"].aliases == ("phi3",)
+    assert len(settings.models["hermes-2"].deployments) == 2
+    assert settings.server.max_body_bytes == 4194304
+    assert settings.timeouts == Timeouts(connect=5, first_byte=60, idle=30, total=600)
+
+
+def test_defaults_and_frozen() -> None:
+    settings = parse_settings(minimal(), NO_ENV)
+    assert settings.server.port == 8000
+    assert settings.default_model is None
+    dep = settings.models["m"].deployments[0]
+    assert dep.url == "http://127.0.0.1:9000"
+    assert dep.api_key is None
+    assert settings.timeouts_for(dep) is settings.timeouts
+    with pytest.raises(ValidationError):
+        settings.server.port = 1  # type: ignore[misc]
+
+
+def test_a_deployment_may_override_timeouts_and_urls_lose_their_trailing_slash() -> None:
+    raw = minimal()
+    raw["models"]["m"]["deployments"] = [
+        {"url": "http://h:1/v/", "timeouts": {"first_byte": 0.5}},
+    ]
+    dep = parse_settings(raw, NO_ENV).models["m"].deployments[0]
+    assert dep.url == "http://h:1/v"
+    assert parse_settings(raw, NO_ENV).timeouts_for(dep).first_byte == 0.5
+
+
+def test_every_bad_url_is_reported_with_its_path() -> None:
+    raw = {
+        "models": {
+            "phi-3-mini": {
+                "deployments": [
+                    {"url": "http://127.0.0.1:1"},
+                    {"url": "localhost:8080"},
+                    {"url": "http://h:notaport"},
+                ]
+            },
+            "other": {"deployments": [{"url": "ftp://h"}]},
+        }
+    }
+    found = problems(raw)
+    assert found[:3] == [
+        "models.phi-3-mini.deployments[1].url: not a URL",
+        "models.phi-3-mini.deployments[2].url: not a URL",
+        "models.other.deployments[0].url: not a URL",
+    ]
+
+
+def test_one_bad_deployment_is_one_problem() -> None:
+    raw = {"models": {"m": {"deployments": [{"url": "ftp://h"}]}}}
+    assert problems(raw) == ["models.m.deployments[0].url: not a URL"]
+
+
+def test_unknown_fields_are_errors() -> None:
+    raw = minimal(servre={"port": 1})
+    raw["models"]["m"]["description"] = "fine"
+    raw["models"]["m"]["colour"] = "blue"
+    found = problems(raw)
+    assert found == ["models.m.colour: unknown field", "servre: unknown field"]
+    raw["models"]["m"].pop("colour")
+    raw["models"]["m"]["deployments"].append({"url": "http://h:2", "wieght": 2})
+    assert "models.m.deployments[1].wieght: unknown field" in problems(raw)
+
+
+def test_missing_and_empty_sections() -> None:
+    assert problems({}) == ["models: required"]
+    assert problems({"models": {}}) == [
+        "models: Dictionary should have at least 1 item after validation, not 0"
+    ]
+    assert problems({"models": {"m": {}}}) == ["models.m.deployments: required"]
+    empty = problems({"models": {"m": {"deployments": []}}})
+    assert len(empty) == 1 and empty[0].startswith("models.m.deployments: ")
+    assert problems(None) == ["models: required"]
+    assert problems(["a", "list"]) == ["(top level): expected a mapping of sections"]
+
+
+def test_wrong_types_and_ranges() -> None:
+    raw = minimal(server={"port": 70000, "max_body_bytes": 10}, timeouts={"idle": 0})
+    raw["models"]["m"]["type"] = "video"
+    found = problems(raw)
+    paths = [p.split(":")[0] for p in found]
+    assert paths == ["server.port", "server.max_body_bytes", "timeouts.idle", "models.m.type"]
+
+
+def test_alias_collisions() -> None:
+    raw = {
+        "models": {
+            "a": {"aliases": ["x"], "deployments": [{"url": "http://h:1"}]},
+            "b": {"aliases": ["x"], "deployments": [{"url": "http://h:2"}]},
+        }
+    }
+    assert problems(raw) == ["models.b.aliases: 'x' is already an alias of a"]
+    raw["models"]["b"]["aliases"] = ["a"]
+    assert problems(raw) == ["models.b.aliases: 'a' is also a model name"]
+
+
+def test_default_model_must_exist_and_may_be_an_alias() -> None:
+    assert problems(minimal(default_model="gpt-4")) == [
+        "default_model: 'gpt-4' is not a configured model"
+    ]
+    raw = minimal(default_model="mm")
+    raw["models"]["m"]["aliases"] = ["mm"]
+    assert parse_settings(raw, NO_ENV).default_model == "mm"
+
+
+def test_an_api_key_in_the_file_is_rejected_and_never_echoed() -> None:
+    raw = minimal()
+    raw["models"]["m"]["deployments"][0]["api_key"] = "sk-very-secret"
+    found = problems(raw)
+    assert found == [
+        "models.m.deployments[0].api_key: never put a key in the file; "
+        "name its environment variable in api_key_env"
+    ]
+    assert "sk-very-secret" not in "\n".join(found)
+
+
+def test_api_key_env_is_resolved_or_reported() -> None:
+    raw = minimal()
+    raw["models"]["m"]["deployments"][0]["api_key_env"] = "UPSTREAM_KEY"
+    assert problems(raw) == ["models.m.deployments[0].api_key_env: $UPSTREAM_KEY is not set"]
+    settings = parse_settings(raw, {"UPSTREAM_KEY": "k-123"})
+    dep = settings.models["m"].deployments[0]
+    assert dep.api_key == "k-123"
+    assert "k-123" not in repr(dep)
+    assert "api_key" not in dep.model_dump()
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = minimal(default_model="nope", bogus=1)
+    raw["models"]["m"]["deployments"][0]["api_key_env"] = "MISSING_ENV"
+    raw["models"]["m"]["deployments"].append({"url": "nope"})
+    found = problems(raw)
+    assert "models.m.deployments[0].api_key_env: $MISSING_ENV is not set" in found
+    assert "models.m.deployments[1].url: not a URL" in found
+    assert "bogus: unknown field" in found
+
+
+def test_environment_overrides() -> None:
+    env = {
+        "SWARMGATE_SERVER__PORT": "9000",
+        "SWARMGATE_SERVER__CORS_ORIGINS": "[https://a.example, https://b.example]",
+        "SWARMGATE_TIMEOUTS__IDLE": "2.5",
+        "SWARMGATE_AUTH__JWT__ENABLED": "false",
+        "SWARMGATE_AUTH__IP__MAX_FAILURES": "3",
+        "SWARMGATE_ADMIN_KEY": "sk-sg-admin",
+        "SWARMGATE_CONFIG": "/ignored.yaml",
+        "OTHER_VARIABLE": "ignored",
+    }
+    settings = parse_settings(minimal(server={"port": 1, "host": "0.0.0.0"}), env)
+    assert settings.server.port == 9000
+    assert settings.server.host == "0.0.0.0"  # untouched siblings survive
+    assert settings.server.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.timeouts.idle == 2.5
+    assert settings.auth.ip.max_failures == 3
+    assert settings.auth.admin_key == "sk-sg-admin"
+
+
+def test_environment_overrides_are_validated_like_the_file() -> None:
+    assert problems(minimal(), {"SWARMGATE_SERVER__PORT": "many"})[0].startswith("server.port: ")
+    assert problems(minimal(), {"SWARMGATE_SERVER__NOPE": "1"}) == ["server.nope: unknown field"]
+
+
+def test_environment_alone_can_name_the_default_model() -> None:
+    settings = parse_settings(minimal(), {"SWARMGATE_DEFAULT_MODEL": "m"})
+    assert settings.default_model == "m"
+
+
+def test_load_settings_reads_yaml_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(minimal(server={"port": 1234})))
+    assert load_settings(path, NO_ENV).server.port == 1234
+    assert load_settings(str(path), {"SWARMGATE_SERVER__PORT": "4321"}).server.port == 4321
+    assert isinstance(load_settings(path, NO_ENV), Settings)
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("models:\n  m: [unclosed\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, NO_ENV)
+    assert len(exc.value.problems) == 1
+    assert exc.value.problems[0].startswith(f"{path}: not valid YAML")
+    assert "line" in exc.value.problems[0]
+
+
+def test_a_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, NO_ENV)
+    assert exc.value.problems == [f"{path}: No such file or directory"]
+
+
+def test_an_empty_file_is_missing_its_models(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, NO_ENV)
+    assert exc.value.problems == ["models: required"]
+
+
+def test_config_path_from_env() -> None:
+    assert config_path_from_env({"SWARMGATE_CONFIG": "/etc/sg.yaml"}) == "/etc/sg.yaml"
+    assert config_path_from_env({}) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(90, 90.0), ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), (" 2D ", 172800.0)],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "0", "-5m", "nan", "inf", "m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
