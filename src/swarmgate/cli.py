@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import click
 
@@ -24,7 +25,24 @@ def _load(path: str | None) -> Settings:
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The store commands load SQLAlchemy and Alembic; import them only when they are used."""
+
+    LAZY: ClassVar[dict[str, str]] = {"keys": "keys", "migrate": "migrate_command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            from swarmgate import admin_cli
+
+            command: click.Command = getattr(admin_cli, self.LAZY[cmd_name])
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="swarmgate")
 def main() -> None:
     """swarmgate: one OpenAI-compatible endpoint in front of a swarm of model servers."""
@@ -142,15 +160,6 @@ def demo(host: str, port: int, key: str | None, data_dir: str | None) -> None:
         click.echo(f"swarmgate demo: {exc}", err=True)
         sys.exit(1)
 
-
-def _register_admin_commands() -> None:
-    from swarmgate.admin_cli import keys, migrate_command
-
-    main.add_command(keys)
-    main.add_command(migrate_command)
-
-
-_register_admin_commands()
 
 if __name__ == "__main__":
     main()
