@@ -131,10 +131,14 @@ def create(
     expires: str | None,
 ) -> None:
     """Create a key; its secret is printed once and cannot be shown again."""
-    the_role = parse_role(role)
-    the_scopes = default_scopes(the_role) if scopes is None else parse_scopes(scopes.split(","))
+    try:
+        the_role = parse_role(role)
+        the_scopes = default_scopes(the_role) if scopes is None else parse_scopes(scopes.split(","))
+        expires_at = None if expires is None else time.time() + parse_duration(expires)
+    except ValueError as exc:
+        click.echo(f"swarmgate: {exc}", err=True)
+        sys.exit(2)
     allowed = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
-    expires_at = None if expires is None else time.time() + parse_duration(expires)
 
     async def work(op: Operator) -> dict[str, Any]:
         record, secret = await op.keys.create(
@@ -191,7 +195,11 @@ def rotate(config_path: str, key_id: str, grace: str | None) -> None:
     """Give a key a new secret; the old one keeps working for the grace period."""
 
     async def work(op: Operator) -> dict[str, Any]:
-        seconds = op.settings.auth.rotation_grace if grace is None else parse_duration(grace)
+        seconds = (
+            op.settings.auth.rotation_grace
+            if grace is None
+            else parse_duration(grace, allow_zero=True)
+        )
         record, secret = await op.keys.rotate(key_id, seconds)
         await op.publish(key_id)
         await op.record("key.rotate", key_id, grace_seconds=seconds)

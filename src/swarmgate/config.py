@@ -317,7 +317,7 @@ def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
-def parse_duration(text: str | float) -> float:
+def parse_duration(text: str | float, *, allow_zero: bool = False) -> float:
     """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds. Raises ValueError."""
     if isinstance(text, int | float):
         seconds = float(text)
@@ -329,6 +329,8 @@ def parse_duration(text: str | float) -> float:
             seconds = float(number) * (unit or 1.0)
         except ValueError:
             raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d)") from None
-    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
+    if seconds < 0 or (seconds == 0 and not allow_zero) or seconds != seconds:
         raise ValueError(f"{text!r} is not a positive duration")
+    if seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a finite duration")
     return seconds

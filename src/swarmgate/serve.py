@@ -65,6 +65,8 @@ def serve(
         http="httptools",
         lifespan="on",
         access_log=settings.server.access_log,
+        # X-Forwarded-For is honoured by the authenticator, only from auth.ip.trusted_proxies.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.server.shutdown_grace),
         backlog=2048,
         log_level="info",
@@ -87,6 +89,7 @@ async def serve_in_loop(
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_level="warning",
         timeout_graceful_shutdown=5,
     )

@@ -74,11 +74,11 @@ def key_view(record: KeyRecord, prefixes: list[str] | None = None) -> dict[str, 
     return view
 
 
-def _duration(value: str | None, param: str) -> float | None:
+def _duration(value: str | None, param: str, *, allow_zero: bool = False) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        return parse_duration(value, allow_zero=allow_zero)
     except ValueError as exc:
         raise BadRequest(str(exc), param=param) from None
 
@@ -167,7 +167,7 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
     async def rotate_key(
         key_id: str, request: Request, who: Admin, body: KeyRotate | None = None
     ) -> dict[str, Any]:
-        grace = _duration(body.grace if body else None, "grace")
+        grace = _duration(body.grace if body else None, "grace", allow_zero=True)
         if grace is None:
             grace = security.settings.auth.rotation_grace
         record, secret = await security.keys.rotate(key_id, grace)

@@ -119,7 +119,7 @@ class Proxy:
             pool = self.registry.resolve(_check_fields(payload, required))
             model = pool.model
             self._authorize(principal, pool, route, types)
-            status = await self._forward(pool, payload, route, head, send)
+            status = await self._forward(pool, payload, body, scope["path"], head, send)
         except GatewayError as exc:
             status = exc.status
             await send_error(send, exc, head.request_id)
@@ -143,7 +143,13 @@ class Proxy:
             raise Forbidden(f"this key may not use model {pool.model!r}", code="model_not_allowed")
 
     async def _forward(
-        self, pool: Pool, payload: dict[str, Any], route: str, head: RequestHead, send: Send
+        self,
+        pool: Pool,
+        payload: dict[str, Any],
+        raw: bytes,
+        path: str,
+        head: RequestHead,
+        send: Send,
     ) -> int:
         stream = payload.get("stream") is True
         wants_usage = False
@@ -153,12 +159,16 @@ class Proxy:
             # Always ask for usage so every stream is accounted; the usage-only chunk is
             # dropped again below when the client did not ask for it.
             payload["stream_options"] = {**options, "include_usage": True}
-        path = "/v1/" + route if route != "chat" else "/v1/chat/completions"
+        requested = payload.get("model")  # as the client sent it: `raw` carries this name
         tried: list[Backend] = []
         while True:
             backend = pool.pick(exclude=tried)
             tried.append(backend)
-            payload["model"] = backend.upstream_model
+            if stream or requested != backend.upstream_model:
+                payload["model"] = backend.upstream_model
+                body = orjson.dumps(payload)
+            else:
+                body = raw  # nothing to change: forward the client's bytes as they came
             headers = dict(head.forward)
             headers["content-type"] = "application/json"
             headers["x-request-id"] = head.request_id
@@ -166,21 +176,15 @@ class Proxy:
                 headers["authorization"] = "Bearer " + backend.config.api_key
             try:
                 if stream:
-                    return await self._stream(
-                        backend, path, payload, headers, head, send, wants_usage
-                    )
-                return await self._unary(backend, path, payload, headers, head, send)
+                    return await self._stream(backend, path, body, headers, head, send, wants_usage)
+                return await self._unary(backend, path, body, headers, head, send)
             except ConnectFailed:
                 self.metrics.upstream_error(backend.name, "connect")
                 if len(tried) >= min(RETRYABLE_ATTEMPTS, len(pool.backends)):
                     raise
 
     def _response_headers(self, backend: Backend, head: RequestHead) -> Headers:
-        return [
-            (b"x-request-id", head.request_id.encode()),
-            (b"x-swarmgate-deployment", backend.name.encode()),
-            (b"x-swarmgate-model", backend.model.encode()),
-        ]
+        return [(b"x-request-id", head.request_id.encode()), *backend.headers]
 
     def _account(self, backend: Backend, usage: Usage) -> None:
         self.metrics.tokens(backend.model, usage.prompt_tokens, usage.completion_tokens)
@@ -189,12 +193,11 @@ class Proxy:
         self,
         backend: Backend,
         path: str,
-        payload: dict[str, Any],
+        body: bytes,
         headers: dict[str, str],
         head: RequestHead,
         send: Send,
     ) -> int:
-        body = orjson.dumps(payload)
         backend.in_flight += 1
         started = time.perf_counter()
         watchdog = Watchdog(backend.timeouts)
@@ -223,13 +226,12 @@ class Proxy:
         self,
         backend: Backend,
         path: str,
-        payload: dict[str, Any],
+        body: bytes,
         headers: dict[str, str],
         head: RequestHead,
         send: Send,
         wants_usage: bool,
     ) -> int:
-        body = orjson.dumps(payload)
         headers["accept"] = "text/event-stream"
         backend.in_flight += 1
         started = time.perf_counter()

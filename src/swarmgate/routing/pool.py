@@ -26,6 +26,14 @@ class Backend:
     timeouts: Timeouts
     base_url: str
     in_flight: int = 0
+    # Response headers naming this deployment, encoded once rather than per request.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.headers = (
+            (b"x-swarmgate-deployment", self.name.encode()),
+            (b"x-swarmgate-model", self.model.encode()),
+        )
 
     @property
     def has_capacity(self) -> bool:

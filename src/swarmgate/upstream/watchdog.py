@@ -34,21 +34,20 @@ class Watchdog:
         self._started = self.last = self._loop.time()
         self.expired: str | None = None
         self.first_byte_seen = False
-        self._handle = self._loop.call_at(
-            self._started + min(timeouts.first_byte, timeouts.total), self._check
-        )
+        # Armed once, at the earliest bound that can apply; it re-arms itself when it fires
+        # early, so most requests finish without the timer ever firing.
+        first = min(timeouts.first_byte, timeouts.idle, timeouts.total)
+        self._handle = self._loop.call_at(self._started + first, self._check)
 
     def touch(self) -> None:
         """Called for every chunk: the hot path, so only a clock read and a store."""
         self.last = self._loop.time()
 
     def first_byte(self) -> None:
-        """Once per request: from now on the idle bound applies, so re-arm for it."""
+        """Once per request: from now on the idle bound applies (the armed timer is never
+        later than ``started + idle``, so it cannot miss it)."""
         self.first_byte_seen = True
-        self.last = now = self._loop.time()
-        self._handle.cancel()
-        t = self._timeouts
-        self._handle = self._loop.call_at(min(now + t.idle, self._started + t.total), self._check)
+        self.last = self._loop.time()
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -61,7 +60,10 @@ class Watchdog:
             due = min(self._started + t.first_byte, total_at)
             reason = "first_byte" if due < total_at else "total"
         if now + 1e-3 < due:
-            self._handle = self._loop.call_at(due, self._check)
+            # Before the first byte, wake at least every ``idle`` seconds: a first byte that
+            # arrives meanwhile starts the idle bound, which must not wait for this deadline.
+            wake = due if self.first_byte_seen else min(due, now + t.idle)
+            self._handle = self._loop.call_at(wake, self._check)
             return
         self.expired = reason
         self._task.cancel()

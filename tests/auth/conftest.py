@@ -1,0 +1,257 @@
+"""What the identity-and-access end-to-end tests share: processes, raw HTTP, OpenAI errors.
+
+Starting ``swarmgate serve`` costs one to three seconds, so a test module starts its simulator
+and gateways once (``fleet``, module-scoped) and its tests share them; every test makes its own
+keys, so tests do not depend on each other's state. The processes are the ones
+``tests.plugins.processes`` starts (same helpers), with what these tests need on top: a gateway
+may be started without ``SWARMGATE_ADMIN_KEY`` (the first-start bootstrap) or on a store given
+in its config (two replicas, a restart), its environment (its secrets) is kept for the log scans
+and the CLI, and its audit writer flushes every 0.2 s so that tests read the audit log soon.
+
+``call`` is a small synchronous HTTP client on ``http.client``: the attacks send headers no
+SDK would (``Basic ...``, a bare ``Bearer``, forged ``X-Forwarded-For``), and tests read the raw
+status, headers and JSON body.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import openai
+import pytest
+import yaml
+
+from tests.plugins.processes import (
+    SWARMGATE,
+    Gateway,
+    Sim,
+    free_port,
+    new_admin_key,
+    spawn,
+    wait_healthy,
+)
+
+FAST: dict[str, Any] = {"ttft_ms": 1, "tokens_per_second": 1000, "max_tokens_default": 4}
+MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
+REQUEST_ID = re.compile(r"^[\x20-\x7e]{1,128}$")
+
+
+def server_secret() -> str:
+    """A fresh 40-character ``SWARMGATE_AUTH__SECRET``."""
+    return "srv-" + new_admin_key()[6:42]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    text: str
+
+    @property
+    def body(self) -> Any:
+        return json.loads(self.text)
+
+
+def call(
+    url: str,
+    method: str = "GET",
+    *,
+    key: str | None = None,
+    json_body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    """One HTTP request; ``key`` becomes ``Authorization: Bearer <key>``."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    sent = dict(headers or {})
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    body = raw
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request(method, path or "/", body=body, headers=sent)
+        response = conn.getresponse()
+        text = response.read().decode("utf-8", errors="replace")
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, text)
+    finally:
+        conn.close()
+
+
+def chat(gw: Gateway, key: str | None, model: str = "m", **headers: str) -> Reply:
+    """A raw chat completion request."""
+    body = {"model": model, "messages": MESSAGES, "max_tokens": 2}
+    return call(gw.url + "/v1/chat/completions", "POST", key=key, json_body=body, headers=headers)
+
+
+def sdk(gw: Gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=10)
+
+
+def sdk_chat(gw: Gateway, key: str, model: str = "m") -> str:
+    """A chat completion through the official SDK; raises the SDK's error classes."""
+    with sdk(gw, key) as client:
+        reply = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2)
+    return reply.choices[0].message.content or ""
+
+
+def assert_error(reply: Reply, status: int, error_type: str, code: str | None = None) -> None:
+    """A clear JSON error in OpenAI's schema, carrying the request id."""
+    assert reply.status == status, (reply.status, reply.text)
+    assert reply.headers.get("content-type", "").startswith("application/json"), reply.headers
+    error = reply.body["error"]
+    assert set(error) >= {"message", "type", "param", "code", "request_id"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert error["type"] == error_type, error
+    if code is not None:
+        assert error["code"] == code, error
+    assert REQUEST_ID.match(error["request_id"]), error
+    assert "Traceback" not in reply.text
+
+
+def assert_sdk_error(exc: openai.APIStatusError, status: int, error_type: str) -> None:
+    assert exc.status_code == status, exc
+    assert exc.type == error_type, exc.body
+    assert isinstance(exc.body, dict) and exc.body.get("request_id") == exc.request_id
+
+
+def admin(gw: Gateway, method: str, path: str, body: Any = None, **kw: Any) -> Reply:
+    """An admin API call with the gateway's bootstrap admin key."""
+    return call(gw.url + path, method, key=gw.admin_key, json_body=body, **kw)
+
+
+def create_key(gw: Gateway, **fields: Any) -> tuple[str, str]:
+    """A new key through the admin API: (key id, secret)."""
+    payload = {"name": "test", "owner": "tester", "role": "user", **fields}
+    reply = admin(gw, "POST", "/admin/keys", payload)
+    assert reply.status == 201, reply.text
+    return reply.body["key"]["id"], reply.body["secret"]
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = ""
+) -> float:
+    """Poll until ``predicate()`` holds; return the seconds it took. Fails after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(interval)
+
+
+def audit_records(gw: Gateway, **filters: Any) -> list[dict[str, Any]]:
+    """Every audit record matching ``filters``, following the cursor through all pages."""
+    records: list[dict[str, Any]] = []
+    cursor: int | None = None
+    while True:
+        query = {**filters, "limit": 500, **({"cursor": cursor} if cursor else {})}
+        reply = admin(gw, "GET", f"/admin/audit?{urlencode(query)}")
+        assert reply.status == 200, reply.text
+        records.extend(reply.body["data"])
+        cursor = reply.body["next_cursor"]
+        if cursor is None:
+            return records
+
+
+def assert_clean_log(gw: Gateway) -> None:
+    log = gw.output()
+    assert "Traceback" not in log, log
+    assert "Exception in ASGI application" not in log, log
+
+
+@dataclass
+class Node(Gateway):
+    """A gateway process and the environment it was started with (its secrets)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Fleet:
+    """Sims and gateways in one directory, stopped at the end of the module."""
+
+    root: Path
+    started: list[Sim | Node] = field(default_factory=list)
+
+    def sim(self, models: dict[str, dict[str, Any]]) -> Sim:
+        n = len(self.started)
+        port = free_port()
+        server = {"name": f"sim{n}", "host": "127.0.0.1", "port": port, "models": models}
+        profile = self.root / f"sim{n}.yaml"
+        profile.write_text(yaml.safe_dump({"servers": [server]}))
+        log = self.root / f"sim{n}.log"
+        proc = spawn([*SWARMGATE, "sim", "--config", str(profile)], log)
+        sim = Sim(proc, log, f"http://127.0.0.1:{port}", {f"sim{n}": f"http://127.0.0.1:{port}"})
+        self.started.append(sim)
+        wait_healthy(sim)
+        return sim
+
+    def gateway(
+        self,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        with_admin_key: bool = True,
+    ) -> Node:
+        """Start ``swarmgate serve``, by default with a new ``SWARMGATE_ADMIN_KEY``.
+        Unless ``config`` names a store, each gateway gets its own SQLite file."""
+        n = len(self.started)
+        port = free_port()
+        config = dict(config)
+        config["server"] = {**config.get("server", {}), "host": "127.0.0.1", "port": port}
+        config.setdefault("store", {"url": f"sqlite+aiosqlite:///{self.root / f'gw{n}.db'}"})
+        config["audit"] = {
+            "spool_path": str(self.root / f"gw{n}-audit.spool"),
+            "flush_interval": 0.2,
+            **config.get("audit", {}),
+        }
+        path = self.root / f"gw{n}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        full_env = {"SWARMGATE_AUTH__SECRET": server_secret()}
+        if with_admin_key:
+            full_env["SWARMGATE_ADMIN_KEY"] = new_admin_key()
+        full_env.update(env or {})
+        log = self.root / f"gw{n}.log"
+        proc = spawn([*SWARMGATE, "serve", "--config", str(path)], log, full_env)
+        url = f"http://127.0.0.1:{port}"
+        gw = Node(proc, log, url, full_env.get("SWARMGATE_ADMIN_KEY", ""), path, full_env)
+        self.started.append(gw)
+        wait_healthy(gw)
+        return gw
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``python -m swarmgate.cli <args>`` with only ``env``'s SWARMGATE_* variables."""
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
+        full_env.update(env or {})
+        return subprocess.run(
+            [*SWARMGATE, *args], capture_output=True, text=True, env=full_env, timeout=60
+        )
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    processes = Fleet(tmp_path_factory.mktemp("auth-e2e"))
+    yield processes
+    processes.stop_all()
