@@ -267,3 +267,28 @@ def test_parse_duration(text: str | float, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_jwks_urls_must_be_https_except_on_this_machine() -> None:
+    base = {"models": {"m": {"deployments": [{"url": "http://h:1"}]}}}
+    for url in ("https://issuer.example/jwks", "http://127.0.0.1:9/jwks", "http://localhost/j"):
+        parse_settings({**base, "auth": {"jwt": {"jwks_url": url}}}, {})
+    with pytest.raises(ConfigError) as exc:
+        parse_settings({**base, "auth": {"jwt": {"jwks_url": "http://issuer.example/j"}}}, {})
+    assert "auth.jwt.jwks_url: must be an https:// URL" in exc.value.problems[0]
+
+
+def test_a_deployment_url_may_end_in_v1() -> None:
+    raw = {
+        "models": {"m": {"deployments": [{"url": "http://h:8000/v1/"}, {"url": "http://h:8000"}]}}
+    }
+    settings = parse_settings(raw, {})
+    assert [d.url for d in settings.models["m"].deployments] == ["http://h:8000", "http://h:8000"]
+
+
+def test_secrets_from_the_environment_are_taken_verbatim() -> None:
+    raw = {"models": {"m": {"deployments": [{"url": "http://h:1"}]}}}
+    env = {"SWARMGATE_AUTH__SECRET": "ab #c 0123", "SWARMGATE_AUTH__JWT__HS256_SECRET": "0123"}
+    settings = parse_settings(raw, env)
+    assert settings.auth.secret == "ab #c 0123"
+    assert settings.auth.jwt.hs256_secret == "0123"

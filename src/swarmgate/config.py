@@ -29,6 +29,11 @@ from swarmgate.errors import ConfigError
 from swarmgate.types import ModelType
 
 ENV_PREFIX = "SWARMGATE_"
+# Secrets and names are taken from the environment verbatim, never read as YAML
+# ("ab #c" is not "ab", "0123" is not 83).
+RAW_STRING_FIELDS = frozenset(
+    {"secret", "admin_key", "hs256_secret", "url", "spool_path", "issuer", "audience"}
+)
 
 
 def _http_url(value: str) -> str:
@@ -42,7 +47,24 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _base_url(value: str) -> str:
+    """A deployment's base URL: ``http://host:8000`` (a trailing ``/v1``, as OpenAI-style base
+    URLs are often written, is dropped: the gateway appends ``/v1/...`` itself)."""
+    return _http_url(value).removesuffix("/v1")
+
+
+def _secure_url(value: str) -> str:
+    """Keys that sign tokens must not travel in clear text, except on this machine."""
+    url = _http_url(value)
+    parts = urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise ValueError("must be an https:// URL (plain http only on localhost)")
+    return url
+
+
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+SecureUrl = Annotated[str, AfterValidator(_secure_url)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
@@ -61,7 +83,7 @@ class Timeouts(Frozen):
 
 
 class Deployment(Frozen):
-    url: HttpUrl
+    url: BaseUrl
     model: str | None = None  # the name the upstream knows the model by; default: the model id
     api_key_env: str | None = None
     weight: Annotated[float, Field(gt=0)] = 1.0
@@ -126,8 +148,8 @@ class JWTClaims(Frozen):
 class JWT(Frozen):
     enabled: bool = False
     hs256_secret: str | None = Field(default=None, repr=False)
-    oidc_discovery_url: HttpUrl | None = None
-    jwks_url: HttpUrl | None = None
+    oidc_discovery_url: SecureUrl | None = None
+    jwks_url: SecureUrl | None = None
     algorithms: tuple[Literal["HS256", "RS256", "ES256"], ...] = ("RS256", "ES256")
     issuer: str | None = None
     audience: str | None = None
@@ -235,6 +257,9 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
                 child = {}
                 node[part] = child
             node = child
+        if path[-1] in RAW_STRING_FIELDS:
+            node[path[-1]] = value
+            continue
         try:
             node[path[-1]] = yaml.safe_load(value) if value else value
         except yaml.YAMLError:

@@ -26,6 +26,7 @@ async def prepare_store(settings: Settings) -> None:
     try:
         await security.prepare_store()
     finally:
+        await security.bus.close()
         await security.db.close()
 
 

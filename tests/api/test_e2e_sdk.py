@@ -314,15 +314,13 @@ def test_deployment_key_is_injected_from_the_environment(client: OpenAI) -> None
 
 def test_client_authorization_is_never_forwarded(client: OpenAI) -> None:
     # The "leaky" upstream would accept the client's own key; it must never see it, so it
-    # refuses the request, and its 401 is passed through unchanged.
-    with pytest.raises(openai.AuthenticationError) as exc:
+    # refuses the request. Its 401 is about the gateway's credential, not the client's: the
+    # client gets a 502 that says so, and not the upstream's body.
+    with pytest.raises(openai.InternalServerError) as exc:
         client.chat.completions.create(model="leaky", messages=MESSAGES, max_tokens=2)
-    assert exc.value.body == {
-        "message": "Incorrect API key provided.",
-        "type": "authentication_error",
-        "param": None,
-        "code": "invalid_api_key",
-    }
+    assert exc.value.status_code == 502
+    assert "rejected the gateway's credentials" in exc.value.message
+    assert "Incorrect API key" not in str(exc.value.body)
 
 
 def test_a_missing_api_key_env_is_a_configuration_error(stack: Stack, tmp_path: Any) -> None:

@@ -4,6 +4,7 @@ failures after the first byte, which must end the stream with a well-formed SSE 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -267,3 +268,32 @@ def test_an_upstream_5xx_on_a_stream_is_a_502(client: OpenAI) -> None:
         )
     assert_sdk_error(exc.value, 502, "api_error", "bad_gateway")
     assert "HTTP 500" in exc.value.message
+
+
+async def test_a_client_leaving_mid_stream_frees_the_deployment_at_once(gw: Gateway) -> None:
+    """uvicorn's send() does not fail once the client has gone: the gateway must notice the
+    disconnect itself and stop reading (and so stop the upstream's generation)."""
+
+    async def in_flight(http: aiohttp.ClientSession) -> float:
+        async with http.get(gw.url + "/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith("swarmgate_requests_in_flight "):
+                    return float(line.split()[1])
+        raise AssertionError("no in-flight gauge")
+
+    async with aiohttp.ClientSession() as http:
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as leaving:
+            response = await leaving.post(
+                gw.url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {gw.admin_key}"},
+                json={"model": "slow", "messages": MESSAGES, "stream": True, "max_tokens": 1000},
+            )
+            assert response.status == 200
+            await response.content.readany()  # the stream is running: 1,000 tokens take 40 s
+            assert await in_flight(http) == 1
+            response.close()  # the client goes away
+        deadline = time.monotonic() + 3
+        while await in_flight(http) != 0:
+            assert time.monotonic() < deadline, "the abandoned stream is still being relayed"
+            await asyncio.sleep(0.05)

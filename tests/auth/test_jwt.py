@@ -632,10 +632,10 @@ def test_looks_like_jwt() -> None:
         ({"algorithms": ("HS256",)}, "HS256 needs"),
         ({"hs256_secret": SECRET}, "add HS256"),
         ({"algorithms": ("HS256",), "hs256_secret": "short"}, "at least 32 bytes"),
-        ({"jwks_url": "http://a", "oidc_discovery_url": "http://b"}, "not both"),
+        ({"jwks_url": "https://a", "oidc_discovery_url": "https://b"}, "not both"),
         ({}, "no usable algorithm"),
-        ({"jwks_url": "http://a", "claims": JWTClaims(default_role="boss")}, "unknown role"),
-        ({"jwks_url": "http://a", "claims": JWTClaims(default_role="system")}, "only for HS256"),
+        ({"jwks_url": "https://a", "claims": JWTClaims(default_role="boss")}, "unknown role"),
+        ({"jwks_url": "https://a", "claims": JWTClaims(default_role="system")}, "only for HS256"),
     ],
 )
 def test_config_errors(fields: dict[str, Any], problem: str) -> None:

@@ -94,7 +94,7 @@ class _Context:
         principal = await self.security.authenticator.authenticate(
             request.headers.get("authorization"),
             client.host if client else None,
-            request.headers.get("x-forwarded-for"),
+            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
         )
         require(principal, ApiScope.ADMIN)
         return principal
@@ -110,6 +110,14 @@ class _Context:
             request_id=request.headers.get("x-request-id"),
             details=details,
         )
+
+
+def _normalized(cidr: str) -> str:
+    """``10.1.2.3/8`` → ``10.0.0.0/8``: blocks are stored, listed and lifted in one form."""
+    try:
+        return Networks([cidr]).cidrs[0]
+    except ValueError as exc:
+        raise BadRequest(f"cidr: {exc}", param="cidr") from None
 
 
 def build_admin_router(security: Security) -> APIRouter:
@@ -255,26 +263,20 @@ def _ip_routes(router: APIRouter, ctx: _Context) -> None:
 
     @router.post("/ip-blocks", status_code=201, summary="Block an address or network")
     async def add_block(body: BlockCreate, request: Request, who: Admin) -> dict[str, Any]:
-        try:
-            Networks([body.cidr])
-        except ValueError as exc:
-            raise BadRequest(f"cidr: {exc}", param="cidr") from None
+        cidr = _normalized(body.cidr)
         seconds = _duration(body.duration, "duration")
         now = time.time()
         until = None if seconds is None else now + seconds
         actor = who.key_id or who.subject
-        await security.ip_blocks.put(StoredBlock(body.cidr, body.reason, now, until, actor))
-        security.ip_policy.block(body.cidr, until, body.reason)
-        await security.bus.publish(names.IP_EVENTS, "block " + body.cidr)
-        audit(request, who, "ip.block", body.cidr, reason=body.reason, until=until)
-        return {"cidr": body.cidr, "until": until, "reason": body.reason}
+        await security.ip_blocks.put(StoredBlock(cidr, body.reason, now, until, actor))
+        security.ip_policy.block(cidr, until, body.reason)
+        await security.bus.publish(names.IP_EVENTS, "block " + cidr)
+        audit(request, who, "ip.block", cidr, reason=body.reason, until=until)
+        return {"cidr": cidr, "until": until, "reason": body.reason}
 
     @router.delete("/ip-blocks/{cidr:path}", summary="Lift a block")
     async def remove_block(cidr: str, request: Request, who: Admin) -> dict[str, Any]:
-        try:
-            Networks([cidr])
-        except ValueError as exc:
-            raise BadRequest(f"cidr: {exc}", param="cidr") from None
+        cidr = _normalized(cidr)
         removed = await security.ip_blocks.remove(cidr)
         lifted = security.ip_policy.unblock(cidr)
         if not (removed or lifted):

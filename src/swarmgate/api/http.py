@@ -6,6 +6,7 @@ needs: read a bounded body, send a JSON body, render an error in OpenAI's schema
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,47 @@ SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+class ClientGone(Exception):
+    """The client disconnected: nothing more can be sent to it."""
+
+
+class DisconnectWatch:
+    """Notices a client leaving mid-stream and cancels the request's task.
+
+    Some ASGI servers (uvicorn) let ``send`` succeed silently after the client has gone, so a
+    stream would go on generating for nobody, holding a deployment slot. One task per stream
+    waits on ``receive`` for ``http.disconnect``; ``finish`` must be called before the
+    handler returns, so that a disconnect after the last byte cancels nothing.
+    """
+
+    __slots__ = ("_task", "_watch", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task: asyncio.Task[object] | None = task
+        self.gone = False
+        self._watch = asyncio.ensure_future(self._wait(receive))
+
+    async def _wait(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if self._task is not None:
+            self.gone = True
+            self._task.cancel()
+
+    def absorb(self) -> bool:
+        """After a CancelledError: True if the client's departure caused it."""
+        if not self.gone or self._task is None:
+            return False
+        self._task.uncancel()
+        return True
+
+    def finish(self) -> None:
+        self._task = None
+        self._watch.cancel()
 
 
 def new_request_id() -> str:
@@ -59,7 +101,9 @@ def read_head(scope: ASGIScope, not_forwarded: frozenset[bytes]) -> RequestHead:
         elif name == b"content-length":
             content_length = int(value) if value.isdigit() else None
         elif name == b"x-forwarded-for":
-            forwarded_for = value.decode("latin-1")
+            # Several header lines are one list (RFC 9110 §5.3), in order.
+            text = value.decode("latin-1")
+            forwarded_for = text if forwarded_for is None else f"{forwarded_for}, {text}"
         elif name not in not_forwarded:
             forward[name.decode("latin-1")] = value.decode("latin-1")
     return RequestHead(
@@ -71,6 +115,8 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
@@ -81,7 +127,7 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -123,4 +169,7 @@ async def send_error(send: Send, exc: GatewayError, request_id: str) -> None:
     headers: Headers = [(b"x-request-id", request_id.encode())]
     for name, value in exc.headers.items():
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-    await send_json(send, exc.status, exc.body(request_id), headers)
+    try:
+        await send_json(send, exc.status, exc.body(request_id), headers)
+    except OSError as gone:  # some servers raise when the client has left
+        raise ClientGone from gone

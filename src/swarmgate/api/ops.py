@@ -46,8 +46,8 @@ class Ops:
             pool.model: {"deployments": len(pool.backends), "usable": pool.usable}
             for pool in self.registry.pools.values()
         }
-        ready = self.ready and all(m["usable"] for m in models.values())
-        return {"status": "ready" if ready else "not_ready", "models": models}
+        # Saturation is reported, not a reason to be taken out of a load balancer's rotation.
+        return {"status": "ready" if self.ready else "not_ready", "models": models}
 
     async def readiness(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         status = self._status()

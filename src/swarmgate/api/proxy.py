@@ -17,6 +17,8 @@ import orjson
 
 from swarmgate.api.http import (
     SSE_HEADERS,
+    ClientGone,
+    DisconnectWatch,
     Headers,
     RequestHead,
     parse_json_object,
@@ -37,7 +39,7 @@ from swarmgate.observability.metrics import Metrics
 from swarmgate.routing.pool import Backend, Pool, Registry
 from swarmgate.types import ASGIScope, Authenticator, ModelType, Principal, Receive, Send, Usage
 from swarmgate.upstream.client import NOT_FORWARDED, ConnectFailed, UpstreamClient
-from swarmgate.upstream.relay import StreamRelay, usage_from
+from swarmgate.upstream.relay import StreamRelay, usage_from, usage_object
 from swarmgate.upstream.sse import encode_json_event
 from swarmgate.upstream.watchdog import Watchdog
 
@@ -48,6 +50,7 @@ ROUTES: dict[str, tuple[str, frozenset[ModelType], str]] = {
     "/v1/embeddings": ("embeddings", frozenset({ModelType.EMBEDDING}), "input"),
 }
 RETRYABLE_ATTEMPTS = 2
+LARGE_BODY = 16 * 1024  # above this, only the usage object of an answer is parsed
 # Upstream response headers a client needs to back off correctly.
 PASSED_BACK = (
     "retry-after",
@@ -58,10 +61,6 @@ PASSED_BACK = (
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
 )
-
-
-class ClientGone(Exception):
-    """The client disconnected while we were sending."""
 
 
 def _check_fields(payload: dict[str, Any], required: str) -> str | None:
@@ -116,10 +115,10 @@ class Proxy:
             )
             body = await read_body(receive, self.max_body_bytes, head.content_length)
             payload = parse_json_object(body)
-            pool = self.registry.resolve(_check_fields(payload, required))
+            pool = self.registry.resolve(_check_fields(payload, required), principal.allows_model)
             model = pool.model
             self._authorize(principal, pool, route, types)
-            status = await self._forward(pool, payload, body, scope["path"], head, send)
+            status = await self._forward(pool, payload, body, scope["path"], head, receive, send)
         except GatewayError as exc:
             status = exc.status
             await send_error(send, exc, head.request_id)
@@ -149,6 +148,7 @@ class Proxy:
         raw: bytes,
         path: str,
         head: RequestHead,
+        receive: Receive,
         send: Send,
     ) -> int:
         stream = payload.get("stream") is True
@@ -166,7 +166,10 @@ class Proxy:
             tried.append(backend)
             if stream or requested != backend.upstream_model:
                 payload["model"] = backend.upstream_model
-                body = orjson.dumps(payload)
+                try:
+                    body = orjson.dumps(payload)
+                except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+                    raise BadRequest(f"the request body cannot be forwarded: {exc}") from None
             else:
                 body = raw  # nothing to change: forward the client's bytes as they came
             headers = dict(head.forward)
@@ -176,7 +179,9 @@ class Proxy:
                 headers["authorization"] = "Bearer " + backend.config.api_key
             try:
                 if stream:
-                    return await self._stream(backend, path, body, headers, head, send, wants_usage)
+                    return await self._stream(
+                        backend, path, body, headers, head, receive, send, wants_usage
+                    )
                 return await self._unary(backend, path, body, headers, head, send)
             except ConnectFailed:
                 self.metrics.upstream_error(backend.name, "connect")
@@ -200,7 +205,7 @@ class Proxy:
     ) -> int:
         backend.in_flight += 1
         started = time.perf_counter()
-        watchdog = Watchdog(backend.timeouts)
+        watchdog = Watchdog(backend.unary_timeouts or backend.timeouts)
         try:
             response = await self.client.post(backend, path, body, headers)
             watchdog.first_byte()
@@ -229,6 +234,7 @@ class Proxy:
         body: bytes,
         headers: dict[str, str],
         head: RequestHead,
+        receive: Receive,
         send: Send,
         wants_usage: bool,
     ) -> int:
@@ -236,6 +242,7 @@ class Proxy:
         backend.in_flight += 1
         started = time.perf_counter()
         watchdog = Watchdog(backend.timeouts)
+        client = DisconnectWatch(receive)
         response: aiohttp.ClientResponse | None = None
         relay = StreamRelay(wants_usage)
         try:
@@ -249,8 +256,12 @@ class Proxy:
                 raise UpstreamError(f"deployment {backend.name} ended the stream before [DONE]")
             self._account(backend, relay.usage)
             await _send_or_gone(send, {"type": "http.response.body", "body": b""})
+            client.finish()
             return 200
         except asyncio.CancelledError:
+            if client.absorb():
+                self._account(backend, relay.usage)
+                raise ClientGone from None
             if not watchdog.absorb():
                 raise
             self.metrics.upstream_error(backend.name, "timeout")
@@ -266,6 +277,7 @@ class Proxy:
             self.metrics.upstream_error(backend.name, "protocol")
             error = exc
         finally:
+            client.finish()
             watchdog.disarm()
             backend.in_flight -= 1
             if response is not None:
@@ -313,6 +325,8 @@ class Proxy:
                 await _send_or_gone(
                     send, {"type": "http.response.body", "body": out, "more_body": True}
                 )
+                # A slow client holds the send: that wait is not the upstream's idleness.
+                watchdog.touch()
         tail = relay.close()
         if tail and relay.started:
             await _send_or_gone(
@@ -335,6 +349,10 @@ class Proxy:
             raise UpstreamError(
                 f"deployment {backend.name} answered HTTP {status}: {_upstream_message(data)}"
             )
+        if status in (401, 403):
+            # About the gateway's own credential for this deployment, not the client's.
+            self.metrics.upstream_error(backend.name, f"http_{status}")
+            raise UpstreamError(f"deployment {backend.name} rejected the gateway's credentials")
         if status < 300:
             self._account(backend, _usage_of_body(data, backend))
         headers = self._response_headers(backend, head)
@@ -369,6 +387,11 @@ def _upstream_message(data: bytes) -> str:
 
 def _usage_of_body(data: bytes, backend: Backend) -> Usage:
     try:
+        if len(data) > LARGE_BODY:
+            # Embeddings and long answers: parse only the usage object, usually at the end.
+            usage = usage_object(data)
+            if usage is not None:
+                return usage
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise UpstreamError(f"deployment {backend.name} returned a body that is not JSON") from None

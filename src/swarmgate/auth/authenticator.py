@@ -8,12 +8,13 @@ when a revocation or rotation event arrives (Redis pub/sub across replicas). JWT
 ``JWTVerifier``. Every failure is counted, audited (off the hot path) and fed to the IP policy,
 which blocks an address after too many failures.
 
-``OpenAccess`` serves a gateway with authentication switched off: every caller is the system
-principal.
+With ``auth.enabled: false`` the IP policy still applies, and every caller it admits is the
+system principal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -25,6 +26,7 @@ from swarmgate.auth.roles import default_scopes
 from swarmgate.config import Auth
 from swarmgate.errors import ServiceUnavailable, StoreError, Unauthorized
 from swarmgate.observability.metrics import Metrics
+from swarmgate.store.keys import KeyRecord
 from swarmgate.types import ApiScope, Clock, Principal, Role
 
 SYSTEM = Principal(
@@ -40,13 +42,7 @@ if TYPE_CHECKING:
     from swarmgate.auth.jwt import JWTVerifier
 
 MAX_CACHED = 100_000
-
-
-class OpenAccess:
-    async def authenticate(
-        self, authorization: str | None, peer: str | None, forwarded_for: str | None
-    ) -> Principal:
-        return SYSTEM
+STORE_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -77,6 +73,7 @@ class KeyAuthenticator:
         self._jwt = jwt
         self._clock = clock
         self._cache: dict[str, _Verified] = {}
+        self._lookups: dict[str, asyncio.Future[tuple[KeyRecord, float] | None]] = {}
         self._hashes_of: dict[str, set[str]] = {}  # key id → cached hashes, for invalidation
         self.last_used: dict[str, float] = {}  # key id → time; flushed to the store off-path
 
@@ -89,6 +86,8 @@ class KeyAuthenticator:
             else (peer or "unknown")
         )
         self._ip.check(ip)
+        if not self._config.enabled:
+            return SYSTEM
         if authorization is None:
             if self._config.anonymous:
                 return GUEST
@@ -113,12 +112,7 @@ class KeyAuthenticator:
         if cached is not None and cached.until > now:
             principal = cached.principal
         else:
-            try:
-                found = await self._keys.check(token)
-            except StoreError as exc:
-                raise ServiceUnavailable(
-                    "authentication is unavailable: the key store cannot be reached"
-                ) from exc
+            found = await self._lookup(digest, token)
             if found is None:
                 self._cache.pop(digest, None)
                 self._fail(ip, "invalid_key", "Invalid API key: unknown, revoked or expired")
@@ -130,6 +124,25 @@ class KeyAuthenticator:
         if principal.key_id is not None:
             self.last_used[principal.key_id] = now
         return principal
+
+    async def _lookup(self, digest: str, token: str) -> tuple[KeyRecord, float] | None:
+        """One store query per key at a time, however many requests miss the cache together
+        (a cold start, or every ``cache_ttl``), and never longer than ``STORE_TIMEOUT``."""
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._query(token))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return await asyncio.shield(pending)
+
+    async def _query(self, token: str) -> tuple[KeyRecord, float] | None:
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                return await self._keys.check(token)
+        except (StoreError, TimeoutError) as exc:
+            raise ServiceUnavailable(
+                "authentication is unavailable: the key store cannot be reached"
+            ) from exc
 
     def _remember(self, digest: str, key_id: str, verified: _Verified) -> None:
         if len(self._cache) >= MAX_CACHED:

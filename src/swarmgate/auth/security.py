@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swarmgate.auth.audit import AuditLog
-from swarmgate.auth.authenticator import KeyAuthenticator, OpenAccess
+from swarmgate.auth.authenticator import KeyAuthenticator
 from swarmgate.auth.ip import IPPolicy
 from swarmgate.auth.keys import KeyHasher, KeyService, load_or_create_server_secret
 from swarmgate.config import Settings
@@ -31,7 +31,6 @@ from swarmgate.store.ipblocks import IPBlockStore
 from swarmgate.store.keys import KeyStore
 from swarmgate.store.migrate import migrate
 from swarmgate.store.sql import Database
-from swarmgate.types import Authenticator
 
 if TYPE_CHECKING:
     from swarmgate.auth.jwt import JWTVerifier
@@ -68,12 +67,11 @@ class Security:
 
             self.jwt = JWTVerifier(auth.jwt)
         self.bus: EventBus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
-        self.key_authenticator = KeyAuthenticator(
+        # With auth.enabled false, every caller the IP policy admits is the system principal.
+        self.authenticator = KeyAuthenticator(
             auth, self.keys, self.hasher, self.ip_policy, self.audit, metrics, self.jwt
         )
-        # With authentication off every caller is the system principal (admin API included).
-        self.authenticator: Authenticator = self.key_authenticator if auth.enabled else OpenAccess()
-        self.bus.subscribe(names.KEY_EVENTS, self.key_authenticator.invalidate)
+        self.bus.subscribe(names.KEY_EVENTS, self.authenticator.invalidate)
         self.bus.subscribe(names.IP_EVENTS, self._ip_event)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -109,26 +107,38 @@ class Security:
         else:
             task = asyncio.get_running_loop().create_task(self.reload_ip_blocks())
             self._tasks.append(task)
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("reloading IP blocks failed: %s", task.exception())
 
     async def publish_key_change(self, key_id: str) -> None:
         await self.bus.publish(names.KEY_EVENTS, key_id)
 
     async def _flush_last_used(self) -> None:
+        """Every few seconds: keys' last use to the store, and operator IP blocks from it (so
+        they reach every worker and replica even without Redis, or if an event was lost)."""
         while True:
             await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
             await self.flush_last_used()
+            try:
+                await self.reload_ip_blocks()
+            except StoreError as exc:
+                log.warning("could not reload IP blocks: %s", exc)
 
     async def flush_last_used(self) -> None:
-        pending = self.key_authenticator.last_used
+        pending = self.authenticator.last_used
         if not pending:
             return
-        self.key_authenticator.last_used = {}
+        self.authenticator.last_used = {}
         try:
             await self.key_store.touch(pending)
         except StoreError as exc:
             log.warning("could not record keys' last use (will retry): %s", exc)
             for key_id, ts in pending.items():
-                self.key_authenticator.last_used.setdefault(key_id, ts)
+                self.authenticator.last_used.setdefault(key_id, ts)
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -7,7 +7,7 @@ client's model name or alias to its pool. Everything here is built once in ``cre
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -28,12 +28,16 @@ class Backend:
     in_flight: int = 0
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # A non-streamed answer's first byte comes only when generation is done: it is bounded
+    # by the total timeout, not by the time-to-first-token bound.
+    unary_timeouts: Timeouts | None = None
 
     def __post_init__(self) -> None:
         self.headers = (
             (b"x-swarmgate-deployment", self.name.encode()),
             (b"x-swarmgate-model", self.model.encode()),
         )
+        self.unary_timeouts = self.timeouts.model_copy(update={"first_byte": self.timeouts.total})
 
     @property
     def has_capacity(self) -> bool:
@@ -80,9 +84,11 @@ class Registry:
         self.pools: dict[str, Pool] = {}
         self._names: dict[str, Pool] = {}
         for model_id, model in settings.models.items():
+            names = [_backend_name(model_id, i, dep) for i, dep in enumerate(model.deployments)]
+            names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
             backends = tuple(
                 Backend(
-                    name=_backend_name(model_id, i, dep),
+                    name=names[i],
                     model=model_id,
                     upstream_model=dep.model or model_id,
                     config=dep,
@@ -98,7 +104,8 @@ class Registry:
                 self._names[alias] = pool
         self.default = self._names[settings.default_model] if settings.default_model else None
 
-    def resolve(self, name: str | None) -> Pool:
+    def resolve(self, name: str | None, visible: Callable[[str], bool] = bool) -> Pool:
+        """The pool for a model id or alias; ``visible`` filters the models an error lists."""
         if name is None:
             if self.default is None:
                 raise ModelNotFound("you must provide a model parameter", param="model")
@@ -107,7 +114,7 @@ class Registry:
         if pool is None:
             raise ModelNotFound(
                 f"The model {name!r} does not exist. Available models: "
-                + ", ".join(sorted(self.pools)),
+                + (", ".join(sorted(m for m in self.pools if visible(m))) or "(none)"),
                 param="model",
             )
         return pool

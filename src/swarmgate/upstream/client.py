@@ -38,6 +38,15 @@ NOT_FORWARDED = frozenset(
         b"x-forwarded-for",
         b"x-real-ip",
         b"expect",
+        # Credentials and routing facts meant for an OpenAI-style endpoint, not ours to pass on:
+        b"openai-organization",
+        b"openai-project",
+        b"api-key",
+        b"x-api-key",
+        b"forwarded",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
     }
 )
 
@@ -86,7 +95,11 @@ class UpstreamClient:
             return await self.session(backend).post(
                 backend.base_url + path, data=body, headers=headers, allow_redirects=False
             )
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+        except (
+            aiohttp.ClientConnectorError,
+            aiohttp.ConnectionTimeoutError,
+            aiohttp.ServerDisconnectedError,
+        ) as exc:
             raise ConnectFailed(
                 f"could not reach deployment {backend.name}: {type(exc).__name__}"
             ) from exc

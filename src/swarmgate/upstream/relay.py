@@ -27,6 +27,37 @@ def usage_from(obj: object) -> Usage | None:
     )
 
 
+def has_usage(data: bytes) -> bool:
+    """Whether a JSON text carries a ``"usage": {...}`` object, without parsing it."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return False
+    rest = data[at + 7 : at + 16].lstrip(b" \t\r\n")
+    return rest[:1] == b":" and rest[1:].lstrip(b" \t\r\n")[:1] == b"{"
+
+
+def usage_object(data: bytes) -> Usage | None:
+    """The top-level ``usage`` object of a large JSON answer, parsed alone (it is flat or
+    nearly so: a brace count finds its end). None if it cannot be found that way."""
+    at = data.rfind(b'"usage"')
+    start = data.find(b"{", at) if at >= 0 else -1
+    if start < 0 or data[at + 7 : start].strip(b" \t\r\n:"):
+        return None
+    depth = 0
+    for end in range(start, min(len(data), start + 4096)):
+        char = data[end]
+        if char == 0x7B:  # {
+            depth += 1
+        elif char == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                try:
+                    return usage_from({"usage": orjson.loads(data[start : end + 1])})
+                except orjson.JSONDecodeError:
+                    return None
+    return None
+
+
 class StreamRelay:
     __slots__ = ("_decoder", "done", "started", "usage", "wants_usage")
 
@@ -52,8 +83,9 @@ class StreamRelay:
                 self.done = True
                 out.append(DONE)
                 continue
-            # Cheap substring test first: only chunks that mention usage are parsed.
-            if b'"usage"' in data and not self._keep(data):
+            # Cheap test first: only chunks whose usage is an object are parsed (upstreams that
+            # follow OpenAI send "usage": null in every other chunk).
+            if has_usage(data) and not self._keep(data):
                 continue
             out.append(b"data: " + data + b"\n\n")
         return b"".join(out)

@@ -1,0 +1,57 @@
+"""The stream relay's usage handling and the usage probes used on the hot path."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarmgate.types import Usage
+from swarmgate.upstream.relay import StreamRelay, has_usage, usage_object
+
+
+def _chunk(obj: object) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+CONTENT = {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None}
+USAGE_ONLY = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+
+
+def test_the_usage_only_chunk_is_counted_and_dropped_unless_asked_for() -> None:
+    for wants, shown in ((False, False), (True, True)):
+        relay = StreamRelay(wants_usage=wants)
+        out = relay.feed(_chunk(CONTENT) + _chunk(USAGE_ONLY) + b"data: [DONE]\n\n")
+        assert relay.usage == Usage(7, 3) and relay.done
+        assert (b'"prompt_tokens":7' in out) is shown
+        assert out.count(b"data: ") == (3 if shown else 2)
+
+
+def test_a_final_event_without_its_blank_line_is_flushed_at_the_end() -> None:
+    relay = StreamRelay(wants_usage=False)
+    assert relay.feed(_chunk(CONTENT)) and not relay.done
+    assert relay.feed(b"data: [DONE]") == b""
+    assert relay.close() == b"data: [DONE]\n\n" and relay.done
+
+
+def test_has_usage_only_for_an_object() -> None:
+    assert has_usage(b'{"usage": {"prompt_tokens": 1}}')
+    assert has_usage(b'{"usage" :\n {"prompt_tokens": 1}}')
+    assert not has_usage(b'{"usage": null}')
+    assert not has_usage(b'{"choices": []}')
+
+
+@given(
+    prompt=st.integers(0, 10**9),
+    completion=st.integers(0, 10**9),
+    padding=st.integers(0, 40_000),
+    details=st.booleans(),
+)
+def test_usage_object_agrees_with_a_full_parse(
+    prompt: int, completion: int, padding: int, details: bool
+) -> None:
+    usage: dict[str, object] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    if details:
+        usage["prompt_tokens_details"] = {"cached_tokens": 1}
+    body = orjson.dumps({"data": [{"embedding": [0.5] * (padding // 4)}], "usage": usage})
+    assert usage_object(body) == Usage(prompt, completion)
