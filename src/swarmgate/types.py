@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 ASGIScope = MutableMapping[str, Any]
@@ -74,22 +74,6 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """Per-request facts gathered on the hot path and handed to accounting."""
-
-    request_id: str
-    route: str
-    client_ip: str
-    started: float
-    principal: Principal | None = None
-    model: str | None = None
-    deployment: str | None = None
-    status: int = 200
-    usage: Usage = field(default_factory=Usage)
-    first_byte_at: float | None = None
 
 
 class Clock(Protocol):

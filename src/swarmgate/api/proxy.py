@@ -193,6 +193,13 @@ class Proxy:
 
     def _account(self, backend: Backend, usage: Usage) -> None:
         self.metrics.tokens(backend.model, usage.prompt_tokens, usage.completion_tokens)
+        price = backend.config
+        cost = (
+            usage.prompt_tokens * price.input_cost_per_1k
+            + usage.completion_tokens * price.output_cost_per_1k
+        ) / 1000
+        if cost:
+            self.metrics.cost(backend.model, cost)
 
     async def _unary(
         self,

@@ -60,6 +60,12 @@ class Metrics:
             ["model", "direction"],
             registry=r,
         )
+        self._cost = Counter(
+            "swarmgate_cost_total",
+            "Spend by model, from token usage and the deployments' prices per 1k tokens",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "swarmgate_requests_in_flight",
             "Requests being served now",
@@ -99,6 +105,9 @@ class Metrics:
             self._child(self._tokens, model, "input").inc(prompt)
         if completion:
             self._child(self._tokens, model, "output").inc(completion)
+
+    def cost(self, model: str, amount: float) -> None:
+        self._child(self._cost, model).inc(amount)
 
     def upstream_error(self, deployment: str, kind: str) -> None:
         self._child(self._upstream_errors, deployment, kind).inc()
