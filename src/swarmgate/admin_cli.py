@@ -37,7 +37,8 @@ CONFIG = click.option(
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="SWARMGATE_CONFIG",
-    required=True,
+    default="swarmgate.yaml",
+    show_default=True,
     help="The gateway's configuration file (for the store URL and the server secret).",
 )
 
