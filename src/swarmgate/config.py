@@ -226,7 +226,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _messages(exc: ValidationError) -> list[str]:
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One ``path: message`` line per problem (``models.m.deployments[1].url: not a URL``)."""
     problems = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
@@ -306,26 +307,28 @@ def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settin
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_messages(exc))
+        problems.extend(validation_problems(exc))
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
     return settings
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's document; unreadable files and bad YAML are a ``ConfigError``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+
+
 def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (YAML) and apply ``SWARMGATE_*`` overrides."""
-    raw: Any = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-    return parse_settings(raw, environ)
+    return parse_settings({} if path is None else read_yaml(path), environ)
 
 
 def metrics_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:

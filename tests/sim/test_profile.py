@@ -29,21 +29,21 @@ def test_defaults_fill_a_minimal_profile() -> None:
     [
         (
             {"servers": [{"name": "a", "models": {"m": {"slotz": 3}}}]},
-            "servers.0.models.m.slotz: unknown field",
+            "servers[0].models.m.slotz: unknown field",
         ),
-        ({"servers": [{"name": "a", "models": {"m": {"slots": 0}}}]}, "servers.0.models.m.slots:"),
+        ({"servers": [{"name": "a", "models": {"m": {"slots": 0}}}]}, "servers[0].models.m.slots:"),
         (
             {"servers": [{"name": "a", "models": {"m": {"tokens_per_second": 0}}}]},
             "tokens_per_second",
         ),
-        ({"servers": [{"name": "a"}]}, "servers.0.models: required"),
-        ({"servers": [{"name": "a", "models": {}}]}, "servers.0.models:"),
+        ({"servers": [{"name": "a"}]}, "servers[0].models: required"),
+        ({"servers": [{"name": "a", "models": {}}]}, "servers[0].models:"),
         ({"servers": []}, "servers:"),
         ({}, "servers: required"),
-        ({"servers": [{"name": "a", "port": 70000, "models": {"m": {}}}]}, "servers.0.port:"),
+        ({"servers": [{"name": "a", "port": 70000, "models": {"m": {}}}]}, "servers[0].port:"),
         (
             {"servers": [{"name": "a", "models": {"m": {"failures": {"error_rate": 1.5}}}}]},
-            "servers.0.models.m.failures.error_rate:",
+            "servers[0].models.m.failures.error_rate:",
         ),
         (
             {

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from swarmgate.config import read_yaml, validation_problems
 from swarmgate.errors import ConfigError
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -90,35 +90,13 @@ class FleetProfile(_Frozen):
         return self
 
 
-def _problems(exc: ValidationError) -> list[str]:
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        if err["type"] == "missing":
-            msg = "required"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{loc}: {msg}" if loc else msg)
-    return problems
-
-
 def parse_fleet_profile(raw: Any) -> FleetProfile:
     """Validate an already-parsed mapping; raises ``ConfigError`` listing every problem."""
     try:
         return FleetProfile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(validation_problems(exc)) from None
 
 
 def load_fleet_profile(path: str | Path) -> FleetProfile:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-    return parse_fleet_profile(raw)
+    return parse_fleet_profile(read_yaml(path))
