@@ -20,7 +20,7 @@ from swarmgate.config import parse_duration
 from swarmgate.errors import BadRequest, NotFound
 from swarmgate.store import names
 from swarmgate.store.ipblocks import StoredBlock
-from swarmgate.store.keys import KeyRecord
+from swarmgate.store.keys import KeyRecord, record_values
 from swarmgate.types import ApiScope, Principal, Role
 
 
@@ -55,20 +55,7 @@ class BlockCreate(BaseModel):
 
 
 def key_view(record: KeyRecord, prefixes: list[str] | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": record.id,
-        "name": record.name,
-        "owner": record.owner,
-        "role": str(record.role),
-        "scopes": sorted(record.scopes),
-        "tier": record.tier,
-        "models": None if record.models is None else sorted(record.models),
-        "created_at": record.created_at,
-        "expires_at": record.expires_at,
-        "last_used_at": record.last_used_at,
-        "revoked_at": record.revoked_at,
-        "active": record.is_active(time.time()),
-    }
+    view = {**record_values(record), "active": record.is_active(time.time())}
     if prefixes is not None:
         view["prefixes"] = prefixes
     return view

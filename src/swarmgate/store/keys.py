@@ -80,7 +80,8 @@ def _record(row: sa.RowMapping) -> KeyRecord:
     )
 
 
-def _values(record: KeyRecord) -> dict[str, Any]:
+def record_values(record: KeyRecord) -> dict[str, Any]:
+    """A key as a plain mapping: its row, and (plus activity) its admin API view."""
     return {
         "id": record.id,
         "name": record.name,
@@ -105,7 +106,7 @@ class KeyStore:
     async def create(self, record: KeyRecord, secret_hash: str, prefix: str) -> None:
         """Insert a key and its first secret, atomically."""
         async with self._db.begin() as conn:
-            await conn.execute(api_keys.insert().values(_values(record)))
+            await conn.execute(api_keys.insert().values(record_values(record)))
             await conn.execute(
                 api_key_secrets.insert().values(
                     hash=secret_hash,
