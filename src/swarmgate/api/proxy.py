@@ -363,10 +363,11 @@ class Proxy:
         if status < 300:
             self._account(backend, _usage_of_body(data, backend))
         headers = self._response_headers(backend, head)
-        for name in PASSED_BACK:
-            value = response.headers.get(name)
-            if value is not None:
-                headers.append((name.encode(), value.encode("latin-1")))
+        if status >= 400:  # back-off hints matter on refusals; skip the lookups on success
+            for name in PASSED_BACK:
+                value = response.headers.get(name)
+                if value is not None:
+                    headers.append((name.encode(), value.encode("latin-1")))
         content_type = response.headers.get("content-type", "application/json")
         await send_bytes(send, status, data, headers, content_type.encode("latin-1"))
         return status
