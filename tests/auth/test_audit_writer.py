@@ -156,9 +156,28 @@ async def test_store_down_spools_then_replays_in_order(make_log: MakeLog, spool:
     await log.flush()
     assert sink.actions == [*(f"old{i}" for i in range(6)), "new"]
     assert spooled_lines(spool) == 0
-    assert sorted(p.name for p in spool.parent.iterdir()) == []
+    # Only the (empty) lock file that serialises replays across workers is left.
+    assert sorted(p.name for p in spool.parent.iterdir()) == ["audit.jsonl.lock"]
     await log.flush()
     assert len(sink.actions) == 7  # a replay that succeeded is not repeated
+
+
+async def test_one_worker_at_a_time_replays_a_shared_spool(make_log: MakeLog, spool: Path) -> None:
+    first, second = MemorySink(), MemorySink()
+    first.failing = True
+    a = make_log(first)
+    b = make_log(second)  # another worker of the same gateway: the same spool path
+    for i in range(3):
+        a.record(f"old{i}")
+    await a.flush()
+    assert spooled_lines(spool) == 3
+    held = a._spool.try_lock()  # worker a is in the middle of a replay
+    assert held is not None
+    await b.flush()
+    assert second.actions == [] and spooled_lines(spool) == 3
+    held.close()
+    await b.flush()
+    assert second.actions == ["old0", "old1", "old2"] and spooled_lines(spool) == 0
 
 
 async def test_replay_resumes_where_it_stopped(make_log: MakeLog, spool: Path) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import IO, Any, Final, Protocol
 
 import orjson
 
@@ -179,6 +180,19 @@ class _Spool:
         self.path = path
         self.replay_path = path.with_name(path.name + ".replay")
         self.offset_path = path.with_name(path.name + ".replay.offset")
+        self.lock_path = path.with_name(path.name + ".lock")
+
+    def try_lock(self) -> IO[bytes] | None:
+        """The right to replay, exclusive across the processes sharing this spool (workers of
+        one gateway): an open lock file, or None if another process holds it now."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.lock_path.open("ab")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return None
+        return f
 
     def append(self, records: Iterable[AuditRecord]) -> None:
         data = b"".join(_to_line(record) + b"\n" for record in records)
@@ -351,15 +365,27 @@ class AuditLog:
     async def _replay(self) -> bool:
         """Store the spool, oldest first. False if the store failed (the spool is kept)."""
         spool = self._spool
-        while (start := spool.next_replay()) is not None:
-            records, offset, at_end = await asyncio.to_thread(spool.read, start, self._batch_size)
-            if records and not await self._insert(records):
-                return False
-            if at_end:
-                spool.finish_replay()
-            else:
-                await asyncio.to_thread(spool.advance, offset)
-        return True
+        try:
+            lock = spool.try_lock()
+        except OSError:
+            log.exception("audit spool %s: cannot open its lock file", spool.lock_path)
+            return True
+        if lock is None:
+            return True  # another worker is replaying the shared spool; it will finish it
+        try:
+            while (start := spool.next_replay()) is not None:
+                records, offset, at_end = await asyncio.to_thread(
+                    spool.read, start, self._batch_size
+                )
+                if records and not await self._insert(records):
+                    return False
+                if at_end:
+                    spool.finish_replay()
+                else:
+                    await asyncio.to_thread(spool.advance, offset)
+            return True
+        finally:
+            lock.close()
 
     def _spool_queue(self) -> None:
         batch = list(self._queue)
