@@ -80,6 +80,13 @@ async def operator(config_path: str) -> AsyncIterator[Operator]:
         hasher = KeyHasher(
             load_or_create_server_secret(settings.auth.secret, secret_path(settings))
         )
+        if await store.count() == 0:
+            # Most likely a configuration that points at another store than the gateway's.
+            click.echo(
+                f"swarmgate: note: the store at {db.url} holds no keys yet; is it the one your "
+                "gateway uses (same --config, same SWARMGATE_STORE__URL)?",
+                err=True,
+            )
         yield Operator(settings, db, store, KeyService(store, hasher), AuditStore(db))
     finally:
         await db.close()

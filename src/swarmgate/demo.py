@@ -10,6 +10,7 @@ import asyncio
 import tempfile
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -41,18 +42,22 @@ With the OpenAI Python SDK:
       model="hermes-2", messages=[{{"role": "user", "content": "Hello!"}}])
   print(reply.choices[0].message.content)
 
+Manage keys of this demo from another shell (its store lives beside this file):
+  swarmgate keys create --config {config} --owner alice --role user --models phi-3-mini
+  swarmgate keys list --config {config}
+
 Docs: {base}/docs   Metrics: {base}/metrics   Readiness: {base}/health/ready
 Press Ctrl-C to stop.
 """
 
 
-def demo_config(data_dir: Path, port: int, host: str, key: str) -> dict[str, object]:
+def demo_config(data_dir: Path, port: int, host: str, key: str) -> dict[str, Any]:
     raw = yaml.safe_load(files("swarmgate").joinpath("examples/swarmgate.yaml").read_text())
     raw["server"] = {**raw.get("server", {}), "host": host, "port": port}
     raw["store"] = {"url": f"sqlite+aiosqlite:///{data_dir / 'swarmgate.db'}"}
     raw["audit"] = {"spool_path": str(data_dir / "audit.spool")}
     raw.setdefault("auth", {})["admin_key"] = key
-    return raw  # type: ignore[no-any-return]
+    return dict(raw)
 
 
 async def _run(host: str, port: int, key: str, data_dir: Path) -> None:
@@ -62,11 +67,17 @@ async def _run(host: str, port: int, key: str, data_dir: Path) -> None:
     profile = load_fleet_profile(str(files("swarmgate").joinpath("sim/demo_fleet.yaml")))
     fleet = await start_fleet(profile)
     try:
-        settings = parse_settings(demo_config(data_dir, port, host, key))
+        raw = demo_config(data_dir, port, host, key)
+        settings = parse_settings(raw)
+        # The same configuration, without the key, so that `swarmgate keys ...` can manage
+        # this demo's store while it runs.
+        config_file = data_dir / "swarmgate.yaml"
+        shown = {**raw, "auth": {k: v for k, v in raw["auth"].items() if k != "admin_key"}}
+        config_file.write_text(yaml.safe_dump(shown, sort_keys=False))
         base = f"http://{host}:{port}"
 
         def ready() -> None:
-            click.echo(EXAMPLES.format(base=base, n=len(fleet.urls), key=key))
+            click.echo(EXAMPLES.format(base=base, n=len(fleet.urls), key=key, config=config_file))
 
         await serve_in_loop(settings, host, port, on_ready=ready)
     finally:

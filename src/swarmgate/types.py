@@ -84,5 +84,9 @@ class Authenticator(Protocol):
     """Turns a request's credentials into a ``Principal`` or raises Unauthorized/IPBlocked."""
 
     async def authenticate(
-        self, authorization: str | None, peer: str | None, forwarded_for: str | None
+        self,
+        authorization: str | None,
+        peer: str | None,
+        forwarded_for: str | None,
+        request_id: str | None = None,
     ) -> Principal: ...

@@ -1,6 +1,8 @@
 """``swarmgate demo`` as a user runs it: a real process, the OpenAI SDK, Ctrl-C."""
 
+import json
 import signal
+import subprocess
 import time
 
 import openai
@@ -47,6 +49,29 @@ def test_demo_serves_the_four_models_and_stops_cleanly_on_ctrl_c(tmp_path) -> No
         assert text
         output = demo.output()
         assert f"http://127.0.0.1:{port}/v1" in output and "curl" in output
+        # The banner's key-management command works against the running demo's store.
+        listing = next(line for line in output.splitlines() if "swarmgate keys list" in line)
+        config = listing.split("--config", 1)[1].strip()
+        created = subprocess.run(
+            [
+                *SWARMGATE,
+                "keys",
+                "create",
+                "--config",
+                config,
+                "--owner",
+                "bob",
+                "--models",
+                "phi-3-mini",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        bob = json.loads(created.stdout)["secret"]
+        bobs = openai.OpenAI(base_url=demo.url + "/v1", api_key=bob, max_retries=0)
+        assert [m.id for m in bobs.models.list()] == ["phi-3-mini"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(
                 base_url=demo.url + "/v1", api_key="sk-sg-wrong", max_retries=0

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from swarmgate.api.management import request_id_of
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes, require
 from swarmgate.auth.security import Security
@@ -82,6 +83,7 @@ class _Context:
             request.headers.get("authorization"),
             client.host if client else None,
             ", ".join(request.headers.getlist("x-forwarded-for")) or None,
+            request_id_of(request),
         )
         require(principal, ApiScope.ADMIN)
         return principal
@@ -94,7 +96,7 @@ class _Context:
             actor=who.key_id or who.subject,
             target=target,
             client_ip=request.client.host if request.client else None,
-            request_id=request.headers.get("x-request-id"),
+            request_id=request_id_of(request),
             details=details,
         )
 

@@ -6,13 +6,13 @@ of the OpenAPI document. Every error it produces is rendered in OpenAI's schema 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarmgate import __version__
@@ -29,8 +29,14 @@ from swarmgate.errors import (
 
 
 def request_id_of(request: Request) -> str:
-    raw = request.headers.get("x-request-id")
-    return (valid_request_id(raw.encode("latin-1")) if raw else None) or new_request_id()
+    """The request's id: the client's X-Request-ID if valid, else a new one; the same value
+    for the whole request (it is echoed in the response header and in audit records)."""
+    known: str | None = getattr(request.state, "request_id", None)
+    if known is None:
+        raw = request.headers.get("x-request-id")
+        known = (valid_request_id(raw.encode("latin-1")) if raw else None) or new_request_id()
+        request.state.request_id = known
+    return known
 
 
 def error_response(exc: GatewayError, request: Request) -> JSONResponse:
@@ -48,6 +54,14 @@ def build_management_app(routers: Iterable[APIRouter] = ()) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
+
+    @app.middleware("http")
+    async def _request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers["x-request-id"] = request_id_of(request)
+        return response
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

@@ -65,7 +65,7 @@ class Ops:
         try:
             peer = scope.get("client")
             principal = await self.authenticator.authenticate(
-                head.authorization, peer[0] if peer else None, head.forwarded_for
+                head.authorization, peer[0] if peer else None, head.forwarded_for, head.request_id
             )
             require(principal, ApiScope.MODELS_READ)
             path: str = scope["path"]

@@ -111,7 +111,7 @@ class Proxy:
         try:
             peer = scope.get("client")
             principal = await self.authenticator.authenticate(
-                head.authorization, peer[0] if peer else None, head.forwarded_for
+                head.authorization, peer[0] if peer else None, head.forwarded_for, head.request_id
             )
             body = await read_body(receive, self.max_body_bytes, head.content_length)
             payload = parse_json_object(body)

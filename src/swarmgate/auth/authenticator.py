@@ -78,7 +78,11 @@ class KeyAuthenticator:
         self.last_used: dict[str, float] = {}  # key id → time; flushed to the store off-path
 
     async def authenticate(
-        self, authorization: str | None, peer: str | None, forwarded_for: str | None
+        self,
+        authorization: str | None,
+        peer: str | None,
+        forwarded_for: str | None,
+        request_id: str | None = None,
     ) -> Principal:
         ip = (
             client_ip(peer, forwarded_for, self._trusted)
@@ -91,21 +95,30 @@ class KeyAuthenticator:
         if authorization is None:
             if self._config.anonymous:
                 return GUEST
-            self._fail(ip, "missing", "Missing API key: send 'Authorization: Bearer <key>'")
+            self._fail(
+                ip, request_id, "missing", "Missing API key: send 'Authorization: Bearer <key>'"
+            )
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            self._fail(ip, "malformed", "Malformed Authorization header: expected 'Bearer <key>'")
+            self._fail(
+                ip,
+                request_id,
+                "malformed",
+                "Malformed Authorization header: expected 'Bearer <key>'",
+            )
         if token.startswith(SECRET_PREFIX):
-            return await self._api_key(token, ip)
+            return await self._api_key(token, ip, request_id)
         if self._jwt is not None and token.count(".") == 2:
             try:
                 return await self._jwt.verify(token)
             except Unauthorized as exc:
-                self._fail(ip, "jwt", exc.message)
-        self._fail(ip, "malformed", "Invalid API key: expected an sk-sg-... key or a JWT")
+                self._fail(ip, request_id, "jwt", exc.message)
+        self._fail(
+            ip, request_id, "malformed", "Invalid API key: expected an sk-sg-... key or a JWT"
+        )
 
-    async def _api_key(self, token: str, ip: str) -> Principal:
+    async def _api_key(self, token: str, ip: str, request_id: str | None) -> Principal:
         digest = self._hasher.hash(token)
         now = self._clock()
         cached = self._cache.get(digest)
@@ -115,7 +128,9 @@ class KeyAuthenticator:
             found = await self._lookup(digest, token)
             if found is None:
                 self._cache.pop(digest, None)
-                self._fail(ip, "invalid_key", "Invalid API key: unknown, revoked or expired")
+                self._fail(
+                    ip, request_id, "invalid_key", "Invalid API key: unknown, revoked or expired"
+                )
             record, usable_until = found
             principal = record.principal()
             # Never trusted past the key's expiry or the end of a rotated secret's grace.
@@ -156,10 +171,14 @@ class KeyAuthenticator:
         for digest in self._hashes_of.pop(key_id, ()):
             self._cache.pop(digest, None)
 
-    def _fail(self, ip: str, reason: str, message: str) -> NoReturn:
+    def _fail(self, ip: str, request_id: str | None, reason: str, message: str) -> NoReturn:
         self._metrics.auth_failure(reason)
         self._audit.record(
-            "auth.failure", outcome="denied", client_ip=ip, details={"reason": reason}
+            "auth.failure",
+            outcome="denied",
+            client_ip=ip,
+            request_id=request_id,
+            details={"reason": reason},
         )
         if self._ip.record_failure(ip):
             self._audit.record(
@@ -167,6 +186,7 @@ class KeyAuthenticator:
                 target=ip,
                 outcome="blocked",
                 client_ip=ip,
+                request_id=request_id,
                 details={
                     "failures": self._config.ip.max_failures,
                     "window_seconds": self._config.ip.failure_window,
