@@ -156,8 +156,11 @@ async def test_store_down_spools_then_replays_in_order(make_log: MakeLog, spool:
     await log.flush()
     assert sink.actions == [*(f"old{i}" for i in range(6)), "new"]
     assert spooled_lines(spool) == 0
-    # Only the (empty) lock file that serialises replays across workers is left.
-    assert sorted(p.name for p in spool.parent.iterdir()) == ["audit.jsonl.lock"]
+    # Only the (empty) lock files that coordinate workers sharing the spool are left.
+    assert sorted(p.name for p in spool.parent.iterdir()) == [
+        "audit.jsonl.append.lock",
+        "audit.jsonl.lock",
+    ]
     await log.flush()
     assert len(sink.actions) == 7  # a replay that succeeded is not repeated
 

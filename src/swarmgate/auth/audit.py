@@ -23,7 +23,11 @@ Records still in memory when the process is killed are lost; ``stop()`` flushes 
 graceful shutdown. Spool writes are flushed to the OS (they survive a crash of the process, not
 of the machine).
 
-Every spool operation runs on the event loop's thread, so appends and renames never interleave.
+Every spool operation runs on the event loop's thread, so within a process appends and renames
+never interleave. Several workers of one gateway share the spool path: ``<spool>.lock``
+(``flock``, taken without waiting) lets one worker at a time replay, and ``<spool>.append.lock``
+(shared by appenders, exclusive for the microseconds of a replay's rename) keeps a worker's
+append out of a file another worker has just taken for replay.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
@@ -181,6 +185,7 @@ class _Spool:
         self.replay_path = path.with_name(path.name + ".replay")
         self.offset_path = path.with_name(path.name + ".replay.offset")
         self.lock_path = path.with_name(path.name + ".lock")
+        self.append_lock_path = path.with_name(path.name + ".append.lock")
 
     def try_lock(self) -> IO[bytes] | None:
         """The right to replay, exclusive across the processes sharing this spool (workers of
@@ -197,8 +202,16 @@ class _Spool:
     def append(self, records: Iterable[AuditRecord]) -> None:
         data = b"".join(_to_line(record) + b"\n" for record in records)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as f:
+        # Shared with other appenders, exclusive with a replay's rename (held for microseconds):
+        # a line is never written into a file that a worker has already taken for replay.
+        with self._append_lock(fcntl.LOCK_SH), self.path.open("ab") as f:
             f.write(data)
+
+    @contextlib.contextmanager
+    def _append_lock(self, mode: int) -> Iterator[None]:
+        with self.append_lock_path.open("ab") as lock:
+            fcntl.flock(lock.fileno(), mode)
+            yield
 
     def next_replay(self) -> int | None:
         """The offset to replay the replay file from, starting a new one if needed; None when
@@ -211,7 +224,8 @@ class _Spool:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
         self.offset_path.unlink(missing_ok=True)
-        os.replace(self.path, self.replay_path)
+        with self._append_lock(fcntl.LOCK_EX):
+            os.replace(self.path, self.replay_path)
         return 0
 
     def read(self, offset: int, limit: int) -> tuple[list[AuditRecord], int, bool]:
