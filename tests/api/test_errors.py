@@ -260,7 +260,7 @@ def test_an_upstream_hang_is_a_504_within_the_total_bound(client: OpenAI) -> Non
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as exc:
         _chat(client, model="hasty", fail="hang")
-    assert 0.9 < time.monotonic() - started < 2.0
+    assert 0.9 < time.monotonic() - started < 4.0
     assert_sdk_error(exc.value, 504, "api_error", "upstream_timeout")
     assert "total timeout" in exc.value.message
 

@@ -219,7 +219,7 @@ async def test_idle_timeout_applies_before_the_first_byte_deadline_has_passed(
     body = {"model": "drip-late", "messages": MESSAGES, "max_tokens": 5, "stream": True}
     started = time.monotonic()
     events = await _events(gw, body, {})
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
     assert b"upstream_timeout" in events[-1]
 
 
@@ -244,7 +244,7 @@ def test_a_hang_before_the_first_byte_is_a_504(client: OpenAI) -> None:
             stream=True,
             extra_headers={"X-Sim-Fail": "hang"},
         )
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
     assert_sdk_error(exc.value, 504, "api_error", "upstream_timeout")
 
 

@@ -28,7 +28,7 @@ async def test_no_first_byte_expires_at_the_first_byte_bound() -> None:
         await asyncio.sleep(5)
 
     reason, took = await _guarded(Timeouts(first_byte=0.3, idle=0.1, total=5), silent)
-    assert reason == "first_byte" and 0.25 < took < 0.6
+    assert reason == "first_byte" and 0.25 < took < 1.0
 
 
 async def test_a_stall_after_the_first_byte_expires_at_the_idle_bound() -> None:
@@ -39,7 +39,7 @@ async def test_a_stall_after_the_first_byte_expires_at_the_idle_bound() -> None:
 
     # idle (0.2) is much shorter than first_byte (2): the stall must end at ~0.35 s, not 2 s.
     reason, took = await _guarded(Timeouts(first_byte=2, idle=0.2, total=5), stalls)
-    assert reason == "idle" and 0.3 < took < 0.7
+    assert reason == "idle" and 0.3 < took < 1.2
 
 
 async def test_chunks_keep_a_stream_alive_until_the_total_bound() -> None:
@@ -50,7 +50,7 @@ async def test_chunks_keep_a_stream_alive_until_the_total_bound() -> None:
             w.touch()
 
     reason, took = await _guarded(Timeouts(first_byte=1, idle=0.2, total=0.6), streams)
-    assert reason == "total" and 0.55 < took < 0.9
+    assert reason == "total" and 0.55 < took < 1.3
 
 
 async def test_work_that_finishes_in_time_is_never_cancelled() -> None:
@@ -88,4 +88,4 @@ async def test_a_first_byte_after_the_first_wake_up_still_gets_the_idle_bound() 
         await asyncio.sleep(5)
 
     reason, took = await _guarded(Timeouts(first_byte=3, idle=0.2, total=5), late_then_stalls)
-    assert reason == "idle" and 0.45 < took < 0.9
+    assert reason == "idle" and 0.45 < took < 1.5
