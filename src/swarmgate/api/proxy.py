@@ -9,6 +9,8 @@ task; the watchdog bounds every upstream wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -49,6 +51,7 @@ ROUTES: dict[str, tuple[str, frozenset[ModelType], str]] = {
     "/v1/completions": ("completions", frozenset({ModelType.CHAT, ModelType.COMPLETION}), "prompt"),
     "/v1/embeddings": ("embeddings", frozenset({ModelType.EMBEDDING}), "input"),
 }
+log = logging.getLogger("swarmgate.proxy")
 RETRYABLE_ATTEMPTS = 2
 LARGE_BODY = 16 * 1024  # above this, only the usage object of an answer is parsed
 # Upstream response headers a client needs to back off correctly.
@@ -121,12 +124,25 @@ class Proxy:
             status = await self._forward(pool, payload, body, scope["path"], head, receive, send)
         except GatewayError as exc:
             status = exc.status
-            await send_error(send, exc, head.request_id)
+            await self._send_error(send, exc, head.request_id)
         except ClientGone:
             status = 499
+        except Exception:
+            # A bug of ours: logged with its traceback, answered in OpenAI's schema.
+            log.exception("unexpected error serving %s (request %s)", route, head.request_id)
+            status = 500
+            error = GatewayError("internal error in the gateway; see its log for this request id")
+            await self._send_error(send, error, head.request_id)
         finally:
             self.metrics.in_flight.dec()
             self.metrics.request(route, model, status, time.perf_counter() - started)
+
+    @staticmethod
+    async def _send_error(send: Send, error: GatewayError, request_id: str) -> None:
+        # The client left, or the response had already started (a server's own "response
+        # already started" error): nothing more can be said to it.
+        with contextlib.suppress(ClientGone, RuntimeError):
+            await send_error(send, error, request_id)
 
     @staticmethod
     def _authorize(
