@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable
@@ -36,9 +37,19 @@ def serve(
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
     asyncio.run(prepare_store(settings))
+    metrics_dir = None
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share their metrics through files; must be set before they import anything.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="swarmgate-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="swarmgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_server(settings, host, port, workers, server)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_server(settings: Settings, host: str, port: int, workers: int, server: str) -> None:
     target = "swarmgate.api.app:app_from_env"
     if server == "granian":
         from granian import Granian
