@@ -10,30 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.plugins.processes import (
-    SWARMGATE,
-    Gateway,
-    Sim,
-    free_port,
-    new_admin_key,
-    spawn,
-    wait_healthy,
-)
+from tests.plugins.processes import Gateway, Processes
 
 # Fast simulated models: tests spend their time on behaviour, not on simulated prefill.
 FAST: dict[str, Any] = {"ttft_ms": 5, "tokens_per_second": 2000, "max_tokens_default": 8}
@@ -41,58 +30,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Tell me about the swarm."}
 ]
 REQUEST_ID = re.compile(r"^[\x20-\x7e]{1,128}$")
-
-
-@dataclass
-class Processes:
-    """Starts sims and gateways in one directory; ``stop_all`` at the end of the module."""
-
-    root: Path
-    started: list[Sim | Gateway] = field(default_factory=list)
-
-    def sim(self, models: dict[str, dict[str, Any]], *, replicas: int = 1) -> Sim:
-        n = len(self.started)
-        servers, urls = [], {}
-        for i in range(replicas):
-            port = free_port()
-            name = f"sim{n}-{i}"
-            servers.append({"name": name, "host": "127.0.0.1", "port": port, "models": models})
-            urls[name] = f"http://127.0.0.1:{port}"
-        profile = self.root / f"sim{n}.yaml"
-        profile.write_text(yaml.safe_dump({"servers": servers}))
-        log = self.root / f"sim{n}.log"
-        proc = spawn([*SWARMGATE, "sim", "--config", str(profile), "--testing"], log)
-        sim = Sim(proc, log, next(iter(urls.values())), urls)
-        self.started.append(sim)
-        for url in urls.values():
-            wait_healthy(Sim(proc, log, url))
-        return sim
-
-    def gateway(self, config: dict[str, Any], env: dict[str, str] | None = None) -> Gateway:
-        n = len(self.started)
-        port = free_port()
-        config = dict(config)
-        config["server"] = {"host": "127.0.0.1", "port": port, **config.get("server", {})}
-        config.setdefault("store", {"url": f"sqlite+aiosqlite:///{self.root / f'gw{n}.db'}"})
-        config.setdefault("audit", {"spool_path": str(self.root / f"gw{n}-audit.spool")})
-        path = self.root / f"gateway{n}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        full_env = {
-            "SWARMGATE_ADMIN_KEY": new_admin_key(),
-            "SWARMGATE_AUTH__SECRET": secrets.token_hex(32),
-        }
-        full_env.update(env or {})
-        log = self.root / f"gateway{n}.log"
-        proc = spawn([*SWARMGATE, "serve", "--config", str(path)], log, full_env)
-        url = f"http://127.0.0.1:{port}"
-        gw = Gateway(proc, log, url, full_env["SWARMGATE_ADMIN_KEY"], path)
-        self.started.append(gw)
-        wait_healthy(gw)
-        return gw
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,24 +22,14 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import openai
 import pytest
-import yaml
 
-from tests.plugins.processes import (
-    SWARMGATE,
-    Gateway,
-    Sim,
-    free_port,
-    new_admin_key,
-    spawn,
-    wait_healthy,
-)
+from tests.plugins.processes import SWARMGATE, Gateway, Processes, Sim, new_admin_key
 
 FAST: dict[str, Any] = {"ttft_ms": 1, "tokens_per_second": 1000, "max_tokens_default": 4}
 MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
@@ -175,65 +165,28 @@ def assert_clean_log(gw: Gateway) -> None:
     assert "Exception in ASGI application" not in log, log
 
 
-@dataclass
-class Node(Gateway):
-    """A gateway process and the environment it was started with (its secrets)."""
-
-    env: dict[str, str] = field(default_factory=dict)
+Node = Gateway  # a gateway process and the environment it was started with (its secrets)
 
 
-@dataclass
-class Fleet:
-    """Sims and gateways in one directory, stopped at the end of the module."""
+class Fleet(Processes):
+    """Sims and gateways for a module; audit records flushed every 0.2 s, sims not in testing
+    mode, and a CLI that runs with only the given SWARMGATE_* variables."""
 
-    root: Path
-    started: list[Sim | Node] = field(default_factory=list)
-
-    def sim(self, models: dict[str, dict[str, Any]]) -> Sim:
-        n = len(self.started)
-        port = free_port()
-        server = {"name": f"sim{n}", "host": "127.0.0.1", "port": port, "models": models}
-        profile = self.root / f"sim{n}.yaml"
-        profile.write_text(yaml.safe_dump({"servers": [server]}))
-        log = self.root / f"sim{n}.log"
-        proc = spawn([*SWARMGATE, "sim", "--config", str(profile)], log)
-        sim = Sim(proc, log, f"http://127.0.0.1:{port}", {f"sim{n}": f"http://127.0.0.1:{port}"})
-        self.started.append(sim)
-        wait_healthy(sim)
-        return sim
+    def sim(
+        self, models: dict[str, dict[str, Any]], *, replicas: int = 1, testing: bool = False
+    ) -> Sim:
+        return super().sim(models, replicas=replicas, testing=testing)
 
     def gateway(
         self,
         config: dict[str, Any],
         env: dict[str, str] | None = None,
         *,
+        args: tuple[str, ...] = (),
         with_admin_key: bool = True,
-    ) -> Node:
-        """Start ``swarmgate serve``, by default with a new ``SWARMGATE_ADMIN_KEY``.
-        Unless ``config`` names a store, each gateway gets its own SQLite file."""
-        n = len(self.started)
-        port = free_port()
-        config = dict(config)
-        config["server"] = {**config.get("server", {}), "host": "127.0.0.1", "port": port}
-        config.setdefault("store", {"url": f"sqlite+aiosqlite:///{self.root / f'gw{n}.db'}"})
-        config["audit"] = {
-            "spool_path": str(self.root / f"gw{n}-audit.spool"),
-            "flush_interval": 0.2,
-            **config.get("audit", {}),
-        }
-        path = self.root / f"gw{n}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        full_env = {"SWARMGATE_AUTH__SECRET": server_secret()}
-        if with_admin_key:
-            full_env["SWARMGATE_ADMIN_KEY"] = new_admin_key()
-        full_env.update(env or {})
-        log = self.root / f"gw{n}.log"
-        proc = spawn([*SWARMGATE, "serve", "--config", str(path)], log, full_env)
-        url = f"http://127.0.0.1:{port}"
-        gw = Node(proc, log, url, full_env.get("SWARMGATE_ADMIN_KEY", ""), path, full_env)
-        self.started.append(gw)
-        wait_healthy(gw)
-        return gw
+    ) -> Gateway:
+        config = {**config, "audit": {"flush_interval": 0.2, **config.get("audit", {})}}
+        return super().gateway(config, env, args=args, with_admin_key=with_admin_key)
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None
@@ -244,10 +197,6 @@ class Fleet:
         return subprocess.run(
             [*SWARMGATE, *args], capture_output=True, text=True, env=full_env, timeout=60
         )
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ class Process:
 class Gateway(Process):
     admin_key: str = ""
     config_path: Path = field(default_factory=Path)
+    env: dict[str, str] = field(default_factory=dict)  # what it was started with (its secrets)
 
 
 @dataclass
@@ -91,68 +92,81 @@ def new_admin_key() -> str:
     return "sk-sg-" + secrets.token_hex(32)
 
 
-@pytest.fixture
-def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
-    started: list[Sim] = []
+@dataclass
+class Processes:
+    """Starts sims and gateways in one directory; ``stop_all`` stops them, newest first."""
 
-    def start(models: dict[str, dict[str, Any]], *, replicas: int = 1, testing: bool = True) -> Sim:
-        servers = []
-        urls = {}
+    root: Path
+    started: list[Process] = field(default_factory=list)
+
+    def sim(
+        self, models: dict[str, dict[str, Any]], *, replicas: int = 1, testing: bool = True
+    ) -> Sim:
+        n = len(self.started)
+        servers, urls = [], {}
         for i in range(replicas):
             port = free_port()
-            name = f"sim{len(started)}-{i}"
+            name = f"sim{n}-{i}"
             servers.append({"name": name, "host": "127.0.0.1", "port": port, "models": models})
             urls[name] = f"http://127.0.0.1:{port}"
-        profile = tmp_path / f"sim{len(started)}.yaml"
+        profile = self.root / f"sim{n}.yaml"
         profile.write_text(yaml.safe_dump({"servers": servers}))
-        log = tmp_path / f"sim{len(started)}.log"
+        log = self.root / f"sim{n}.log"
         args = [*SWARMGATE, "sim", "--config", str(profile)] + (["--testing"] if testing else [])
         sim = Sim(spawn(args, log), log, next(iter(urls.values())), urls)
-        started.append(sim)
+        self.started.append(sim)
         for url in urls.values():
             wait_healthy(Sim(sim.proc, log, url))
         return sim
 
-    yield start
-    for sim in started:
-        sim.stop()
+    def gateway(
+        self,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        with_admin_key: bool = True,
+    ) -> Gateway:
+        """``swarmgate serve`` on a free port, by default with a new ``SWARMGATE_ADMIN_KEY``
+        and its own server secret; unless ``config`` names a store, its own SQLite file."""
+        n = len(self.started)
+        port = free_port()
+        config = dict(config)
+        config["server"] = {**config.get("server", {}), "host": "127.0.0.1", "port": port}
+        config.setdefault("store", {"url": f"sqlite+aiosqlite:///{self.root / f'gw{n}.db'}"})
+        config["audit"] = {
+            "spool_path": str(self.root / f"gw{n}-audit.spool"),
+            **config.get("audit", {}),
+        }
+        path = self.root / f"gateway{n}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        full_env = {"SWARMGATE_AUTH__SECRET": "srv-" + secrets.token_hex(20)}
+        if with_admin_key:
+            full_env["SWARMGATE_ADMIN_KEY"] = new_admin_key()
+        full_env.update(env or {})
+        log = self.root / f"gateway{n}.log"
+        proc = spawn([*SWARMGATE, "serve", "--config", str(path), *args], log, full_env)
+        url = f"http://127.0.0.1:{port}"
+        gw = Gateway(proc, log, url, full_env.get("SWARMGATE_ADMIN_KEY", ""), path, full_env)
+        self.started.append(gw)
+        wait_healthy(gw)
+        return gw
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            process.stop()
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
+    processes = Processes(tmp_path)
+    yield processes.sim
+    processes.stop_all()
 
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    started: list[Gateway] = []
-
-    def start(
-        config: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
-    ) -> Gateway:
-        n = len(started)
-        port = free_port()
-        config = dict(config)
-        config.setdefault("server", {})
-        config["server"] = {"host": "127.0.0.1", "port": port, **config["server"]}
-        config.setdefault("store", {"url": f"sqlite+aiosqlite:///{tmp_path / f'gw{n}.db'}"})
-        config.setdefault("audit", {"spool_path": str(tmp_path / f"gw{n}-audit.spool")})
-        path = tmp_path / f"gateway{n}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        admin_key = new_admin_key()
-        full_env = {
-            "SWARMGATE_ADMIN_KEY": admin_key,
-            "SWARMGATE_AUTH__SECRET": f"test-server-secret-{n}-" + "x" * 32,
-        }
-        full_env.update(env or {})
-        log = tmp_path / f"gateway{n}.log"
-        proc = spawn([*SWARMGATE, "serve", "--config", str(path), *args], log, full_env)
-        gw = Gateway(
-            proc,
-            log,
-            f"http://127.0.0.1:{config['server']['port']}",
-            full_env["SWARMGATE_ADMIN_KEY"],
-            path,
-        )
-        started.append(gw)
-        wait_healthy(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+    processes = Processes(tmp_path / "gateways")
+    processes.root.mkdir()
+    yield processes.gateway
+    processes.stop_all()
