@@ -15,6 +15,8 @@
         ├── PayloadTooLarge       413  invalid_request_error / payload_too_large
         ├── RateLimited           429  rate_limit_error (Retry-After)
         ├── UpstreamError         502  api_error / bad_gateway
+        │   ├── UpstreamUnreachable  502  never reached the deployment (safe to retry)
+        │   └── UpstreamBroken       502  the answer broke off while being read
         ├── NoDeployment          503  api_error / no_deployment_available
         ├── ServiceUnavailable    503  api_error / service_unavailable
         └── UpstreamTimeout       504  api_error / upstream_timeout
@@ -133,6 +135,14 @@ class UpstreamError(GatewayError):
     status = 502
     type = "api_error"
     code = "bad_gateway"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The request never reached the deployment: safe to try another one."""
+
+
+class UpstreamBroken(UpstreamError):
+    """The deployment's answer broke off while its body or stream was being read."""
 
 
 class NoDeployment(GatewayError):

@@ -92,7 +92,9 @@ async def serve_in_loop(
     import uvicorn
 
     from swarmgate.api.app import create_app
+    from swarmgate.observability.logs import configure_logging
 
+    configure_logging()
     config = uvicorn.Config(
         create_app(settings),
         host=host,

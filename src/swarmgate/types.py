@@ -6,7 +6,7 @@ Imports nothing from the package, so every other module may import it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,3 +90,52 @@ class Authenticator(Protocol):
         forwarded_for: str | None,
         request_id: str | None = None,
     ) -> Principal: ...
+
+
+class Outcome(enum.StrEnum):
+    """How one attempt at a deployment ended: what metrics, logs, and later the circuit
+    breakers and outlier detection observe. Classified once, where the attempt ends."""
+
+    OK = "ok"  # a 2xx answer relayed whole
+    REFUSED = "refused"  # the upstream's own 4xx, passed through: not the deployment's failure
+    UNREACHABLE = "connect"  # the request never reached the deployment: safe to try another
+    TIMEOUT = "timeout"  # a first-byte, idle or total bound expired
+    SERVER_ERROR = "http_error"  # a 5xx, or a 401/403 about the gateway's own credentials
+    PROTOCOL = "protocol"  # an answer in a form the gateway cannot accept
+    BROKEN = "stream_broken"  # the stream broke off before its end
+    CLIENT_GONE = "client_gone"  # the client left; not the deployment's failure
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the deployment is to blame (what a breaker would count)."""
+        return self not in _NOT_FAILURES
+
+
+_NOT_FAILURES = frozenset({Outcome.OK, Outcome.REFUSED, Outcome.CLIENT_GONE})
+
+
+class UpstreamResponse(Protocol):
+    """A deployment's answer once its head has arrived. ``headers`` looks names up in lower
+    case. ``read`` and ``chunks`` raise only errors of ours (``UpstreamBroken``)."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """The one seam to model servers: send a request to an origin, get the head back.
+
+    Knows origins and timeouts, not pools or models. Raises ``UpstreamUnreachable`` when the
+    request never reached the server, ``UpstreamError`` for any other failure."""
+
+    async def send(
+        self, base_url: str, path: str, body: bytes, headers: dict[str, str], connect: float
+    ) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...

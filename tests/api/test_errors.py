@@ -241,6 +241,31 @@ def test_a_dead_backend_is_a_502(client: OpenAI) -> None:
     assert_sdk_error(exc.value, 502, "api_error", "bad_gateway")
 
 
+def test_a_failed_request_leaves_one_log_line(gw: Gateway, client: OpenAI) -> None:
+    rid = f"log-line-{time.monotonic_ns()}"
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(
+            model="dead", messages=MESSAGES, extra_headers={"x-request-id": rid}
+        )
+    deadline = time.monotonic() + 5
+    while not (lines := [ln for ln in gw.output().splitlines() if f"request_id={rid}" in ln]):
+        assert time.monotonic() < deadline, gw.output()
+        time.sleep(0.05)
+    time.sleep(0.1)
+    lines = [ln for ln in gw.output().splitlines() if f"request_id={rid}" in ln]
+    assert len(lines) == 1, lines
+    for part in (
+        "WARNING",
+        "route=chat",
+        "model=dead",
+        "deployment=dead@127.0.0.1:",
+        "outcome=connect",
+        "status=502",
+        "latency_ms=",
+    ):
+        assert part in lines[0], lines[0]
+
+
 def test_a_dead_backend_is_retried_on_another_deployment(client: OpenAI) -> None:
     for stream in (False, False, True, True):
         raw = client.chat.completions.with_raw_response.create(

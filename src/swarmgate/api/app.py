@@ -11,39 +11,47 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from swarmgate.api.admin import build_admin_router
-from swarmgate.api.http import read_head, send_error
 from swarmgate.api.management import build_management_app
 from swarmgate.api.ops import Ops
-from swarmgate.api.proxy import ROUTES, Proxy
+from swarmgate.api.v1 import Inference
 from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
 from swarmgate.errors import MethodNotAllowed
+from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
-from swarmgate.routing.pool import Registry
-from swarmgate.types import ASGIApp, ASGIScope, Receive, Send
-from swarmgate.upstream.client import NOT_FORWARDED, UpstreamClient
+from swarmgate.pipeline.accounting import Accounting
+from swarmgate.pipeline.asgi import read_head, send_error
+from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.request import ROUTES
+from swarmgate.pipeline.stages import Admission
+from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.plan import Router
+from swarmgate.types import ASGIApp, ASGIScope, Receive, Send, Transport
+from swarmgate.upstream.transport import HttpTransport
 
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(metrics_dir_from_env())
-        self.registry = Registry(settings)
-        self.client = UpstreamClient()
+        self.fleet = Fleet(settings)
+        self.transport = transport or HttpTransport()
         self.security = Security(settings, self.metrics)
         self.authenticator = self.security.authenticator
-        self.proxy = Proxy(
-            self.registry,
-            self.client,
-            self.metrics,
+        self.inference = Inference(
             self.authenticator,
+            self.fleet,
+            Admission(),
+            Router(),
+            Caller(self.transport),
+            Accounting(self.metrics),
             settings.server.max_body_bytes,
         )
-        self.ops = Ops(self.registry, self.metrics, self.authenticator)
+        self.ops = Ops(self.fleet, self.metrics, self.authenticator)
         self.routes: dict[str, tuple[str, Handler]] = {
-            path: ("POST", self.proxy) for path in ROUTES
+            path: ("POST", self.inference) for path in ROUTES
         }
         self.routes |= {
             "/health": ("GET", self.ops.health),
@@ -69,7 +77,7 @@ class Gateway:
                     f"{scope['method']} is not allowed on {path}; use {method}"
                 )
                 error.headers["allow"] = method
-                await send_error(send, error, read_head(scope, NOT_FORWARDED).request_id)
+                await send_error(send, error, read_head(scope).request_id)
                 return
             await handler(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -79,7 +87,6 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.security.start()
-        await self.client.start(self.registry.backends())
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short.
         gc.collect()
@@ -88,7 +95,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ops.ready = False
-        await self.client.close()
+        await self.transport.close()
         await self.security.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -102,7 +109,11 @@ class Gateway:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
+                try:
+                    await self.shutdown()
+                except Exception as exc:
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -129,4 +140,5 @@ def create_app(settings: Settings) -> ASGIApp:
 
 def app_from_env() -> ASGIApp:
     """Factory for servers started by import string (workers): reads SWARMGATE_CONFIG."""
+    configure_logging()
     return create_app(load_settings(config_path_from_env()))

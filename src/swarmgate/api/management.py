@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarmgate import __version__
 from swarmgate.api import openapi
-from swarmgate.api.http import new_request_id, valid_request_id
 from swarmgate.errors import (
     BadRequest,
     GatewayError,
@@ -26,6 +25,7 @@ from swarmgate.errors import (
     ServiceUnavailable,
     StoreError,
 )
+from swarmgate.pipeline.asgi import new_request_id, valid_request_id
 
 
 def request_id_of(request: Request) -> str:

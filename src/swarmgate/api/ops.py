@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 
 from swarmgate import __version__
-from swarmgate.api.http import Headers, read_head, send_bytes, send_error, send_json
 from swarmgate.auth.roles import require
 from swarmgate.errors import GatewayError, NotFound
 from swarmgate.observability.metrics import Metrics
-from swarmgate.routing.pool import Pool, Registry
+from swarmgate.pipeline.asgi import Headers, read_head, send_bytes, send_error, send_json
+from swarmgate.routing.fleet import Fleet, Pool
 from swarmgate.types import ApiScope, ASGIScope, Authenticator, Receive, Send
-from swarmgate.upstream.client import NOT_FORWARDED
 
 
 def model_object(pool: Pool, created: int) -> dict[str, object]:
@@ -26,13 +25,13 @@ def model_object(pool: Pool, created: int) -> dict[str, object]:
         "type": str(pool.type),
         "capabilities": list(pool.config.capabilities),
         "aliases": list(pool.config.aliases),
-        "deployments": len(pool.backends),
+        "deployments": len(pool.members),
     }
 
 
 class Ops:
-    def __init__(self, registry: Registry, metrics: Metrics, authenticator: Authenticator) -> None:
-        self.registry = registry
+    def __init__(self, fleet: Fleet, metrics: Metrics, authenticator: Authenticator) -> None:
+        self.fleet = fleet
         self.metrics = metrics
         self.authenticator = authenticator
         self.created = int(time.time())
@@ -43,8 +42,8 @@ class Ops:
 
     def _status(self) -> dict[str, object]:
         models = {
-            pool.model: {"deployments": len(pool.backends), "usable": pool.usable}
-            for pool in self.registry.pools.values()
+            pool.model: {"deployments": len(pool.members), "usable": pool.usable}
+            for pool in self.fleet.snapshot.pools.values()
         }
         # Saturation is reported, not a reason to be taken out of a load balancer's rotation.
         return {"status": "ready" if self.ready else "not_ready", "models": models}
@@ -60,7 +59,7 @@ class Ops:
         await send_bytes(send, 200, self.metrics.render(), [], Metrics.CONTENT_TYPE.encode())
 
     async def models(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        head = read_head(scope, NOT_FORWARDED)
+        head = read_head(scope)
         headers: Headers = [(b"x-request-id", head.request_id.encode())]
         try:
             peer = scope.get("client")
@@ -69,13 +68,14 @@ class Ops:
             )
             require(principal, ApiScope.MODELS_READ)
             path: str = scope["path"]
-            pools = [p for p in self.registry.pools.values() if principal.allows_model(p.model)]
+            snapshot = self.fleet.snapshot
+            pools = [p for p in snapshot.pools.values() if principal.allows_model(p.model)]
             if path == "/v1/models":
                 data = [model_object(p, self.created) for p in pools]
                 await send_json(send, 200, {"object": "list", "data": data}, headers)
                 return
             name = path.removeprefix("/v1/models/")
-            pool = self.registry.resolve(name)
+            pool = snapshot.resolve(name)
             if not principal.allows_model(pool.model):
                 raise NotFound(f"The model {name!r} does not exist", param="model")
             await send_json(send, 200, model_object(pool, self.created), headers)

@@ -1,7 +1,9 @@
 """Plain-ASGI request and response helpers for the hot path (no framework on this path).
 
 A framework costs 2.2x in throughput here (DESIGN.md); these few functions are all the hot path
-needs: read a bounded body, send a JSON body, render an error in OpenAI's schema.
+needs: read the head in one pass and a bounded body, send a JSON body, render an error in
+OpenAI's schema. They sit below ``api/`` so that the pipeline (and the tasks that will run
+through it) can answer without an HTTP face.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import orjson
 
 from swarmgate.errors import GatewayError, InvalidJSON, PayloadTooLarge
 from swarmgate.types import ASGIScope, Receive, Send
+from swarmgate.upstream.transport import NOT_FORWARDED
 
 Headers = list[tuple[bytes, bytes]]
 JSON_TYPE = (b"content-type", b"application/json")
@@ -89,7 +92,7 @@ class RequestHead:
     forward: dict[str, str]
 
 
-def read_head(scope: ASGIScope, not_forwarded: frozenset[bytes]) -> RequestHead:
+def read_head(scope: ASGIScope, not_forwarded: frozenset[bytes] = NOT_FORWARDED) -> RequestHead:
     request_id = authorization = forwarded_for = None
     content_length: int | None = None
     forward: dict[str, str] = {}

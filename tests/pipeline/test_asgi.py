@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from swarmgate.api.http import ClientGone, read_body, read_head
 from swarmgate.errors import PayloadTooLarge
-from swarmgate.upstream.client import NOT_FORWARDED
+from swarmgate.pipeline.asgi import ClientGone, read_body, read_head
+from swarmgate.upstream.transport import NOT_FORWARDED
 
 
 def test_read_head_joins_forwarded_for_lines_and_keeps_secrets_back() -> None:

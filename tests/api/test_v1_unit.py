@@ -7,12 +7,16 @@ from typing import Any
 import orjson
 import pytest
 
-from swarmgate.api.proxy import Proxy
+from swarmgate.api.v1 import Inference
 from swarmgate.config import parse_settings
 from swarmgate.observability.metrics import Metrics
-from swarmgate.routing.pool import Registry
+from swarmgate.pipeline.accounting import Accounting
+from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.stages import Admission
+from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.plan import Router
 from swarmgate.types import Principal
-from swarmgate.upstream.client import UpstreamClient
+from swarmgate.upstream.transport import HttpTransport
 
 
 class Broken:
@@ -20,11 +24,19 @@ class Broken:
         raise ValueError("a bug")
 
 
-def _proxy() -> Proxy:
+def _proxy() -> Inference:
     settings = parse_settings(
         {"models": {"m": {"deployments": [{"url": "http://127.0.0.1:9"}]}}}, {}
     )
-    return Proxy(Registry(settings), UpstreamClient(), Metrics(), Broken(), 1 << 20)
+    return Inference(
+        Broken(),
+        Fleet(settings),
+        Admission(),
+        Router(),
+        Caller(HttpTransport()),
+        Accounting(Metrics()),
+        1 << 20,
+    )
 
 
 SCOPE = {

@@ -1,0 +1,79 @@
+"""The OpenAI inference routes (``/v1/chat/completions``, ``/v1/completions``,
+``/v1/embeddings``): the hot path, read top to bottom.
+
+authenticate → read and parse the body → resolve the model → authorize → admit → plan and
+call (retrying another deployment only if the request never reached the first) → answer; and
+``finish`` on every exit path. Errors are written in OpenAI's schema, here and only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from swarmgate.errors import GatewayError
+from swarmgate.pipeline.accounting import Accounting
+from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
+from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.request import ROUTES, parse
+from swarmgate.pipeline.stages import Admission, authenticate, authorize
+from swarmgate.routing.balancers import RoutingFacts
+from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.plan import Router
+from swarmgate.types import ASGIScope, Authenticator, Receive, Send
+
+log = logging.getLogger("swarmgate.proxy")
+
+
+class Inference:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        fleet: Fleet,
+        admission: Admission,
+        router: Router,
+        caller: Caller,
+        accounting: Accounting,
+        max_body_bytes: int,
+    ) -> None:
+        self.authenticator = authenticator
+        self.fleet = fleet
+        self.admission = admission
+        self.router = router
+        self.caller = caller
+        self.accounting = accounting
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        x = self.accounting.start(scope, ROUTES[scope["path"]])
+        try:
+            x.principal = await authenticate(self.authenticator, x)
+            body = await read_body(receive, self.max_body_bytes, x.head.content_length)
+            x.request = request = parse(x.route, body)
+            x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
+            authorize(x)
+            await self.admission.admit(x)
+            plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
+            await self.caller.run(x, plan, receive, send)
+        except GatewayError as exc:
+            x.status, x.error = exc.status, exc.message
+            await _send_error(send, exc, x.head.request_id)
+        except ClientGone:
+            x.status = 499
+        except Exception:
+            # A bug of ours: logged with its traceback, answered in OpenAI's schema.
+            log.exception(
+                "unexpected error serving %s (request %s)", x.route.name, x.head.request_id
+            )
+            x.status, x.error = 500, "unexpected error"
+            error = GatewayError("internal error in the gateway; see its log for this request id")
+            await _send_error(send, error, x.head.request_id)
+        finally:
+            self.accounting.finish(x)
+
+
+async def _send_error(send: Send, error: GatewayError, request_id: str) -> None:
+    # The client left, or the response had already started (a server's own "response
+    # already started" error): nothing more can be said to it.
+    with contextlib.suppress(ClientGone, RuntimeError):
+        await send_error(send, error, request_id)

@@ -1,0 +1,1 @@
+"""The request path: one record per request (``exchange``) through explicit stages."""

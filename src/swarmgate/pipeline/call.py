@@ -1,0 +1,274 @@
+"""The call stage: attempts at the plan's deployments, and the answer relayed to the client.
+
+Another deployment is tried only when an attempt never reached its own (the request was not
+sent, so nothing can have been generated or billed twice), and only before anything went to
+the client. Each attempt records its ``Outcome`` where it ends; the accounting of all of them
+happens once, in ``Accounting.finish``. Nothing here awaits a database or creates a task; the
+watchdog bounds every upstream wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from swarmgate.errors import GatewayError, UpstreamBroken, UpstreamError, UpstreamTimeout
+from swarmgate.errors import UpstreamUnreachable as Unreachable
+from swarmgate.pipeline.asgi import SSE_HEADERS, ClientGone, DisconnectWatch, Headers, send_bytes
+from swarmgate.pipeline.exchange import Attempt, Exchange
+from swarmgate.pipeline.request import InferenceRequest
+from swarmgate.routing.fleet import Deployment
+from swarmgate.routing.plan import Plan
+from swarmgate.types import Outcome, Receive, Send, Transport, UpstreamResponse, Usage
+from swarmgate.upstream.relay import StreamRelay, usage_from, usage_object
+from swarmgate.upstream.sse import encode_json_event
+from swarmgate.upstream.watchdog import Watchdog
+
+LARGE_BODY = 16 * 1024  # above this, only the usage object of an answer is parsed
+# Upstream response headers a client needs to back off correctly.
+PASSED_BACK = (
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
+class Caller:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    async def run(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
+        request = x.request
+        assert request is not None, "the call stage runs after parse"
+        while True:
+            attempt = x.attempt(plan.next())
+            try:
+                if request.stream:
+                    await self._stream(x, request, attempt, receive, send)
+                else:
+                    await self._unary(x, request, attempt, send)
+                return
+            except Unreachable:
+                if not plan.may_retry():
+                    raise
+            finally:
+                attempt.ended = time.perf_counter()
+
+    async def _send(
+        self, x: Exchange, request: InferenceRequest, attempt: Attempt
+    ) -> UpstreamResponse:
+        d = attempt.deployment
+        body = request.body_for(d.upstream_model)
+        headers = dict(x.head.forward)
+        headers["content-type"] = "application/json"
+        headers["x-request-id"] = x.head.request_id
+        if d.api_key:
+            headers["authorization"] = "Bearer " + d.api_key
+        if request.stream:
+            headers["accept"] = "text/event-stream"
+        try:
+            response = await self.transport.send(
+                d.url, x.route.path, body, headers, d.timeouts.connect
+            )
+        except UpstreamError as exc:
+            unreachable = isinstance(exc, Unreachable)
+            attempt.outcome = Outcome.UNREACHABLE if unreachable else Outcome.PROTOCOL
+            raise _about(exc, d) from exc
+        attempt.status = response.status
+        return response
+
+    async def _unary(
+        self, x: Exchange, request: InferenceRequest, attempt: Attempt, send: Send
+    ) -> None:
+        watchdog = Watchdog(attempt.deployment.unary_timeouts)
+        try:
+            response = await self._send(x, request, attempt)
+            watchdog.first_byte()
+            data = await response.read()
+        except asyncio.CancelledError:
+            if watchdog.absorb():
+                attempt.outcome = Outcome.TIMEOUT
+                raise UpstreamTimeout(watchdog.describe()) from None
+            raise
+        except UpstreamBroken as exc:
+            attempt.outcome = Outcome.BROKEN
+            raise _about(exc, attempt.deployment) from exc
+        finally:
+            watchdog.disarm()
+        await self._answer(x, attempt, response, data, send)
+
+    async def _stream(
+        self, x: Exchange, request: InferenceRequest, attempt: Attempt, receive: Receive, send: Send
+    ) -> None:
+        d = attempt.deployment
+        watchdog = Watchdog(d.timeouts)
+        client = DisconnectWatch(receive)
+        response: UpstreamResponse | None = None
+        relay = StreamRelay(request.wants_usage)
+        try:
+            response = await self._send(x, request, attempt)
+            if response.status != 200 or not _is_event_stream(response):
+                data = await response.read()
+                watchdog.first_byte()
+                await self._answer(x, attempt, response, data, send)
+                return
+            await self._pump(x, attempt, response, relay, watchdog, send)
+            if not relay.done:
+                raise UpstreamBroken("ended the stream before [DONE]")
+            x.usage = relay.usage
+            await _send_or_gone(send, {"type": "http.response.body", "body": b""})
+            client.finish()
+            attempt.outcome = Outcome.OK
+            x.status = 200
+            return
+        except asyncio.CancelledError:
+            if client.absorb():
+                x.usage = relay.usage
+                attempt.outcome = Outcome.CLIENT_GONE
+                raise ClientGone from None
+            if not watchdog.absorb():
+                raise
+            attempt.outcome = Outcome.TIMEOUT
+            error: GatewayError = UpstreamTimeout(watchdog.describe())
+        except UpstreamError as exc:
+            if attempt.outcome is None:  # the body or the stream broke off while being read
+                attempt.outcome = Outcome.BROKEN
+                exc = _about(exc, d)
+            if not relay.started:
+                raise exc
+            error = exc
+        finally:
+            client.finish()
+            watchdog.disarm()
+            if response is not None:
+                response.close()
+        if not relay.started:
+            raise error
+        # After the first byte there is no retry: end the stream with a well-formed error event.
+        x.status = error.status
+        x.error = error.message
+        await _send_or_gone(
+            send,
+            {
+                "type": "http.response.body",
+                "body": encode_json_event(error.body(x.head.request_id)),
+                "more_body": False,
+            },
+        )
+
+    async def _pump(
+        self,
+        x: Exchange,
+        attempt: Attempt,
+        response: UpstreamResponse,
+        relay: StreamRelay,
+        watchdog: Watchdog,
+        send: Send,
+    ) -> None:
+        """Forward each upstream chunk as it arrives (re-framed by the relay); never buffer."""
+        async for chunk in response.chunks():
+            if relay.started:
+                watchdog.touch()
+            else:
+                # Headers go out with the first chunk, so that a deployment that fails before
+                # its first byte still yields a proper HTTP error, not a broken stream.
+                watchdog.first_byte()
+                headers = _response_headers(x, attempt.deployment) + SSE_HEADERS
+                await _send_or_gone(
+                    send, {"type": "http.response.start", "status": 200, "headers": headers}
+                )
+                relay.started = True
+                attempt.first_byte = time.perf_counter()
+            out = relay.feed(chunk)
+            if out:
+                await _send_or_gone(
+                    send, {"type": "http.response.body", "body": out, "more_body": True}
+                )
+                # A slow client holds the send: that wait is not the upstream's idleness.
+                watchdog.touch()
+        tail = relay.close()
+        if tail and relay.started:
+            await _send_or_gone(
+                send, {"type": "http.response.body", "body": tail, "more_body": True}
+            )
+
+    async def _answer(
+        self, x: Exchange, attempt: Attempt, response: UpstreamResponse, data: bytes, send: Send
+    ) -> None:
+        """Send a whole (non-streamed) upstream answer on: 2xx must be JSON and is accounted,
+        4xx passes through unchanged, 5xx becomes our 502."""
+        d = attempt.deployment
+        status = response.status
+        if status >= 500:
+            attempt.outcome = Outcome.SERVER_ERROR
+            raise UpstreamError(
+                f"deployment {d.name} answered HTTP {status}: {_upstream_message(data)}"
+            )
+        if status in (401, 403):
+            # About the gateway's own credential for this deployment, not the client's.
+            attempt.outcome = Outcome.SERVER_ERROR
+            raise UpstreamError(f"deployment {d.name} rejected the gateway's credentials")
+        if status < 300:
+            attempt.outcome = Outcome.PROTOCOL  # until the body proves to be JSON
+            x.usage = _usage_of_body(data, d)
+            attempt.outcome = Outcome.OK
+        else:
+            attempt.outcome = Outcome.REFUSED
+        headers = _response_headers(x, d)
+        if status >= 400:  # back-off hints matter on refusals; skip the lookups on success
+            for name in PASSED_BACK:
+                value = response.headers.get(name)
+                if value is not None:
+                    headers.append((name.encode(), value.encode("latin-1")))
+        content_type = response.headers.get("content-type", "application/json")
+        x.status = status
+        await send_bytes(send, status, data, headers, content_type.encode("latin-1"))
+
+
+def _about(exc: UpstreamError, d: Deployment) -> UpstreamError:
+    """The transport's error, naming the deployment (the transport knows only origins)."""
+    return type(exc)(f"deployment {d.name}: {exc.message}")
+
+
+def _response_headers(x: Exchange, d: Deployment) -> Headers:
+    return [(b"x-request-id", x.head.request_id.encode()), *d.headers]
+
+
+def _is_event_stream(response: UpstreamResponse) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def _send_or_gone(send: Send, message: dict[str, Any]) -> None:
+    try:
+        await send(message)
+    except OSError as exc:
+        raise ClientGone from exc
+
+
+def _upstream_message(data: bytes) -> str:
+    try:
+        body = orjson.loads(data)
+        message = body["error"]["message"] if isinstance(body.get("error"), dict) else body
+        return str(message)[:500]
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return data[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _usage_of_body(data: bytes, d: Deployment) -> Usage:
+    try:
+        if len(data) > LARGE_BODY:
+            # Embeddings and long answers: parse only the usage object, usually at the end.
+            usage = usage_object(data)
+            if usage is not None:
+                return usage
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"deployment {d.name} returned a body that is not JSON") from None
+    return usage_from(obj) or Usage()

@@ -1,0 +1,72 @@
+"""``Exchange``: the one record of one request, filled in as it passes the stages.
+
+Stages take the exchange instead of a long list of parameters, and ``Accounting.finish`` reads
+it once at the end, on every exit path: which deployments were tried, how each attempt ended
+(its ``Outcome``), what the client was answered, the usage counted and the timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from swarmgate.pipeline.asgi import RequestHead, read_head
+from swarmgate.pipeline.request import InferenceRequest, Route
+from swarmgate.routing.fleet import Deployment, DeploymentState, Lease, Pool
+from swarmgate.types import ASGIScope, Outcome, Principal, Usage
+
+
+@dataclass(eq=False, slots=True)
+class Attempt:
+    """One try at one deployment, holding its slot (the lease) until the request finishes."""
+
+    deployment: Deployment
+    lease: Lease
+    started: float
+    ended: float = 0.0
+    first_byte: float = 0.0  # when the first streamed chunk went to the client
+    status: int = 0  # the upstream's HTTP status, once its head arrived
+    outcome: Outcome | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Exchange:
+    route: Route
+    head: RequestHead
+    peer: str | None
+    started: float
+    principal: Principal | None = None
+    request: InferenceRequest | None = None
+    pool: Pool | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: Usage | None = None  # counted from the answer; None: nothing to account
+    status: int = 0  # what the client was answered (499: it left first)
+    error: str | None = None  # the message of the error the client was answered with
+
+    @classmethod
+    def start(cls, scope: ASGIScope, route: Route) -> Exchange:
+        peer = scope.get("client")
+        return cls(route, read_head(scope), peer[0] if peer else None, time.perf_counter())
+
+    def attempt(self, state: DeploymentState) -> Attempt:
+        attempt = Attempt(state.deployment, state.lease(), time.perf_counter())
+        self.attempts.append(attempt)
+        return attempt
+
+    @property
+    def model(self) -> str:
+        return self.pool.model if self.pool is not None else "-"
+
+    @property
+    def deployment(self) -> str:
+        return self.attempts[-1].deployment.name if self.attempts else "-"
+
+    @property
+    def outcome(self) -> str:
+        """How the request ended, for its log line: the last attempt's outcome, or the stage
+        that refused it."""
+        if self.attempts and self.attempts[-1].outcome is not None:
+            return str(self.attempts[-1].outcome)
+        if self.status == 499:
+            return "client_gone"
+        return "ok" if self.status < 400 else "refused"

@@ -1,0 +1,88 @@
+"""The inference routes and what the gateway reads of their requests (pure, no I/O).
+
+The body is parsed once (orjson) and only the fields the gateway itself reads are checked;
+everything else is forwarded as the client sent it. When nothing needs changing, the client's
+own bytes go upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from swarmgate.errors import BadRequest
+from swarmgate.pipeline.asgi import parse_json_object
+from swarmgate.types import ModelType
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str  # the metrics label: chat, completions, embeddings
+    path: str  # the upstream path, the same as the client's
+    types: frozenset[ModelType]  # the model types it serves
+    required: str  # the field it must carry
+
+
+ROUTES = {
+    r.path: r
+    for r in (
+        Route("chat", "/v1/chat/completions", frozenset({ModelType.CHAT}), "messages"),
+        Route(
+            "completions",
+            "/v1/completions",
+            frozenset({ModelType.CHAT, ModelType.COMPLETION}),
+            "prompt",
+        ),
+        Route("embeddings", "/v1/embeddings", frozenset({ModelType.EMBEDDING}), "input"),
+    )
+}
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    payload: dict[str, Any]
+    raw: bytes  # the client's bytes: forwarded as they are when nothing changes
+    model: str | None  # as the client named it (None: the default model)
+    stream: bool
+    wants_usage: bool  # whether the client asked for the usage chunk of a stream
+
+    def body_for(self, upstream_model: str) -> bytes:
+        """The body to send a deployment that knows the model as ``upstream_model``."""
+        if not self.stream and self.model == upstream_model:
+            return self.raw
+        self.payload["model"] = upstream_model
+        try:
+            return orjson.dumps(self.payload)
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+            raise BadRequest(f"the request body cannot be forwarded: {exc}") from None
+
+
+def parse(route: Route, body: bytes) -> InferenceRequest:
+    payload = parse_json_object(body)
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model")
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    required = route.required
+    if required not in payload:
+        raise BadRequest(f"'{required}' is a required property", param=required)
+    value = payload[required]
+    if required == "messages" and not isinstance(value, list):
+        raise BadRequest("'messages' must be an array of message objects", param="messages")
+    if required in ("prompt", "input") and not isinstance(value, str | list):
+        raise BadRequest(f"'{required}' must be a string or an array", param=required)
+    wants_usage = False
+    if stream:
+        options = options or {}
+        wants_usage = options.get("include_usage") is True
+        # Always ask for usage so every stream is accounted; the relay drops the usage-only
+        # chunk again when the client did not ask for it.
+        payload["stream_options"] = {**options, "include_usage": True}
+    return InferenceRequest(payload, body, model, stream is True, wants_usage)

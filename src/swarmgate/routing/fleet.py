@@ -1,0 +1,210 @@
+"""The fleet: frozen deployments, their run-time state, and the pools that group them by model.
+
+Config and state are apart. A ``Deployment`` is one configured model server, resolved and
+frozen (name, URLs, timeouts, prices, the response headers naming it). Its ``DeploymentState``
+is what changes while the gateway runs: requests in flight today; health and circuit state
+later. A ``Pool`` is a model's states; ``FleetSnapshot`` resolves a model name or alias to its
+pool. ``Fleet`` holds the current snapshot and replaces it in one assignment (reload, discovery
+and the fleet API will use ``replace``); a deployment that survives a replacement keeps its
+state, so its in-flight count stays true. Only a ``Lease`` changes an in-flight count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from swarmgate.config import Deployment as DeploymentConfig
+from swarmgate.config import Model, Settings, Timeouts
+from swarmgate.errors import ModelNotFound
+from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
+from swarmgate.types import ModelType
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    name: str
+    model: str  # the model id clients use
+    upstream_model: str  # the name the upstream knows it by
+    url: str  # base URL, without /v1
+    weight: float
+    max_concurrent: int
+    timeouts: Timeouts
+    # A non-streamed answer's first byte comes only when generation is done: it is bounded
+    # by the total timeout, not by the time-to-first-token bound.
+    unary_timeouts: Timeouts
+    api_key: str | None
+    input_cost_per_1k: float
+    output_cost_per_1k: float
+    # Response headers naming this deployment, encoded once rather than per request.
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def build(cls, name: str, model: str, dep: DeploymentConfig, timeouts: Timeouts) -> Deployment:
+        return cls(
+            name=name,
+            model=model,
+            upstream_model=dep.model or model,
+            url=dep.url,
+            weight=dep.weight,
+            max_concurrent=dep.max_concurrent,
+            timeouts=timeouts,
+            unary_timeouts=timeouts.model_copy(update={"first_byte": timeouts.total}),
+            api_key=dep.api_key,
+            input_cost_per_1k=dep.input_cost_per_1k,
+            output_cost_per_1k=dep.output_cost_per_1k,
+            headers=(
+                (b"x-swarmgate-deployment", name.encode()),
+                (b"x-swarmgate-model", model.encode()),
+            ),
+        )
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_cost_per_1k + completion_tokens * self.output_cost_per_1k
+        ) / 1000
+
+
+class Lease:
+    """One request's hold on a deployment slot; ``release`` is idempotent."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: DeploymentState) -> None:
+        state.in_flight += 1
+        self._state: DeploymentState | None = state
+
+    def release(self) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            state.in_flight -= 1
+
+
+@dataclass(eq=False, slots=True)
+class DeploymentState:
+    """A deployment at run time. Balancers read it through ``DeploymentView``."""
+
+    deployment: Deployment
+    in_flight: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+    @property
+    def weight(self) -> float:
+        return self.deployment.weight
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.deployment.max_concurrent
+
+    @property
+    def has_capacity(self) -> bool:
+        return self.in_flight < self.deployment.max_concurrent
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+
+@dataclass(eq=False, slots=True)
+class Pool:
+    model: str
+    config: Model
+    members: tuple[DeploymentState, ...]
+    balancer: Balancer = field(default_factory=WeightedRoundRobin)
+
+    @property
+    def type(self) -> ModelType:
+        return self.config.type
+
+    @property
+    def usable(self) -> int:
+        return sum(1 for m in self.members if m.has_capacity)
+
+
+def _deployment_name(model: str, dep: DeploymentConfig) -> str:
+    if dep.name:
+        return dep.name
+    parts = urlsplit(dep.url)
+    return f"{model}@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def deployments_of(settings: Settings) -> dict[str, tuple[Deployment, ...]]:
+    """Every model's deployments, named (``model@host:port``, ``#i`` added when two clash)."""
+    out = {}
+    for model_id, model in settings.models.items():
+        names = [_deployment_name(model_id, dep) for dep in model.deployments]
+        names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        out[model_id] = tuple(
+            Deployment.build(names[i], model_id, dep, settings.timeouts_for(dep))
+            for i, dep in enumerate(model.deployments)
+        )
+    return out
+
+
+class FleetSnapshot:
+    """Model ids and aliases → pools, and the default model; never changed once built."""
+
+    def __init__(
+        self, pools: dict[str, Pool], aliases: dict[str, str], default_model: str | None
+    ) -> None:
+        self.pools = pools
+        self._names = dict(pools)
+        for alias, model in aliases.items():
+            self._names[alias] = pools[model]
+        self.default = self._names[default_model] if default_model else None
+
+    def resolve(self, name: str | None, visible: Callable[[str], bool] = bool) -> Pool:
+        """The pool for a model id or alias; ``visible`` filters the models an error lists."""
+        if name is None:
+            if self.default is None:
+                raise ModelNotFound("you must provide a model parameter", param="model")
+            return self.default
+        pool = self._names.get(name)
+        if pool is None:
+            raise ModelNotFound(
+                f"The model {name!r} does not exist. Available models: "
+                + (", ".join(sorted(m for m in self.pools if visible(m))) or "(none)"),
+                param="model",
+            )
+        return pool
+
+    def states(self) -> Iterator[DeploymentState]:
+        for pool in self.pools.values():
+            yield from pool.members
+
+
+class Fleet:
+    def __init__(self, settings: Settings) -> None:
+        self.snapshot = self._build(settings, {})
+
+    @staticmethod
+    def _build(
+        settings: Settings, old: dict[tuple[str, str, str], DeploymentState]
+    ) -> FleetSnapshot:
+        pools = {}
+        for model_id, deployments in deployments_of(settings).items():
+            members = []
+            for d in deployments:
+                # The same state object, so that leases taken before the swap release into it.
+                state = old.get((d.model, d.name, d.url)) or DeploymentState(d)
+                state.deployment = d
+                members.append(state)
+            pools[model_id] = Pool(model_id, settings.models[model_id], tuple(members))
+        aliases = {a: m for m, model in settings.models.items() for a in model.aliases}
+        return FleetSnapshot(pools, aliases, settings.default_model)
+
+    def resolve(self, name: str | None, visible: Callable[[str], bool] = bool) -> Pool:
+        return self.snapshot.resolve(name, visible)
+
+    def replace(self, settings: Settings) -> None:
+        """Swap in the fleet ``settings`` describe, in one assignment.
+
+        A deployment that stays (same model, name and URL) carries its state object over
+        (with its new settings); leases on a deployment that went away release into a state
+        nobody reads any more.
+        """
+        old = {(s.deployment.model, s.name, s.deployment.url): s for s in self.snapshot.states()}
+        self.snapshot = self._build(settings, old)

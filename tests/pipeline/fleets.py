@@ -1,0 +1,117 @@
+"""Tiny in-process gateways for tests of the stages: the real request path on the in-memory
+transport, with an authenticator that lets everyone in."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from swarmgate.api.v1 import Inference
+from swarmgate.auth.roles import default_scopes
+from swarmgate.config import parse_settings
+from swarmgate.observability.metrics import Metrics
+from swarmgate.pipeline.accounting import Accounting
+from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.stages import Admission
+from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.plan import Router
+from swarmgate.types import Principal, Role
+from swarmgate.upstream.memory import Handler, MemoryTransport
+
+USER = Principal("tester", Role.USER, default_scopes(Role.USER))
+
+
+class LetIn:
+    async def authenticate(self, *args: Any) -> Principal:
+        return USER
+
+
+class Gateway:
+    """The inference handler over ``deployments`` (URLs of model ``m``) on ``handler``."""
+
+    def __init__(
+        self, handler: Handler, *urls: str, deployment: dict[str, Any] | None = None, **model: Any
+    ) -> None:
+        deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
+        settings = parse_settings(
+            {"models": {"m": {"deployments": deployments, **model}}}, {"UP_KEY": "up-secret"}
+        )
+        self.transport = MemoryTransport(handler)
+        self.metrics = Metrics()
+        self.fleet = Fleet(settings)
+        self.inference = Inference(
+            LetIn(),
+            self.fleet,
+            Admission(),
+            Router(),
+            Caller(self.transport),
+            Accounting(self.metrics),
+            1 << 20,
+        )
+
+    async def post(
+        self,
+        body: dict[str, Any],
+        path: str = "/v1/chat/completions",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        receive: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> Answer:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": [(b"x-request-id", b"rid-1"), *(headers or [])],
+            "client": ("127.0.0.1", 5000),
+        }
+        sent = True
+
+        async def first_receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                sent = False
+                return {"type": "http.request", "body": orjson.dumps(body)}
+            if receive is not None:
+                return await receive()
+            await _forever()
+            raise AssertionError("unreachable")
+
+        answer = Answer()
+        await self.inference(scope, first_receive, answer.send)
+        return answer
+
+    def in_flight(self) -> list[int]:
+        return [s.in_flight for s in self.fleet.snapshot.states()]
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+
+async def _forever() -> None:
+    import asyncio
+
+    await asyncio.Event().wait()
+
+
+class Answer:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return int(self.messages[0]["status"])
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.messages[0]["headers"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages[1:])
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)

@@ -1,0 +1,226 @@
+"""The request path on the in-memory transport: attempts, outcomes, relay and accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from swarmgate.errors import UpstreamUnreachable
+from swarmgate.upstream.memory import MemoryResponse, SentRequest
+from tests.pipeline.fleets import Gateway
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION = {
+    "id": "c1",
+    "object": "chat.completion",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "yo"}}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
+A, B = "http://a.test:8000", "http://b.test:8000"
+
+
+def _chunk(content: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    choices = [] if content is None else [{"index": 0, "delta": {"content": content}}]
+    obj = {"id": "c1", "object": "chat.completion.chunk", "choices": choices, "usage": usage}
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def test_a_unary_answer_is_relayed_accounted_and_its_slot_released() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    gw = Gateway(ok, A)
+    answer = await gw.post(CHAT, headers=[(b"authorization", b"Bearer client-key")])
+    assert answer.status == 200 and answer.json() == COMPLETION
+    assert answer.headers[b"x-swarmgate-deployment"] == b"m@a.test:8000"
+    sent = gw.transport.sent[0]
+    assert sent.path == "/v1/chat/completions"
+    # The deployment's own key replaces the client's; the request id travels with it.
+    assert sent.headers["authorization"] == "Bearer up-secret"
+    assert sent.headers["x-request-id"] == "rid-1"
+    assert sent.body == orjson.dumps(CHAT)  # nothing changed: the client's own bytes
+    assert gw.in_flight() == [0]
+    assert gw.sample("swarmgate_tokens_total", model="m", direction="input") == 3
+    assert gw.sample("swarmgate_tokens_total", model="m", direction="output") == 2
+    assert gw.sample("swarmgate_requests_total", route="chat", model="m", status="200") == 1
+    assert gw.sample("swarmgate_requests_in_flight") == 0
+
+
+async def test_an_unreachable_deployment_is_replaced_by_another_before_anything_is_sent() -> None:
+    async def a_down(request: SentRequest) -> MemoryResponse:
+        if request.base_url == A:
+            raise UpstreamUnreachable("could not reach it")
+        return MemoryResponse.json(COMPLETION)
+
+    gw = Gateway(a_down, A, B)
+    statuses = [(await gw.post(CHAT)).status for _ in range(4)]
+    assert statuses == [200] * 4
+    assert gw.in_flight() == [0, 0]
+    down = gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="connect")
+    assert down == 2  # round robin sent every other request to A first
+
+
+async def test_a_lone_unreachable_deployment_is_a_502_naming_it() -> None:
+    async def down(request: SentRequest) -> MemoryResponse:
+        raise UpstreamUnreachable("could not reach http://a.test:8000 (ConnectionRefused)")
+
+    gw = Gateway(down, A)
+    answer = await gw.post(CHAT)
+    assert answer.status == 502
+    message = answer.json()["error"]["message"]
+    assert "m@a.test:8000" in message and "could not reach" in message
+    assert len(gw.transport.sent) == 1 and gw.in_flight() == [0]
+
+
+async def test_a_5xx_is_a_502_counted_by_its_status_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json({"error": {"message": "out of memory"}}, status=503)
+
+    gw = Gateway(broken, A, B)
+    with caplog.at_level(logging.INFO, logger="swarmgate.requests"):
+        answer = await gw.post(CHAT)
+    assert answer.status == 502 and "out of memory" in answer.json()["error"]["message"]
+    assert len(gw.transport.sent) == 1  # it reached the deployment: no second attempt
+    kind = gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="http_503")
+    assert kind == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "swarmgate.requests"]
+    assert len(lines) == 1
+    for part in (
+        "request_id=rid-1",
+        "route=chat",
+        "model=m",
+        "deployment=m@a.test:8000",
+        "outcome=http_error",
+        "status=502",
+        "latency_ms=",
+    ):
+        assert part in lines[0]
+
+
+async def test_an_upstream_4xx_passes_through_and_is_not_the_deployments_failure() -> None:
+    async def refuses(request: SentRequest) -> MemoryResponse:
+        response = MemoryResponse.json({"error": {"message": "context too long"}}, status=400)
+        response.headers = {**response.headers, "retry-after": "3"}
+        return response
+
+    gw = Gateway(refuses, A)
+    answer = await gw.post(CHAT)
+    assert answer.status == 400 and answer.headers[b"retry-after"] == b"3"
+    assert (
+        gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="refused")
+        is None
+    )
+
+
+async def test_a_stream_is_relayed_chunk_by_chunk_and_the_usage_chunk_hidden() -> None:
+    async def stream(request: SentRequest) -> MemoryResponse:
+        assert request.json()["stream_options"] == {"include_usage": True}  # type: ignore[index]
+        return MemoryResponse.sse(
+            _chunk("a"),
+            _chunk("b"),
+            _chunk(usage={"prompt_tokens": 4, "completion_tokens": 2}),
+            b"data: [DONE]\n\n",
+        )
+
+    gw = Gateway(stream, A)
+    answer = await gw.post({**CHAT, "stream": True})
+    assert answer.status == 200
+    assert answer.headers[b"content-type"].startswith(b"text/event-stream")
+    events = [e for e in answer.body.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]" and len(events) == 3  # two deltas, DONE
+    assert gw.sample("swarmgate_tokens_total", model="m", direction="output") == 2
+    assert gw.in_flight() == [0]
+
+
+async def test_a_stream_broken_after_its_first_byte_ends_with_an_error_event() -> None:
+    async def breaks(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.sse(_chunk("a"), ConnectionResetError("reset"))
+
+    gw = Gateway(breaks, A, B)
+    answer = await gw.post({**CHAT, "stream": True})
+    assert answer.status == 200  # the head went out with the first chunk
+    last = answer.body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    error = orjson.loads(last.removeprefix(b"data: "))["error"]
+    assert error["code"] == "bad_gateway" and error["request_id"] == "rid-1"
+    assert len(gw.transport.sent) == 1  # no retry after the first byte
+    assert (
+        gw.sample(
+            "swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="stream_broken"
+        )
+        == 1
+    )
+    assert gw.sample("swarmgate_requests_total", route="chat", model="m", status="502") == 1
+
+
+async def test_a_stream_that_ends_without_done_before_its_first_byte_is_a_502() -> None:
+    async def empty(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.sse()
+
+    answer = await Gateway(empty, A).post({**CHAT, "stream": True})
+    assert answer.status == 502 and "[DONE]" in answer.json()["error"]["message"]
+
+
+async def test_a_hung_deployment_times_out_as_a_504() -> None:
+    async def hangs(request: SentRequest) -> MemoryResponse:
+        await asyncio.sleep(30)
+        raise AssertionError("the watchdog should have fired")
+
+    timeouts = {"first_byte": 0.05, "idle": 0.05, "total": 0.05}
+    gw = Gateway(hangs, A, deployment={"timeouts": timeouts})
+    answer = await gw.post(CHAT)
+    assert answer.status == 504 and answer.json()["error"]["code"] == "upstream_timeout"
+    kind = gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="timeout")
+    assert kind == 1
+    assert gw.in_flight() == [0]
+
+
+async def test_every_exit_path_finishes_the_record() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    gw = Gateway(ok, A)
+    bad = await gw.post({"model": "m"})  # no messages
+    unknown = await gw.post({**CHAT, "model": "nope"})
+    wrong_type = await gw.post({"model": "m", "input": "x"}, path="/v1/embeddings")
+    assert (bad.status, unknown.status, wrong_type.status) == (400, 404, 400)
+    assert gw.transport.sent == []
+    requests = "swarmgate_requests_total"
+    assert gw.sample(requests, route="chat", model="-", status="400") == 1
+    assert gw.sample(requests, route="chat", model="-", status="404") == 1
+    assert gw.sample(requests, route="embeddings", model="m", status="400") == 1
+    assert gw.sample("swarmgate_requests_in_flight") == 0
+
+
+async def test_a_client_leaving_mid_stream_frees_the_slot_at_once() -> None:
+    first_sent = asyncio.Event()
+
+    async def slow_events() -> AsyncIterator[bytes]:
+        yield _chunk("a")
+        first_sent.set()
+        await asyncio.sleep(30)
+        yield b"data: [DONE]\n\n"
+
+    async def slow(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.sse_from(slow_events())
+
+    async def leaves() -> dict[str, Any]:
+        await first_sent.wait()
+        return {"type": "http.disconnect"}
+
+    gw = Gateway(slow, A)
+    answer = await asyncio.wait_for(gw.post({**CHAT, "stream": True}, receive=leaves), 5)
+    assert answer.status == 200
+    assert gw.in_flight() == [0]
+    assert gw.sample("swarmgate_requests_total", route="chat", model="m", status="499") == 1
+    # Not the deployment's failure.
+    assert (
+        gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="client_gone")
+        is None
+    )

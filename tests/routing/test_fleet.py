@@ -1,0 +1,80 @@
+"""The fleet: frozen deployments, run-time state apart, leases, atomic replacement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from swarmgate.config import parse_settings
+from swarmgate.errors import ModelNotFound, NoDeployment
+from swarmgate.routing.balancers import RoutingFacts
+from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.plan import Plan
+
+
+def _settings(models: dict[str, Any], **extra: Any) -> Any:
+    return parse_settings({"models": models, **extra}, {})
+
+
+def _fleet(*urls: str, **model: Any) -> Fleet:
+    return Fleet(_settings({"m": {"deployments": [{"url": u} for u in urls], **model}}))
+
+
+def test_names_aliases_and_the_default_model_resolve() -> None:
+    fleet = Fleet(
+        _settings(
+            {
+                "m": {"aliases": ["gpt-4"], "deployments": [{"url": "http://h:1"}] * 2},
+                "e": {"type": "embedding", "deployments": [{"url": "https://e", "name": "emb"}]},
+            },
+            default_model="gpt-4",
+        )
+    )
+    pool = fleet.resolve("gpt-4")
+    assert pool is fleet.resolve("m") is fleet.resolve(None)
+    assert [s.name for s in pool.members] == ["m@h:1#0", "m@h:1#1"]
+    assert [s.name for s in fleet.resolve("e").members] == ["emb"]
+    with pytest.raises(ModelNotFound, match=r"Available models: e$"):
+        fleet.resolve("x", visible=lambda m: m == "e")
+
+
+def test_a_lease_holds_one_slot_and_releases_once() -> None:
+    state = _fleet("http://h:1").resolve("m").members[0]
+    lease = state.lease()
+    assert state.in_flight == 1
+    lease.release()
+    lease.release()
+    assert state.in_flight == 0
+
+
+def test_a_replacement_keeps_the_state_of_deployments_that_stay() -> None:
+    fleet = _fleet("http://a:1", "http://b:1")
+    a, b = fleet.resolve("m").members
+    held = a.lease()
+    fleet.replace(
+        _settings(
+            {"m": {"deployments": [{"url": "http://a:1", "weight": 3}, {"url": "http://c:1"}]}}
+        )
+    )
+    kept, added = fleet.resolve("m").members
+    assert kept is a and kept.in_flight == 1 and kept.weight == 3  # new settings, same state
+    assert added is not b and added.in_flight == 0
+    held.release()
+    assert kept.in_flight == 0
+
+
+def test_a_plan_skips_busy_and_tried_deployments_and_bounds_retries() -> None:
+    pool = _fleet("http://a:1", "http://b:1", "http://c:1").resolve("m")
+    first, second, third = pool.members
+    leases = [second.lease() for _ in range(second.max_concurrent)]  # b is full
+    plan = Plan(pool, RoutingFacts("m"), max_attempts=2)
+    picked = [plan.next()]
+    assert plan.may_retry()
+    picked.append(plan.next())
+    assert not plan.may_retry()
+    assert second not in picked and set(picked) == {first, third}
+    with pytest.raises(NoDeployment, match="3 configured"):
+        plan.next()
+    for lease in leases:
+        lease.release()

@@ -1,0 +1,136 @@
+"""The HTTP transport against real sockets: every aiohttp failure arrives as one of ours."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from swarmgate.errors import UpstreamBroken, UpstreamError, UpstreamUnreachable
+from swarmgate.upstream.transport import HttpTransport
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[Serve], Awaitable[str]]]:
+    servers: list[asyncio.Server] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def start(serve: Serve) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            try:
+                await serve(reader, writer)
+            finally:
+                writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+    yield start
+    for srv in servers:
+        srv.close()
+    for writer in writers:
+        writer.close()
+    await asyncio.sleep(0)
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_an_answer_is_read_whole_or_in_chunks(
+    server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    seen: list[bytes] = []
+
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                seen.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/x\r\nContent-Length: 5\r\n\r\nhello"
+            )
+            await writer.drain()
+
+    url = await server(ok)
+    transport = HttpTransport()
+    try:
+        response = await transport.send(url, "/v1/x", b"{}", {"x-a": "1"}, connect=1)
+        assert response.status == 200 and response.headers.get("Content-Type") == "text/x"
+        assert await response.read() == b"hello"
+        response = await transport.send(url + "/", "/v1/x", b"{}", {}, connect=1)
+        assert b"".join([c async for c in response.chunks()]) == b"hello"
+        response.close()
+        assert b"x-a: 1" in seen[0].lower() and seen[0].startswith(b"POST /v1/x ")
+        # Two base URLs of one origin share one pool of connections.
+        assert len(transport._sessions) == 1
+    finally:
+        await transport.close()
+
+
+async def test_a_server_that_cannot_be_reached_is_unreachable() -> None:
+    transport = HttpTransport()
+    try:
+        with pytest.raises(UpstreamUnreachable, match="could not reach"):
+            await transport.send(_dead_url(), "/v1/x", b"{}", {}, connect=1)
+    finally:
+        await transport.close()
+
+
+async def test_a_body_cut_short_is_broken_while_read(
+    server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    url = await server(cut)
+    transport = HttpTransport()
+    try:
+        response = await transport.send(url, "/v1/x", b"{}", {}, connect=1)
+        with pytest.raises(UpstreamBroken):
+            await response.read()
+        response = await transport.send(url, "/v1/x", b"{}", {}, connect=1)
+        with pytest.raises(UpstreamBroken, match="broke off the stream"):
+            async for _ in response.chunks():
+                pass
+    finally:
+        await transport.close()
+
+
+async def test_garbage_instead_of_http_is_an_upstream_error(
+    server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    url = await server(garbage)
+    transport = HttpTransport()
+    try:
+        with pytest.raises(UpstreamError, match="invalid HTTP response"):
+            await transport.send(url, "/v1/x", b"{}", {}, connect=1)
+    finally:
+        await transport.close()
