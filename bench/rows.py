@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,32 @@ def gateway_service(keys: Keys, server: str, workers: int, auth: bool) -> Servic
         env["SWARMGATE_AUTH__ENABLED"] = "false"
     name = f"swarmgate-{server}-{workers}w-auth-{'on' if auth else 'off'}"
     return Service(name, argv, GATEWAY_PORT, env=env, start_timeout=90.0)
+
+
+def baseline_row(keys: Keys, commit: str) -> Row:
+    """swarmgate at another commit (uvicorn, 1 worker, auth on): its sources checked out in a
+    detached worktree under bench/.work, run by this venv with them first on the path."""
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", commit],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    tree = WORK / f"baseline-{sha}"
+    if not tree.exists():
+        WORK.mkdir(exist_ok=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), sha],
+            check=True,
+            capture_output=True,
+        )
+    service = gateway_service(keys, "uvicorn", 1, auth=True)
+    argv = [str(VENV / "python"), "-m", "swarmgate.cli", *service.argv[1:]]
+    env = {**service.env, "PYTHONPATH": str(tree / "src")}
+    service = Service(f"swarmgate-at-{sha}", argv, GATEWAY_PORT, env=env, start_timeout=90.0)
+    bearer = {"Authorization": f"Bearer {keys.gateway_admin}"}
+    label = f"swarmgate uvicorn 1w, auth on, at {sha} (baseline)"
+    return Row("sg-uvicorn-1w@baseline", label, service, bearer, auth=True)
 
 
 def litellm_service(keys: Keys) -> Service:

@@ -45,6 +45,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=10.0, help="wrk request timeout, s")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s cells, 1 s warm-up")
     parser.add_argument("--list", action="store_true", help="list the row keys and exit")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git commit: adds row sg-uvicorn-1w@baseline, swarmgate at that commit "
+        "(uvicorn 1w, auth on), to compare a change with the commit before it in one run",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.repeat = 2.0, 1.0, 1
@@ -167,6 +173,8 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     keys = Keys.fresh()
     all_rows = bench_rows.all_rows(keys)
+    if args.baseline:
+        all_rows.insert(4, bench_rows.baseline_row(keys, args.baseline))
     if args.list:
         print("\n".join(f"{r.key:24s} {r.label}" for r in all_rows))
         return 0

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from swarmgate.config import parse_settings
 from swarmgate.errors import UpstreamUnreachable
 from swarmgate.upstream.memory import MemoryResponse, SentRequest
 from tests.pipeline.fleets import Gateway
@@ -224,3 +225,18 @@ async def test_a_client_leaving_mid_stream_frees_the_slot_at_once() -> None:
         gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="client_gone")
         is None
     )
+
+
+async def test_deployment_weights_share_the_traffic() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    settings = {
+        "models": {"m": {"deployments": [{"url": A, "weight": 3}, {"url": B, "weight": 1}]}}
+    }
+    gw = Gateway(ok, A)
+    gw.fleet.replace(parse_settings(settings, {}))
+    for _ in range(8):
+        assert (await gw.post(CHAT)).status == 200
+    sent = [r.base_url for r in gw.transport.sent]
+    assert (sent.count(A), sent.count(B)) == (6, 2)
