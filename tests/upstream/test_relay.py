@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swarmgate.types import Usage
-from swarmgate.upstream.relay import StreamRelay, has_usage, usage_object
+from swarmgate.upstream.relay import StreamRelay, has_usage, usage_object, without_null_usage
 
 
 def _chunk(obj: object) -> bytes:
@@ -55,3 +55,37 @@ def test_usage_object_agrees_with_a_full_parse(
         usage["prompt_tokens_details"] = {"cached_tokens": 1}
     body = orjson.dumps({"data": [{"embedding": [0.5] * (padding // 4)}], "usage": usage})
     assert usage_object(body) == Usage(prompt, completion)
+
+
+def test_a_client_that_did_not_ask_for_usage_gets_no_usage_member_at_all() -> None:
+    relay = StreamRelay(wants_usage=False)
+    out = relay.feed(_chunk(CONTENT) + _chunk(USAGE_ONLY) + b"data: [DONE]\n\n")
+    first = orjson.loads(out.split(b"\n\n")[0].removeprefix(b"data: "))
+    assert first == {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    assert b"usage" not in out and relay.usage == Usage(7, 3)
+
+
+def test_a_client_that_asked_for_usage_gets_the_chunks_unchanged() -> None:
+    relay = StreamRelay(wants_usage=True)
+    events = _chunk(CONTENT) + _chunk(USAGE_ONLY) + b"data: [DONE]\n\n"
+    assert relay.feed(events) == events
+
+
+@given(
+    obj=st.dictionaries(
+        st.sampled_from(["id", "object", "model", "choices", "system_fingerprint"]),
+        st.one_of(st.none(), st.text(), st.integers(), st.lists(st.text(), max_size=2)),
+    ),
+    spaced=st.booleans(),
+    position=st.integers(0, 5),
+)
+def test_without_null_usage_removes_exactly_that_member(
+    obj: dict[str, object], spaced: bool, position: int
+) -> None:
+    import json
+
+    items = list(obj.items())
+    items.insert(min(position, len(items)), ("usage", None))
+    with_usage = dict(items)
+    text = json.dumps(with_usage).encode() if spaced else orjson.dumps(with_usage)
+    assert orjson.loads(without_null_usage(text)) == obj

@@ -1,8 +1,10 @@
 """Re-framing an upstream's OpenAI SSE stream for the client, counting tokens on the way.
 
 Pure (no I/O): fed the upstream's raw chunks, returns the bytes to send on. It always sees the
-usage chunk (the proxy asks every upstream for ``stream_options.include_usage``) and drops it
-again when the client did not ask for it, as OpenAI itself would not have sent it.
+usage chunk (the gateway asks every upstream for ``stream_options.include_usage``). When the
+client did not ask for usage, the client gets what it would have got from the upstream
+directly: the usage-only chunk is dropped, and so is the ``"usage": null`` that upstreams
+following OpenAI add to every other chunk once usage is asked for.
 """
 
 from __future__ import annotations
@@ -34,6 +36,29 @@ def has_usage(data: bytes) -> bool:
         return False
     rest = data[at + 7 : at + 16].lstrip(b" \t\r\n")
     return rest[:1] == b":" and rest[1:].lstrip(b" \t\r\n")[:1] == b"{"
+
+
+# How "usage": null is written by the JSON encoders of the servers we front (compact: orjson,
+# pydantic, Go, llama.cpp; spaced: Python's json). A key inside a JSON string has its quotes
+# escaped, so these bytes only ever match a real member.
+_NULL_USAGE = (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, ')
+
+
+def without_null_usage(data: bytes) -> bytes:
+    """A JSON object's text without its ``"usage": null`` member (the last one: the top-level
+    member comes after ``choices``); parsed and re-written only for an unusual spelling."""
+    for pattern in _NULL_USAGE:
+        at = data.rfind(pattern)
+        if at >= 0:
+            return data[:at] + data[at + len(pattern) :]
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    if isinstance(obj, dict) and "usage" in obj and obj["usage"] is None:
+        del obj["usage"]
+        return orjson.dumps(obj)
+    return data
 
 
 def usage_object(data: bytes) -> Usage | None:
@@ -83,10 +108,14 @@ class StreamRelay:
                 self.done = True
                 out.append(DONE)
                 continue
-            # Cheap test first: only chunks whose usage is an object are parsed (upstreams that
+            # Cheap tests first: only chunks whose usage is an object are parsed (upstreams that
             # follow OpenAI send "usage": null in every other chunk).
-            if has_usage(data) and not self._keep(data):
-                continue
+            if b'"usage"' in data:
+                if has_usage(data):
+                    if not self._keep(data):
+                        continue
+                elif not self.wants_usage:
+                    data = without_null_usage(data)
             out.append(b"data: " + data + b"\n\n")
         return b"".join(out)
 
