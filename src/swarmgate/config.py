@@ -91,6 +91,9 @@ class Deployment(Frozen):
     input_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     output_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     timeouts: Timeouts | None = None
+    # Seconds an idle connection to it is kept open: below the server's own keep-alive timeout
+    # (5 s for uvicorn, which serves vLLM and SGLang, and for llama.cpp's server).
+    keepalive: Seconds = 4.0
     name: str | None = None  # shown in responses and metrics; default: host:port
     # Resolved from api_key_env by the loader; never written in YAML.
     api_key: str | None = Field(default=None, exclude=True, repr=False)

@@ -114,6 +114,17 @@ class Outcome(enum.StrEnum):
 _NOT_FAILURES = frozenset({Outcome.OK, Outcome.REFUSED, Outcome.CLIENT_GONE})
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a transport sends, and how it keeps connections there (built once per
+    deployment). ``keepalive`` must stay below the server's own idle timeout, so that the
+    gateway, not the server, closes an idle connection."""
+
+    base_url: str  # scheme://host:port[/prefix], without /v1
+    connect: float = 5.0  # seconds to establish a connection
+    keepalive: float = 4.0  # seconds an idle pooled connection is kept
+
+
 class UpstreamResponse(Protocol):
     """A deployment's answer once its head has arrived. ``headers`` looks names up in lower
     case. ``read`` and ``chunks`` raise only errors of ours (``UpstreamBroken``)."""
@@ -135,7 +146,7 @@ class Transport(Protocol):
     request never reached the server, ``UpstreamError`` for any other failure."""
 
     async def send(
-        self, base_url: str, path: str, body: bytes, headers: dict[str, str], connect: float
+        self, origin: Origin, path: str, body: bytes, headers: dict[str, str]
     ) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -172,3 +173,38 @@ def test_gateway_unknown_model_is_not_found(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES, max_tokens=1)
 
     assert MODEL_ALIAS in caught.value.message
+
+
+@pytest.mark.parametrize("keepalive", [4.0, 30.0])
+def test_gateway_loses_no_request_across_the_servers_keepalive_timeout(
+    gateway_factory: Callable[..., Gateway], llama_server: str, keepalive: float
+) -> None:
+    # llama.cpp's server closes a connection idle for 5 s. With the default keep-alive (4 s)
+    # the gateway closes first; with 30 s the server does, and a request can cross its close
+    # on the wire: it must be sent again, not failed. Bursts of mixed requests, 8 at a time,
+    # separated by pauses just past the server's timeout.
+    deployment = {"url": llama_server, "model": MODEL_ALIAS, "keepalive": keepalive}
+    gw = gateway_factory({"models": {MODEL_ALIAS: {"deployments": [deployment]}}})
+    client = _client(gw.url, gw.admin_key)
+
+    def one(i: int) -> str:
+        if i % 3 == 0:
+            stream = client.chat.completions.create(
+                model=MODEL_ALIAS, messages=MESSAGES, max_tokens=2, stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        if i % 3 == 1:
+            return client.completions.create(model=MODEL_ALIAS, prompt="Hi", max_tokens=2).id
+        reply = client.chat.completions.create(model=MODEL_ALIAS, messages=MESSAGES, max_tokens=2)
+        return reply.id
+
+    failures: list[BaseException] = []
+    with ThreadPoolExecutor(8) as pool:
+        for burst in range(3):
+            if burst:
+                time.sleep(5.2)
+            futures = [pool.submit(one, i) for i in range(16)]
+            failures += [f.exception() for f in futures if f.exception() is not None]
+            one(burst)  # and a lone one, on a connection the burst left idle
+    assert failures == []
+    assert "ServerDisconnected" not in gw.output()

@@ -74,7 +74,7 @@ def test_a_client_that_asked_for_usage_gets_the_chunks_unchanged() -> None:
 @given(
     obj=st.dictionaries(
         st.sampled_from(["id", "object", "model", "choices", "system_fingerprint"]),
-        st.one_of(st.none(), st.text(), st.integers(), st.lists(st.text(), max_size=2)),
+        st.one_of(st.none(), st.text(), st.integers(-(2**63), 2**63 - 1), st.lists(st.text())),
     ),
     spaced=st.booleans(),
     position=st.integers(0, 5),

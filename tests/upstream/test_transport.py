@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from swarmgate.errors import UpstreamBroken, UpstreamError, UpstreamUnreachable
+from swarmgate.types import Origin
 from swarmgate.upstream.transport import HttpTransport
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -73,10 +75,10 @@ async def test_an_answer_is_read_whole_or_in_chunks(
     url = await server(ok)
     transport = HttpTransport()
     try:
-        response = await transport.send(url, "/v1/x", b"{}", {"x-a": "1"}, connect=1)
+        response = await transport.send(Origin(url, 1), "/v1/x", b"{}", {"x-a": "1"})
         assert response.status == 200 and response.headers.get("Content-Type") == "text/x"
         assert await response.read() == b"hello"
-        response = await transport.send(url + "/", "/v1/x", b"{}", {}, connect=1)
+        response = await transport.send(Origin(url, 2), "/v1/x", b"{}", {})
         assert b"".join([c async for c in response.chunks()]) == b"hello"
         response.close()
         assert b"x-a: 1" in seen[0].lower() and seen[0].startswith(b"POST /v1/x ")
@@ -90,7 +92,7 @@ async def test_a_server_that_cannot_be_reached_is_unreachable() -> None:
     transport = HttpTransport()
     try:
         with pytest.raises(UpstreamUnreachable, match="could not reach"):
-            await transport.send(_dead_url(), "/v1/x", b"{}", {}, connect=1)
+            await transport.send(Origin(_dead_url(), 1), "/v1/x", b"{}", {})
     finally:
         await transport.close()
 
@@ -107,10 +109,10 @@ async def test_a_body_cut_short_is_broken_while_read(
     url = await server(cut)
     transport = HttpTransport()
     try:
-        response = await transport.send(url, "/v1/x", b"{}", {}, connect=1)
+        response = await transport.send(Origin(url, 1), "/v1/x", b"{}", {})
         with pytest.raises(UpstreamBroken):
             await response.read()
-        response = await transport.send(url, "/v1/x", b"{}", {}, connect=1)
+        response = await transport.send(Origin(url, 1), "/v1/x", b"{}", {})
         with pytest.raises(UpstreamBroken, match="broke off the stream"):
             async for _ in response.chunks():
                 pass
@@ -131,6 +133,57 @@ async def test_garbage_instead_of_http_is_an_upstream_error(
     transport = HttpTransport()
     try:
         with pytest.raises(UpstreamError, match="invalid HTTP response"):
-            await transport.send(url, "/v1/x", b"{}", {}, connect=1)
+            await transport.send(Origin(url, 1), "/v1/x", b"{}", {})
+    finally:
+        await transport.close()
+
+
+async def test_a_pooled_connection_the_server_closed_is_not_a_failed_request(
+    server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    received = 0
+
+    async def closes_idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers the first request of each connection; a second one on it finds the
+        # connection closed, as when the server's idle timeout crosses the request.
+        nonlocal received
+        await _read_request(reader)
+        received += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await _read_request(reader)
+            received += 1
+
+    url = await server(closes_idle)
+    transport = HttpTransport()
+    origin = Origin(url, 1, keepalive=30)
+    try:
+        for _ in range(5):
+            response = await transport.send(origin, "/v1/x", b"{}", {})
+            assert await response.read() == b"ok"
+        # Requests 2 and 4 found their pooled connection closed: each was sent once more, on
+        # a connection of its own; 3 and 5 opened new pooled connections.
+        assert received == 7
+    finally:
+        await transport.close()
+
+
+async def test_a_server_that_drops_every_request_is_resent_once_only(
+    server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    received = 0
+
+    async def drops(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await _read_request(reader)
+        received += 1
+
+    url = await server(drops)
+    transport = HttpTransport()
+    try:
+        with pytest.raises(UpstreamUnreachable, match="ServerDisconnectedError"):
+            await transport.send(Origin(url, 1), "/v1/x", b"{}", {})
+        assert received == 2
     finally:
         await transport.close()

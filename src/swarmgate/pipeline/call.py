@@ -74,9 +74,7 @@ class Caller:
         if request.stream:
             headers["accept"] = "text/event-stream"
         try:
-            response = await self.transport.send(
-                d.url, x.route.path, body, headers, d.timeouts.connect
-            )
+            response = await self.transport.send(d.origin, x.route.path, body, headers)
         except UpstreamError as exc:
             unreachable = isinstance(exc, Unreachable)
             attempt.outcome = Outcome.UNREACHABLE if unreachable else Outcome.PROTOCOL

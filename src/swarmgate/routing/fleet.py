@@ -19,7 +19,7 @@ from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
-from swarmgate.types import ModelType
+from swarmgate.types import ModelType, Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,7 @@ class Deployment:
     model: str  # the model id clients use
     upstream_model: str  # the name the upstream knows it by
     url: str  # base URL, without /v1
+    origin: Origin  # what the transport needs to reach it
     weight: float
     max_concurrent: int
     timeouts: Timeouts
@@ -47,6 +48,7 @@ class Deployment:
             model=model,
             upstream_model=dep.model or model,
             url=dep.url,
+            origin=Origin(dep.url, timeouts.connect, dep.keepalive),
             weight=dep.weight,
             max_concurrent=dep.max_concurrent,
             timeouts=timeouts,

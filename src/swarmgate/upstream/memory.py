@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from swarmgate.errors import UpstreamBroken
+from swarmgate.types import Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +78,9 @@ class MemoryTransport:
         self.closed = False
 
     async def send(
-        self, base_url: str, path: str, body: bytes, headers: dict[str, str], connect: float
+        self, origin: Origin, path: str, body: bytes, headers: dict[str, str]
     ) -> MemoryResponse:
-        request = SentRequest(base_url, path, body, dict(headers))
+        request = SentRequest(origin.base_url, path, body, dict(headers))
         self.sent.append(request)
         return await self.handler(request)
 

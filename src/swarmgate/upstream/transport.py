@@ -1,22 +1,32 @@
 """The HTTP transport to model servers: the one place that knows aiohttp.
 
-aiohttp with one pooled keep-alive session per upstream origin, opened on first use (so a
-deployment added at run time just works): measured here, httpx was 8.5x slower under
-concurrency. aiohttp's own timeouts bound only the TCP connect; the first-byte, idle and total
-bounds are the ``Watchdog``'s. Every aiohttp error is mapped here, once, into the error tree:
-on the head (``send``) and while the body or the chunks are read, so nothing above this module
-catches ``aiohttp.*``. ``upstream/memory.py`` is its in-memory twin.
+aiohttp with one pooled keep-alive session per upstream origin (and keep-alive time), opened on
+first use (so a deployment added at run time just works): measured here, httpx was 8.5x slower
+under concurrency. aiohttp's own timeouts bound only the TCP connect; the first-byte, idle and
+total bounds are the ``Watchdog``'s. Every aiohttp error is mapped here, once, into the error
+tree: on the head (``send``) and while the body or the chunks are read, so nothing above this
+module catches ``aiohttp.*``. ``upstream/memory.py`` is its in-memory twin.
+
+A pooled connection the server closed while it sat idle is not a failed request. The server's
+close can cross our next request on the wire; the request then fails before any byte of an
+answer, with the server never having read it. Such a request is sent once more, on another
+connection, here, invisible above. (aiohttp does this itself only for idempotent methods.) The
+pool's keep-alive time is kept below the servers' own (``Origin.keepalive``, 4 s by default,
+below the 5 s of uvicorn, which vLLM and SGLang serve with, and of llama.cpp's server), so the
+race is rare to begin with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from swarmgate.errors import UpstreamBroken, UpstreamError, UpstreamUnreachable
+from swarmgate.types import Origin
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and headers the gateway sets itself: never forwarded.
 NOT_FORWARDED = frozenset(
@@ -57,6 +67,20 @@ _UNREACHABLE = (
     aiohttp.ConnectionTimeoutError,
     aiohttp.ServerDisconnectedError,
 )
+_CLOSED_BY_PEER = frozenset({errno.ECONNRESET, errno.EPIPE})
+
+
+def _closed_while_idle(exc: aiohttp.ClientError) -> bool:
+    """The failure of a request on a connection the server had already closed."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return False  # a new connection that failed: nothing was pooled
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    if not isinstance(exc, aiohttp.ClientOSError):
+        return False
+    # "Can not write request body": aiohttp keeps the reset as the cause, without an errno.
+    cause = exc.__cause__
+    return exc.errno in _CLOSED_BY_PEER or isinstance(cause, ConnectionResetError | BrokenPipeError)
 
 
 def origin_of(base_url: str) -> str:
@@ -110,27 +134,32 @@ class HttpResponse:
 
 class HttpTransport:
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}  # by origin
-        self._by_base: dict[str, tuple[aiohttp.ClientSession, str]] = {}  # (session, origin)
+        # By (origin, keep-alive); None: one connection per request, for resends.
+        self._sessions: dict[tuple[str, float | None], aiohttp.ClientSession] = {}
+        self._by_origin: dict[Origin, aiohttp.ClientSession] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
-    def _session(self, base_url: str) -> tuple[aiohttp.ClientSession, str]:
-        # Called on the event loop (the session needs it), the first time an origin is used.
-        origin = origin_of(base_url)
-        session = self._sessions.get(origin)
+    def _session(self, origin: Origin, keepalive: float | None) -> aiohttp.ClientSession:
+        # Called on the event loop (a session needs it), the first time an origin is used.
+        key = (origin_of(origin.base_url), keepalive)
+        session = self._sessions.get(key)
         if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, keepalive_timeout=30, ttl_dns_cache=60, enable_cleanup_closed=False
-            )
-            session = self._sessions[origin] = aiohttp.ClientSession(
+            if keepalive is None:
+                connector = aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=60)
+            else:
+                connector = aiohttp.TCPConnector(
+                    limit=0, keepalive_timeout=keepalive, ttl_dns_cache=60
+                )
+            session = self._sessions[key] = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 auto_decompress=False,
                 raise_for_status=False,
             )
-        self._by_base[base_url] = (session, origin)
-        return session, origin
+        if keepalive is not None:
+            self._by_origin[origin] = session
+        return session
 
     def _timeout(self, connect: float) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(connect)
@@ -141,27 +170,38 @@ class HttpTransport:
         return timeout
 
     async def send(
-        self, base_url: str, path: str, body: bytes, headers: dict[str, str], connect: float
+        self, origin: Origin, path: str, body: bytes, headers: dict[str, str]
     ) -> HttpResponse:
         """Send the request; return once the response head has arrived."""
-        session, origin = self._by_base.get(base_url) or self._session(base_url)
+        session = self._by_origin.get(origin) or self._session(origin, origin.keepalive)
+        url = origin.base_url + path
+        timeout = self._timeout(origin.connect)
         try:
             response = await session.post(
-                base_url + path,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout(connect),
+                url, data=body, headers=headers, allow_redirects=False, timeout=timeout
             )
-        except _UNREACHABLE as exc:
-            raise UpstreamUnreachable(f"could not reach {origin} ({type(exc).__name__})") from exc
-        except aiohttp.ClientResponseError as exc:
-            raise UpstreamError(f"sent an invalid HTTP response ({exc.message})") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"request to {origin} failed ({type(exc).__name__})") from exc
+            if not _closed_while_idle(exc):
+                raise _mapped(exc, origin) from exc
+            # Once more, on a connection of its own (another pooled one may be as stale).
+            try:
+                response = await self._session(origin, None).post(
+                    url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+                )
+            except aiohttp.ClientError as again:
+                raise _mapped(again, origin) from again
         return HttpResponse(response)
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
-        self._by_base.clear()
+        self._by_origin.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+
+def _mapped(exc: aiohttp.ClientError, origin: Origin) -> UpstreamError:
+    where = origin_of(origin.base_url)
+    if isinstance(exc, _UNREACHABLE):
+        return UpstreamUnreachable(f"could not reach {where} ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamError(f"sent an invalid HTTP response ({exc.message})")
+    return UpstreamError(f"request to {where} failed ({type(exc).__name__}: {exc})")
