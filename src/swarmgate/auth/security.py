@@ -40,13 +40,8 @@ LAST_USED_FLUSH_SECONDS = 10.0
 
 
 def secret_path(settings: Settings) -> Path:
-    """Where the generated server secret lives: beside the SQLite file, or the working dir."""
-    url = settings.store.url
-    if url.startswith("sqlite") and ":///" in url:
-        db_file = url.split(":///", 1)[1]
-        if db_file and db_file != ":memory:":
-            return Path(db_file).with_suffix(".secret")
-    return Path("swarmgate.secret")
+    """Where the generated server secret lives (resolved by the config loader)."""
+    return Path(settings.auth.secret_file or "swarmgate.secret")
 
 
 class Security:
