@@ -10,6 +10,7 @@ import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from swarmgate import store
 from swarmgate.api.admin import build_admin_router
 from swarmgate.api.http import read_head, send_error
 from swarmgate.api.management import build_management_app
@@ -32,7 +33,8 @@ class Gateway:
         self.metrics = Metrics(metrics_dir_from_env())
         self.registry = Registry(settings)
         self.client = UpstreamClient()
-        self.security = Security(settings, self.metrics)
+        self.store = store.open(settings)
+        self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
         self.proxy = Proxy(
             self.registry,
@@ -90,6 +92,7 @@ class Gateway:
         self.ops.ready = False
         await self.client.close()
         await self.security.close()
+        await self.store.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
