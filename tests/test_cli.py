@@ -220,3 +220,18 @@ def _get(url: str, key: str) -> tuple[int, Any]:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, json.loads(exc.read())
+
+
+def test_serve_help_says_swarmgate_config_may_stand_in_for_config() -> None:
+    result = invoke("serve", "--help")
+    assert result.exit_code == 0
+    assert "[required]" not in result.stdout
+    assert "env var: SWARMGATE_CONFIG" in result.stdout
+
+
+def test_serve_reads_swarmgate_config_without_config(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": {"deployments": [{"url": "nope"}]}}}))
+    result = invoke("serve", env={"SWARMGATE_CONFIG": str(path)})
+    assert result.exit_code == 2
+    assert f"invalid configuration in {path}" in result.stderr
