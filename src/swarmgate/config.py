@@ -191,6 +191,9 @@ class Auth(Frozen):
     anonymous: bool = False  # allow unauthenticated callers as the guest role
     cache_ttl: Seconds = 5.0
     rotation_grace: Annotated[float, Field(ge=0)] = 86400.0
+    # With ``enabled: false`` every caller is the system principal; the admin API stays closed
+    # to them unless this is set too (for a sealed-off test box, never for a shared network).
+    open_admin_without_auth: bool = False
     jwt: JWT = JWT()
     ip: IPProtection = IPProtection()
 

@@ -20,7 +20,7 @@ from swarmgate.auth.keyadmin import Actor
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
-from swarmgate.errors import BadRequest, NotFound
+from swarmgate.errors import BadRequest, Forbidden, NotFound
 from swarmgate.store import names
 from swarmgate.store.ipblocks import StoredBlock
 from swarmgate.store.keys import KeyRecord, record_values
@@ -80,6 +80,13 @@ class _Context:
         self.security = security
 
     async def admin(self, request: Request) -> Principal:
+        auth = self.security.settings.auth
+        if not auth.enabled and not auth.open_admin_without_auth:
+            # Everyone would be the system principal: never an admin by default.
+            raise Forbidden(
+                "the admin API is closed: authentication is disabled (auth.enabled: false); "
+                "set auth.open_admin_without_auth: true to open it to every caller"
+            )
         client = request.client
         principal = await self.security.authenticator.authenticate(
             request.headers.get("authorization"),

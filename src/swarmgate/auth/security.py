@@ -85,11 +85,31 @@ class Security:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self._warn_if_open()
         await prepare_store(self.settings, self.store, self.keys)
         await self.reload_ip_blocks()
         await self.audit.start()
         await self.store.events.start()
         self._tasks.append(asyncio.create_task(self._background(), name="key-last-used"))
+
+    def _warn_if_open(self) -> None:
+        auth = self.settings.auth
+        if auth.enabled:
+            return
+        log.warning(
+            "authentication is DISABLED (auth.enabled: false): every caller the IP policy "
+            "admits is the system principal, with every scope"
+        )
+        if auth.open_admin_without_auth:
+            log.warning(
+                "auth.open_admin_without_auth: the admin API is OPEN to every caller who can "
+                "reach this gateway (keys, audit log, IP blocks)"
+            )
+        else:
+            log.warning(
+                "the admin API is closed while authentication is disabled "
+                "(auth.open_admin_without_auth: true opens it to every caller)"
+            )
 
     async def reload_ip_blocks(self) -> None:
         for block in await self.store.ip_blocks.active(time.time()):
