@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import click.testing
@@ -15,7 +20,7 @@ from click.testing import CliRunner
 
 from swarmgate import __version__
 from swarmgate.cli import main
-from tests.plugins.processes import SWARMGATE
+from tests.plugins.processes import SWARMGATE, Process, free_port, new_admin_key, wait_healthy
 
 EXAMPLE = Path(__file__).parents[1] / "src" / "swarmgate" / "examples" / "swarmgate.yaml"
 
@@ -154,3 +159,79 @@ def test_serve_needs_a_config() -> None:
     result = invoke("serve")
     assert result.exit_code == 2
     assert "--config" in result.stderr
+
+
+def test_serve_and_the_cli_write_nothing_into_the_working_directory(tmp_path: Path) -> None:
+    """Relative paths (the default SQLite file, the generated server secret, the audit spool
+    and its lock files) live beside the config file, whatever directory the commands run in."""
+    conf, work = tmp_path / "conf", tmp_path / "work"
+    conf.mkdir()
+    work.mkdir()
+    port = free_port()
+    config = {
+        "server": {"port": port},
+        "models": {"m": {"deployments": [{"url": f"http://127.0.0.1:{free_port()}"}]}},
+        "audit": {"flush_interval": 0.2},
+    }
+    (conf / "gw.yaml").write_text(yaml.safe_dump(config))
+    admin_key = new_admin_key()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
+    log = tmp_path / "gw.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*SWARMGATE, "serve", "--config", "../conf/gw.yaml"],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "SWARMGATE_ADMIN_KEY": admin_key},
+        )
+    gw = Process(proc, log, f"http://127.0.0.1:{port}")
+    try:
+        wait_healthy(gw)
+        assert _get(gw.url + "/v1/models", "sk-sg-wrong")[0] == 401  # audited, then stored
+        deadline = time.monotonic() + 10
+        while not _get(gw.url + "/admin/audit?action=auth.failure", admin_key)[1]["data"]:
+            assert time.monotonic() < deadline, gw.output()
+            time.sleep(0.1)
+        created = subprocess.run(
+            [*SWARMGATE, "keys", "create", "--config", "../conf/gw.yaml", "--owner", "o"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        # The CLI found the gateway's store and its server secret: its key works there.
+        assert _get(gw.url + "/v1/models", json.loads(created.stdout)["secret"])[0] == 200
+    finally:
+        gw.stop()
+    assert list(work.iterdir()) == []
+    assert {"swarmgate.db", "swarmgate.secret", "swarmgate-audit.spool.lock"} <= {
+        p.name for p in conf.iterdir()
+    }
+
+
+def _get(url: str, key: str) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_serve_help_says_swarmgate_config_may_stand_in_for_config() -> None:
+    result = invoke("serve", "--help")
+    assert result.exit_code == 0
+    assert "[required]" not in result.stdout
+    assert "env var: SWARMGATE_CONFIG" in result.stdout
+
+
+def test_serve_reads_swarmgate_config_without_config(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": {"deployments": [{"url": "nope"}]}}}))
+    result = invoke("serve", env={"SWARMGATE_CONFIG": str(path)})
+    assert result.exit_code == 2
+    assert f"invalid configuration in {path}" in result.stderr

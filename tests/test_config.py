@@ -292,3 +292,68 @@ def test_secrets_from_the_environment_are_taken_verbatim() -> None:
     settings = parse_settings(raw, env)
     assert settings.auth.secret == "ab #c 0123"
     assert settings.auth.jwt.hs256_secret == "0123"
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc" / "gw.yaml"
+    conf.parent.mkdir()
+    conf.write_text(yaml.safe_dump(minimal(audit={"spool_path": "spool/audit.jsonl"})))
+    settings = load_settings(conf, NO_ENV)
+    assert settings.store.url == f"sqlite+aiosqlite:///{conf.parent / 'swarmgate.db'}"
+    assert settings.auth.secret_file == str(conf.parent / "swarmgate.secret")
+    assert settings.audit.spool_path == str(conf.parent / "spool" / "audit.jsonl")
+    # The same from another working directory, and for a relative path to the file.
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_settings(Path("../etc/gw.yaml"), NO_ENV) == settings
+
+
+def test_absolute_and_non_file_paths_are_left_as_they_are(tmp_path: Path) -> None:
+    conf = tmp_path / "gw.yaml"
+    raw = minimal(
+        store={"url": "sqlite:////var/lib/sg/store.db?timeout=5"},
+        auth={"secret_file": "/run/secrets/sg"},
+        audit={"spool_path": "/var/spool/sg.jsonl"},
+    )
+    conf.write_text(yaml.safe_dump(raw))
+    settings = load_settings(conf, NO_ENV)
+    assert settings.store.url == "sqlite:////var/lib/sg/store.db?timeout=5"
+    assert settings.auth.secret_file == "/run/secrets/sg"
+    assert settings.audit.spool_path == "/var/spool/sg.jsonl"
+    conf.write_text(yaml.safe_dump(minimal(store={"url": "sqlite:///rel.db?timeout=5"})))
+    settings = load_settings(conf, NO_ENV)
+    assert settings.store.url == f"sqlite:///{tmp_path / 'rel.db'}?timeout=5"
+    assert settings.auth.secret_file == str(tmp_path / "rel.secret")  # beside the store
+    for url in ("postgresql://u@db/gate", "sqlite://", "sqlite:///:memory:"):
+        env = {"SWARMGATE_STORE__URL": url}
+        settings = load_settings(conf, env)
+        assert settings.store.url == url
+        assert settings.auth.secret_file == str(tmp_path / "swarmgate.secret")
+
+
+def test_without_a_config_file_paths_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"SWARMGATE_MODELS": '{"m": {"deployments": [{"url": "http://127.0.0.1:9"}]}}'}
+    settings = load_settings(None, env)
+    assert settings.store.url == f"sqlite+aiosqlite:///{tmp_path / 'swarmgate.db'}"
+    assert settings.audit.spool_path == str(tmp_path / "swarmgate-audit.spool")
+
+
+def test_store_commands_need_no_deployment_keys() -> None:
+    raw = minimal()
+    raw["models"]["m"]["deployments"][0]["api_key_env"] = "UPSTREAM_KEY"
+    assert "models.m.deployments[0].api_key_env: $UPSTREAM_KEY is not set" in problems(raw)
+    settings = parse_settings(raw, {}, deployment_keys=False)
+    assert settings.models["m"].deployments[0].api_key is None
+    settings = parse_settings(raw, {"UPSTREAM_KEY": "k"}, deployment_keys=False)
+    assert settings.models["m"].deployments[0].api_key is None  # not even read
+    raw["models"]["m"]["deployments"][0]["api_key"] = "in-the-file"
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(raw, {}, deployment_keys=False)
+    assert exc.value.problems[0].endswith(
+        "never put a key in the file; name its environment variable in api_key_env"
+    )

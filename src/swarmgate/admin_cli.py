@@ -1,8 +1,10 @@
 """``swarmgate keys ...`` and ``swarmgate migrate``: operating on the store from a shell.
 
-The commands talk to the same SQL store as the running gateways; a key change is published on
-Redis (when configured) so that every replica drops its cached principal at once, and otherwise
-reaches them within ``auth.cache_ttl`` seconds.
+The commands talk to the same SQL store as the running gateways, through the same
+``store.open`` and (for keys) the same ``auth.keyadmin.KeyAdmin`` as the admin API, with actor
+``cli``; a key change is published on Redis (when configured) so that every replica drops its
+cached principal at once, and otherwise reaches them within ``auth.cache_ttl`` seconds. They need
+the store's settings only: the deployments' ``api_key_env`` variables need not be set.
 """
 
 from __future__ import annotations
@@ -11,27 +13,24 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
+from swarmgate import store as stores
 from swarmgate.api.admin import key_view
-from swarmgate.auth.keys import KeyHasher, KeyService, load_or_create_server_secret
+from swarmgate.auth.keyadmin import Actor, KeyAdmin, immediate
+from swarmgate.auth.keys import KeyService
 from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes
-from swarmgate.auth.security import secret_path
+from swarmgate.auth.security import server_hasher
 from swarmgate.config import Settings, load_settings, parse_duration
 from swarmgate.errors import ConfigError, GatewayError, StoreError
-from swarmgate.store import names
-from swarmgate.store.audit import AuditRecord, AuditStore
-from swarmgate.store.events import RedisBus
-from swarmgate.store.keys import KeyStore
-from swarmgate.store.migrate import current_revision, migrate
-from swarmgate.store.sql import Database
+from swarmgate.store.migrate import current_revision
 
 T = TypeVar("T")
+CLI = Actor("cli")
 CONFIG = click.option(
     "--config",
     "config_path",
@@ -43,60 +42,41 @@ CONFIG = click.option(
 )
 
 
-@dataclass
-class Operator:
-    settings: Settings
-    db: Database
-    store: KeyStore
-    keys: KeyService
-    audit: AuditStore
-
-    async def record(self, action: str, target: str, **details: Any) -> None:
-        await self.audit.insert_many(
-            [
-                AuditRecord(
-                    action=action, ts=time.time(), actor="cli", target=target, details=details
-                )
-            ]
-        )
-
-    async def publish(self, key_id: str) -> None:
-        if self.settings.redis.url:
-            bus = RedisBus(self.settings.redis.url)
-            try:
-                await bus.publish(names.KEY_EVENTS, key_id)
-            finally:
-                await bus.close()
+def store_settings(config_path: str) -> Settings:
+    return load_settings(config_path, deployment_keys=False)
 
 
 @asynccontextmanager
-async def operator(config_path: str) -> AsyncIterator[Operator]:
-    settings = load_settings(config_path)
-    db = Database.from_url(settings.store.url)
+async def key_admin(config_path: str) -> AsyncIterator[KeyAdmin]:
+    settings = store_settings(config_path)
+    store = stores.open(settings)
     try:
         if settings.store.migrate_on_start:
-            await migrate(db)
-        store = KeyStore(db)
-        hasher = KeyHasher(
-            load_or_create_server_secret(settings.auth.secret, secret_path(settings))
-        )
-        if await store.count() == 0:
+            await store.migrate()
+        if await store.keys.count() == 0:
             # Most likely a configuration that points at another store than the gateway's.
             click.echo(
-                f"swarmgate: note: the store at {db.url} holds no keys yet; is it the one your "
-                "gateway uses (same --config, same SWARMGATE_STORE__URL)?",
+                f"swarmgate: note: the store at {store.db.url} holds no keys yet; is it the one "
+                "your gateway uses (same --config, same SWARMGATE_STORE__URL)?",
                 err=True,
             )
-        yield Operator(settings, db, store, KeyService(store, hasher), AuditStore(db))
+        keys = KeyService(store.keys, server_hasher(settings))
+        yield KeyAdmin(
+            keys, store.keys, store.events, immediate(store.audit), settings.auth.rotation_grace
+        )
     finally:
-        await db.close()
+        await store.close()
 
 
-def run(config_path: str, work: Callable[[Operator], Awaitable[T]]) -> T:
+def run(config_path: str, work: Callable[[KeyAdmin], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with operator(config_path) as op:
-            return await work(op)
+        async with key_admin(config_path) as admin:
+            return await work(admin)
 
+    return _exit_on_error(main)
+
+
+def _exit_on_error(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(main())
     except ConfigError as exc:
@@ -148,11 +128,17 @@ def create(
         sys.exit(2)
     allowed = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
 
-    async def work(op: Operator) -> dict[str, Any]:
-        record, secret = await op.keys.create(
-            name or f"{owner}-{the_role}", owner, the_role, the_scopes, tier, allowed, expires_at
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
+        record, secret = await admin.create(
+            CLI,
+            name or f"{owner}-{the_role}",
+            owner,
+            the_role,
+            the_scopes,
+            tier,
+            allowed,
+            expires_at,
         )
-        await op.record("key.create", record.id, role=str(the_role), tier=tier)
         return {"key": key_view(record), "secret": secret}
 
     emit(run(config_path, work))
@@ -169,8 +155,8 @@ def list_keys(
 ) -> None:
     """List keys (never their secrets)."""
 
-    async def work(op: Operator) -> dict[str, Any]:
-        records = await op.store.list(owner, include_revoked, limit, offset)
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
+        records = await admin.list(owner, include_revoked, limit, offset)
         return {"data": [key_view(r) for r in records]}
 
     emit(run(config_path, work))
@@ -182,11 +168,9 @@ def list_keys(
 def show(config_path: str, key_id: str) -> None:
     """Show one key and the visible prefixes of its secrets."""
 
-    async def work(op: Operator) -> dict[str, Any]:
-        record = await op.store.get(key_id)
-        if record is None:
-            raise ValueError(f"no API key {key_id!r}")
-        return key_view(record, await op.store.prefixes(key_id))
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
+        record, prefixes = await admin.show(key_id)
+        return key_view(record, prefixes)
 
     emit(run(config_path, work))
 
@@ -202,15 +186,9 @@ def show(config_path: str, key_id: str) -> None:
 def rotate(config_path: str, key_id: str, grace: str | None) -> None:
     """Give a key a new secret; the old one keeps working for the grace period."""
 
-    async def work(op: Operator) -> dict[str, Any]:
-        seconds = (
-            op.settings.auth.rotation_grace
-            if grace is None
-            else parse_duration(grace, allow_zero=True)
-        )
-        record, secret = await op.keys.rotate(key_id, seconds)
-        await op.publish(key_id)
-        await op.record("key.rotate", key_id, grace_seconds=seconds)
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
+        seconds = None if grace is None else parse_duration(grace, allow_zero=True)
+        record, secret, seconds = await admin.rotate(CLI, key_id, seconds)
         return {"key": key_view(record), "secret": secret, "old_secret_valid_for": seconds}
 
     emit(run(config_path, work))
@@ -222,11 +200,8 @@ def rotate(config_path: str, key_id: str, grace: str | None) -> None:
 def revoke(config_path: str, key_id: str) -> None:
     """Revoke a key at once."""
 
-    async def work(op: Operator) -> dict[str, Any]:
-        record = await op.keys.revoke(key_id)
-        await op.publish(key_id)
-        await op.record("key.revoke", key_id)
-        return key_view(record)
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
+        return key_view(await admin.revoke(CLI, key_id))
 
     emit(run(config_path, work))
 
@@ -238,12 +213,9 @@ def revoke(config_path: str, key_id: str) -> None:
 def expire(config_path: str, key_id: str, after: str | None) -> None:
     """Make a key expire now or after a duration."""
 
-    async def work(op: Operator) -> dict[str, Any]:
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
         at = None if after is None else time.time() + parse_duration(after)
-        record = await op.keys.expire(key_id, at)
-        await op.publish(key_id)
-        await op.record("key.expire", key_id, expires_at=record.expires_at)
-        return key_view(record)
+        return key_view(await admin.expire(CLI, key_id, at))
 
     emit(run(config_path, work))
 
@@ -253,8 +225,14 @@ def expire(config_path: str, key_id: str, after: str | None) -> None:
 def migrate_command(config_path: str) -> None:
     """Create or upgrade the store's tables to the current schema."""
 
-    async def work(op: Operator) -> str | None:
-        await migrate(op.db)
-        return await current_revision(op.db)
+    async def main() -> str | None:
+        # Whatever store.migrate_on_start says: this is how a store that is not migrated on
+        # start gets its tables. Nothing else is read first (there may be no tables yet).
+        store = stores.open(store_settings(config_path))
+        try:
+            await store.migrate()
+            return await current_revision(store.db)
+        finally:
+            await store.close()
 
-    click.echo(f"store at revision {run(config_path, work)}")
+    click.echo(f"store at revision {_exit_on_error(main)}")

@@ -54,8 +54,8 @@ def main() -> None:
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="SWARMGATE_CONFIG",
-    required=True,
-    help=CONFIG_HELP,
+    show_envvar=True,
+    help=CONFIG_HELP + " Required, here or in SWARMGATE_CONFIG.",
 )
 @click.option("--host", default=None, help="Address to bind (default: server.host).")
 @click.option("--port", type=int, default=None, help="Port to bind (default: server.port).")
@@ -70,7 +70,7 @@ def main() -> None:
     help="ASGI server (default: server.server).",
 )
 def serve(
-    config_path: str,
+    config_path: str | None,
     host: str | None,
     port: int | None,
     workers: int | None,
@@ -79,6 +79,10 @@ def serve(
     """Run the gateway."""
     from swarmgate.serve import serve as run
 
+    if config_path is None:
+        # Not click's required=True: its help would say [required] of an option that the
+        # environment variable can stand in for.
+        raise click.UsageError("Missing option '--config' (or set SWARMGATE_CONFIG).")
     settings = _load(config_path)
     s = settings.server
     try:

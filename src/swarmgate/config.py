@@ -4,6 +4,11 @@ This is the only module that reads ``os.environ``. Environment overrides use ``_
 into sections (``SWARMGATE_SERVER__PORT=9000``, ``SWARMGATE_AUTH__SECRET=...``); values are
 read as YAML scalars, so ``true``, ``42`` and ``[a, b]`` mean what they look like.
 Deployment API keys are never written in the file: ``api_key_env`` names the variable.
+
+Relative paths (a SQLite store's file, the generated server secret, the audit spool) are
+resolved here, once, against the directory of the configuration file (the working directory
+only when there is no file), so that the gateway, its workers and the CLI agree on them
+whatever directory they run in.
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ ENV_PREFIX = "SWARMGATE_"
 # Secrets and names are taken from the environment verbatim, never read as YAML
 # ("ab #c" is not "ab", "0123" is not 83).
 RAW_STRING_FIELDS = frozenset(
-    {"secret", "admin_key", "hs256_secret", "url", "spool_path", "issuer", "audience"}
+    {
+        "secret",
+        "secret_file",
+        "admin_key",
+        "hs256_secret",
+        "url",
+        "spool_path",
+        "issuer",
+        "audience",
+    }
 )
 
 
@@ -173,10 +187,16 @@ class IPProtection(Frozen):
 class Auth(Frozen):
     enabled: bool = True
     secret: str | None = Field(default=None, repr=False)  # HMAC key for API keys
+    # Where the server secret is kept when ``secret`` is not set (created on first start);
+    # the loader fills it in: beside a SQLite store, else in the configuration's directory.
+    secret_file: str | None = None
     admin_key: str | None = Field(default=None, repr=False)  # SWARMGATE_ADMIN_KEY
     anonymous: bool = False  # allow unauthenticated callers as the guest role
     cache_ttl: Seconds = 5.0
     rotation_grace: Annotated[float, Field(ge=0)] = 86400.0
+    # With ``enabled: false`` every caller is the system principal; the admin API stays closed
+    # to them unless this is set too (for a sealed-off test box, never for a shared network).
+    open_admin_without_auth: bool = False
     jwt: JWT = JWT()
     ip: IPProtection = IPProtection()
 
@@ -270,7 +290,9 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             node[path[-1]] = value
 
 
-def _resolve_keys(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
+def _resolve_keys(
+    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], resolve: bool
+) -> None:
     models = raw.get("models")
     if not isinstance(models, dict):
         return
@@ -288,7 +310,7 @@ def _resolve_keys(raw: dict[str, Any], environ: Mapping[str, str], problems: lis
                 )
                 dep.pop("api_key")
             env = dep.get("api_key_env")
-            if isinstance(env, str):
+            if isinstance(env, str) and resolve:
                 if env not in environ:
                     problems.append(
                         f"models.{name}.deployments[{i}].api_key_env: ${env} is not set"
@@ -297,8 +319,18 @@ def _resolve_keys(raw: dict[str, Any], environ: Mapping[str, str], problems: lis
                     dep["api_key"] = environ[env]
 
 
-def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate a parsed YAML document plus environment overrides into ``Settings``."""
+def parse_settings(
+    raw: Any,
+    environ: Mapping[str, str] | None = None,
+    *,
+    base_dir: Path | None = None,
+    deployment_keys: bool = True,
+) -> Settings:
+    """Validate a parsed YAML document plus environment overrides into ``Settings``.
+
+    Relative paths resolve against ``base_dir`` (default: the working directory). With
+    ``deployment_keys`` false the deployments' ``api_key_env`` variables are neither required
+    nor read: for commands that work on the store and never call an upstream."""
     env = os.environ if environ is None else environ
     if raw is None:
         raw = {}
@@ -306,7 +338,7 @@ def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settin
         raise ConfigError(["(top level): expected a mapping of sections"])
     _apply_env(raw, env)
     problems: list[str] = []
-    _resolve_keys(raw, env, problems)
+    _resolve_keys(raw, env, problems, deployment_keys)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -314,7 +346,43 @@ def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settin
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return settings
+    return _resolve_paths(settings, Path.cwd() if base_dir is None else base_dir)
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL (``sqlite+aiosqlite:///a.db`` → ``a.db``); None for another
+    database or an in-memory one."""
+    scheme, sep, rest = url.partition(":///")
+    path = rest.partition("?")[0]
+    if not sep or not scheme.startswith("sqlite") or path in ("", ":memory:"):
+        return None
+    return path
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    url = settings.store.url
+    db_file = sqlite_file(url)
+    if db_file is not None and not Path(db_file).is_absolute():
+        scheme, _, rest = url.partition(":///")
+        db_file = str(base / db_file)
+        url = f"{scheme}:///{db_file}{rest[len(rest.partition('?')[0]) :]}"
+    auth = settings.auth
+    if auth.secret_file is not None:
+        secret_file = base / auth.secret_file
+    elif db_file is not None:
+        secret_file = Path(db_file).with_suffix(".secret")
+    else:
+        secret_file = base / "swarmgate.secret"
+    # model_copy: Settings stay frozen; the values are paths built from already valid ones.
+    return settings.model_copy(
+        update={
+            "store": settings.store.model_copy(update={"url": url}),
+            "auth": auth.model_copy(update={"secret_file": str(secret_file)}),
+            "audit": settings.audit.model_copy(
+                update={"spool_path": str(base / settings.audit.spool_path)}
+            ),
+        }
+    )
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -329,9 +397,22 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
 
 
-def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (YAML) and apply ``SWARMGATE_*`` overrides."""
-    return parse_settings({} if path is None else read_yaml(path), environ)
+def load_settings(
+    path: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    deployment_keys: bool = True,
+) -> Settings:
+    """Read ``path`` (YAML) and apply ``SWARMGATE_*`` overrides. Relative paths in it resolve
+    against the file's directory; without a file, against the working directory."""
+    if path is None:
+        return parse_settings({}, environ, deployment_keys=deployment_keys)
+    return parse_settings(
+        read_yaml(path),
+        environ,
+        base_dir=Path(path).resolve().parent,
+        deployment_keys=deployment_keys,
+    )
 
 
 def metrics_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:

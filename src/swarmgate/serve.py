@@ -20,15 +20,15 @@ from swarmgate.config import ENV_PREFIX, Settings
 
 async def prepare_store(settings: Settings) -> None:
     """Migrate and bootstrap the admin key once, before workers start (they would race)."""
-    from swarmgate.auth.security import Security
-    from swarmgate.observability.metrics import Metrics
+    from swarmgate import store as stores
+    from swarmgate.auth.keys import KeyService
+    from swarmgate.auth.security import prepare_store, server_hasher
 
-    security = Security(settings, Metrics())
+    store = stores.open(settings)
     try:
-        await security.prepare_store()
+        await prepare_store(settings, store, KeyService(store.keys, server_hasher(settings)))
     finally:
-        await security.bus.close()
-        await security.db.close()
+        await store.close()
 
 
 def serve(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import yaml
 
 from swarmgate.store.migrate import head_revision
 from tests.auth.conftest import (
@@ -164,3 +166,50 @@ def test_errors_are_one_clear_line(cli: CLI, args: tuple[str, ...]) -> None:
     assert "Traceback" not in err, err
     assert err.startswith("swarmgate: ") and err.count("\n") == 1, err
     assert out == ""
+
+
+def _store_config(tmp_path: Path, name: str, **store: Any) -> tuple[dict[str, Any], Path]:
+    url = f"http://127.0.0.1:{free_port()}"
+    config = {
+        "models": {"m": {"deployments": [{"url": url}]}},
+        "store": {"url": f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}", **store},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return config, path
+
+
+def test_migrate_sets_up_a_store_that_is_not_migrated_on_start(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    config, path = _store_config(tmp_path, "manual", migrate_on_start=False)
+    result = fleet.cli("migrate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"store at revision {head_revision()}"
+    assert result.stderr == ""  # no "holds no keys yet": a store being set up has none
+    gw = fleet.gateway(config)  # and serve starts on it, without migrating it itself
+    assert admin(gw, "GET", "/admin/keys").status == 200
+    gw.stop()
+
+
+def test_migrate_never_warns_about_an_empty_store(fleet: Fleet, tmp_path: Path) -> None:
+    _, path = _store_config(tmp_path, "auto", migrate_on_start=True)
+    result = fleet.cli("migrate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_store_commands_run_without_the_deployments_api_keys(fleet: Fleet, tmp_path: Path) -> None:
+    config, path = _store_config(tmp_path, "upstream-keys")
+    config["models"]["m"]["deployments"][0]["api_key_env"] = "UPSTREAM_KEY_THAT_IS_NOT_SET"
+    path.write_text(yaml.safe_dump(config))
+    created = fleet.cli("keys", "create", "--config", str(path), "--owner", "erin")
+    assert created.returncode == 0, created.stderr
+    listed = fleet.cli("keys", "list", "--config", str(path), "--owner", "erin")
+    assert listed.returncode == 0, listed.stderr
+    assert [k["owner"] for k in json.loads(listed.stdout)["data"]] == ["erin"]
+    assert fleet.cli("migrate", "--config", str(path)).returncode == 0
+    # Serving still needs them: the gateway would call that upstream.
+    checked = fleet.cli("check-config", str(path))
+    assert checked.returncode == 2
+    assert "$UPSTREAM_KEY_THAT_IS_NOT_SET is not set" in checked.stderr

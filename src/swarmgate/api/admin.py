@@ -4,7 +4,8 @@
 which name the ``Admin`` dependency defined inside each builder.)
 
 FastAPI is used here, off the hot path, for payload validation and the OpenAPI document.
-Every action is audited; changes to keys and blocks are published to the other replicas.
+Every action is audited; changes to keys and blocks are published to the other replicas. Key
+actions are ``auth.keyadmin.KeyAdmin``'s (the CLI's too); this module only maps HTTP onto them.
 """
 
 import time
@@ -15,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from swarmgate.api.management import request_id_of
 from swarmgate.auth.ip import Networks
-from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes, require
+from swarmgate.auth.keyadmin import Actor
+from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
-from swarmgate.errors import BadRequest, NotFound
+from swarmgate.errors import BadRequest, Forbidden, NotFound
 from swarmgate.store import names
 from swarmgate.store.ipblocks import StoredBlock
 from swarmgate.store.keys import KeyRecord, record_values
@@ -78,6 +80,13 @@ class _Context:
         self.security = security
 
     async def admin(self, request: Request) -> Principal:
+        auth = self.security.settings.auth
+        if not auth.enabled and not auth.open_admin_without_auth:
+            # Everyone would be the system principal: never an admin by default.
+            raise Forbidden(
+                "the admin API is closed: authentication is disabled (auth.enabled: false); "
+                "set auth.open_admin_without_auth: true to open it to every caller"
+            )
         client = request.client
         principal = await self.security.authenticator.authenticate(
             request.headers.get("authorization"),
@@ -87,6 +96,13 @@ class _Context:
         )
         require(principal, ApiScope.ADMIN)
         return principal
+
+    def actor(self, request: Request, who: Principal) -> Actor:
+        return Actor(
+            who.key_id or who.subject,
+            request.client.host if request.client else None,
+            request_id_of(request),
+        )
 
     def audit(
         self, request: Request, who: Principal, action: str, target: str, **details: Any
@@ -119,25 +135,26 @@ def build_admin_router(security: Security) -> APIRouter:
 
 
 def _key_routes(router: APIRouter, ctx: _Context) -> None:
-    security = ctx.security
-    audit = ctx.audit
+    keys = ctx.security.admin
+    actor = ctx.actor
     Admin = Annotated[Principal, Depends(ctx.admin)]
 
     @router.post("/keys", status_code=201, summary="Create a key (its secret is shown once)")
     async def create_key(body: KeyCreate, request: Request, who: Admin) -> dict[str, Any]:
-        try:
-            role = parse_role(body.role)
-            scopes = default_scopes(role) if body.scopes is None else parse_scopes(body.scopes)
-        except ValueError as exc:
-            raise BadRequest(str(exc), param="scopes") from None
         expires_at = body.expires_at
         seconds = _duration(body.expires_in, "expires_in")
         if seconds is not None:
             expires_at = time.time() + seconds
-        record, secret = await security.keys.create(
-            body.name, body.owner, role, scopes, body.tier, body.models, expires_at
+        record, secret = await keys.create(
+            actor(request, who),
+            body.name,
+            body.owner,
+            body.role,
+            body.scopes,
+            body.tier,
+            body.models,
+            expires_at,
         )
-        audit(request, who, "key.create", record.id, role=str(role), tier=record.tier)
         return {"key": key_view(record), "secret": secret}
 
     @router.get("/keys", summary="List keys (never their secrets)")
@@ -148,36 +165,25 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        records = await security.key_store.list(
-            owner=owner, include_revoked=include_revoked, limit=limit, offset=offset
-        )
+        records = await keys.list(owner, include_revoked, limit, offset)
         return {"data": [key_view(r) for r in records], "limit": limit, "offset": offset}
 
     @router.get("/keys/{key_id}", summary="Show one key")
     async def show_key(key_id: str, who: Admin) -> dict[str, Any]:
-        record = await security.key_store.get(key_id)
-        if record is None:
-            raise NotFound(f"no API key {key_id!r}", param="key_id")
-        return key_view(record, await security.key_store.prefixes(key_id))
+        record, prefixes = await keys.show(key_id)
+        return key_view(record, prefixes)
 
     @router.post("/keys/{key_id}/rotate", summary="New secret; the old one works for a grace")
     async def rotate_key(
         key_id: str, request: Request, who: Admin, body: KeyRotate | None = None
     ) -> dict[str, Any]:
         grace = _duration(body.grace if body else None, "grace", allow_zero=True)
-        if grace is None:
-            grace = security.settings.auth.rotation_grace
-        record, secret = await security.keys.rotate(key_id, grace)
-        await security.publish_key_change(key_id)
-        audit(request, who, "key.rotate", key_id, grace_seconds=grace)
+        record, secret, grace = await keys.rotate(actor(request, who), key_id, grace)
         return {"key": key_view(record), "secret": secret, "old_secret_valid_for": grace}
 
     @router.post("/keys/{key_id}/revoke", summary="Revoke a key at once, on every replica")
     async def revoke_key(key_id: str, request: Request, who: Admin) -> dict[str, Any]:
-        record = await security.keys.revoke(key_id)
-        await security.publish_key_change(key_id)
-        audit(request, who, "key.revoke", key_id)
-        return key_view(record)
+        return key_view(await keys.revoke(actor(request, who), key_id))
 
     @router.post("/keys/{key_id}/expire", summary="Set a key's expiry (default: now)")
     async def expire_key(
@@ -187,10 +193,7 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
         seconds = _duration(body.expires_in if body else None, "expires_in")
         if seconds is not None:
             at = time.time() + seconds
-        record = await security.keys.expire(key_id, at)
-        await security.publish_key_change(key_id)
-        audit(request, who, "key.expire", key_id, expires_at=record.expires_at)
-        return key_view(record)
+        return key_view(await keys.expire(actor(request, who), key_id, at))
 
 
 def _audit_routes(router: APIRouter, ctx: _Context) -> None:
@@ -208,7 +211,7 @@ def _audit_routes(router: APIRouter, ctx: _Context) -> None:
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: int | None = None,
     ) -> dict[str, Any]:
-        records, next_cursor = await security.audit_store.query(
+        records, next_cursor = await security.store.audit.query(
             action=action,
             actor=actor,
             outcome=outcome,
@@ -257,19 +260,19 @@ def _ip_routes(router: APIRouter, ctx: _Context) -> None:
         now = time.time()
         until = None if seconds is None else now + seconds
         actor = who.key_id or who.subject
-        await security.ip_blocks.put(StoredBlock(cidr, body.reason, now, until, actor))
+        await security.store.ip_blocks.put(StoredBlock(cidr, body.reason, now, until, actor))
         security.ip_policy.block(cidr, until, body.reason)
-        await security.bus.publish(names.IP_EVENTS, "block " + cidr)
+        await security.store.events.publish(names.IP_EVENTS, "block " + cidr)
         audit(request, who, "ip.block", cidr, reason=body.reason, until=until)
         return {"cidr": cidr, "until": until, "reason": body.reason}
 
     @router.delete("/ip-blocks/{cidr:path}", summary="Lift a block")
     async def remove_block(cidr: str, request: Request, who: Admin) -> dict[str, Any]:
         cidr = _normalized(cidr)
-        removed = await security.ip_blocks.remove(cidr)
+        removed = await security.store.ip_blocks.remove(cidr)
         lifted = security.ip_policy.unblock(cidr)
         if not (removed or lifted):
             raise NotFound(f"{cidr} is not blocked", param="cidr")
-        await security.bus.publish(names.IP_EVENTS, "unblock " + cidr)
+        await security.store.events.publish(names.IP_EVENTS, "unblock " + cidr)
         audit(request, who, "ip.unblock", cidr)
         return {"cidr": cidr, "unblocked": True}

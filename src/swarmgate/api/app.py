@@ -10,6 +10,7 @@ import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from swarmgate import store
 from swarmgate.api.admin import build_admin_router
 from swarmgate.api.management import build_management_app
 from swarmgate.api.ops import Ops
@@ -38,7 +39,8 @@ class Gateway:
         self.metrics = Metrics(metrics_dir_from_env())
         self.fleet = Fleet(settings)
         self.transport = transport or HttpTransport()
-        self.security = Security(settings, self.metrics)
+        self.store = store.open(settings)
+        self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
         self.inference = Inference(
             self.authenticator,
@@ -97,6 +99,7 @@ class Gateway:
         self.ops.ready = False
         await self.transport.close()
         await self.security.close()
+        await self.store.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -1,10 +1,12 @@
 """The identity-and-access parts of one gateway process, built together and run together.
 
-Built once by ``create_app`` from the settings: the SQL store, the key service, the IP policy,
-the JWT verifier, the audit log writer and the cross-replica event bus, wired into the
-``KeyAuthenticator`` the hot path calls. ``start`` opens the store (migrating it if configured),
-makes sure an admin key exists, replays operator IP blocks and subscribes to revocation events;
-a background loop records keys' last use off the hot path; ``close`` flushes and closes.
+Built once by ``create_app`` over the ``store.Store`` it is given (database, event bus,
+repositories): the key service, the IP policy, the JWT verifier, the audit log writer, the key
+administration service and the last-use recorder, wired into the ``KeyAuthenticator`` the hot
+path calls. ``start`` prepares the store (migrating it if configured, making sure an admin key
+exists), replays operator IP blocks and subscribes to revocation events; a background loop
+records keys' last use off the hot path; ``close`` flushes what is queued. The store itself is
+closed by whoever opened it.
 """
 
 from __future__ import annotations
@@ -20,17 +22,13 @@ from typing import TYPE_CHECKING
 from swarmgate.auth.audit import AuditLog
 from swarmgate.auth.authenticator import KeyAuthenticator
 from swarmgate.auth.ip import IPPolicy
+from swarmgate.auth.keyadmin import KeyAdmin, queued
 from swarmgate.auth.keys import KeyHasher, KeyService, load_or_create_server_secret
+from swarmgate.auth.lastused import LastUsed
 from swarmgate.config import Settings
 from swarmgate.errors import StoreError
 from swarmgate.observability.metrics import Metrics
-from swarmgate.store import names
-from swarmgate.store.audit import AuditStore
-from swarmgate.store.events import EventBus, LocalBus, RedisBus
-from swarmgate.store.ipblocks import IPBlockStore
-from swarmgate.store.keys import KeyStore
-from swarmgate.store.migrate import migrate
-from swarmgate.store.sql import Database
+from swarmgate.store import Store, names
 
 if TYPE_CHECKING:
     from swarmgate.auth.jwt import JWTVerifier
@@ -39,65 +37,82 @@ log = logging.getLogger("swarmgate.auth")
 LAST_USED_FLUSH_SECONDS = 10.0
 
 
-def secret_path(settings: Settings) -> Path:
-    """Where the generated server secret lives: beside the SQLite file, or the working dir."""
-    url = settings.store.url
-    if url.startswith("sqlite") and ":///" in url:
-        db_file = url.split(":///", 1)[1]
-        if db_file and db_file != ":memory:":
-            return Path(db_file).with_suffix(".secret")
-    return Path("swarmgate.secret")
+def server_hasher(settings: Settings) -> KeyHasher:
+    """The HMAC of keys under ``auth.secret``, or the secret kept in ``auth.secret_file``."""
+    auth = settings.auth
+    path = Path(auth.secret_file or "swarmgate.secret")
+    return KeyHasher(load_or_create_server_secret(auth.secret, path))
+
+
+async def prepare_store(settings: Settings, store: Store, keys: KeyService) -> None:
+    """Migrate (if configured) and make sure an admin key exists. Idempotent."""
+    if settings.store.migrate_on_start:
+        await store.migrate()
+    created = await keys.bootstrap_admin(settings.auth.admin_key)
+    if created is not None and created != settings.auth.admin_key:
+        # Printed once, to the terminal and not to the logs; it cannot be shown again.
+        print(
+            f"swarmgate: created the first admin key (shown only now, keep it safe):\n  {created}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class Security:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, store: Store) -> None:
         self.settings = settings
+        self.store = store
         auth = settings.auth
-        self.db = Database.from_url(settings.store.url)
-        self.key_store = KeyStore(self.db)
-        self.hasher = KeyHasher(load_or_create_server_secret(auth.secret, secret_path(settings)))
-        self.keys = KeyService(self.key_store, self.hasher)
-        self.audit_store = AuditStore(self.db)
-        self.audit = AuditLog(self.audit_store, settings.audit)
-        self.ip_blocks = IPBlockStore(self.db)
+        self.hasher = server_hasher(settings)
+        self.keys = KeyService(store.keys, self.hasher)
+        self.audit = AuditLog(store.audit, settings.audit)
         self.ip_policy = IPPolicy(auth.ip)
         self.jwt: JWTVerifier | None = None
         if auth.jwt.enabled:
             from swarmgate.auth.jwt import JWTVerifier
 
             self.jwt = JWTVerifier(auth.jwt)
-        self.bus: EventBus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
         # With auth.enabled false, every caller the IP policy admits is the system principal.
         self.authenticator = KeyAuthenticator(
             auth, self.keys, self.hasher, self.ip_policy, self.audit, metrics, self.jwt
         )
-        self.bus.subscribe(names.KEY_EVENTS, self.authenticator.invalidate)
-        self.bus.subscribe(names.IP_EVENTS, self._ip_event)
+        self.admin = KeyAdmin(
+            self.keys, store.keys, store.events, queued(self.audit), auth.rotation_grace
+        )
+        self.last_used = LastUsed(self.authenticator.last_used, store.keys, settings.audit)
+        store.events.subscribe(names.KEY_EVENTS, self.authenticator.invalidate)
+        store.events.subscribe(names.IP_EVENTS, self._ip_event)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.prepare_store()
+        self._warn_if_open()
+        await prepare_store(self.settings, self.store, self.keys)
         await self.reload_ip_blocks()
         await self.audit.start()
-        await self.bus.start()
-        self._tasks.append(asyncio.create_task(self._flush_last_used(), name="key-last-used"))
+        await self.store.events.start()
+        self._tasks.append(asyncio.create_task(self._background(), name="key-last-used"))
 
-    async def prepare_store(self) -> None:
-        """Migrate (if configured) and make sure an admin key exists. Idempotent."""
-        if self.settings.store.migrate_on_start:
-            await migrate(self.db)
-        created = await self.keys.bootstrap_admin(self.settings.auth.admin_key)
-        if created is not None and created != self.settings.auth.admin_key:
-            # Printed once, to the terminal and not to the logs; it cannot be shown again.
-            print(
-                "swarmgate: created the first admin key (shown only now, keep it safe):\n"
-                f"  {created}",
-                file=sys.stderr,
-                flush=True,
+    def _warn_if_open(self) -> None:
+        auth = self.settings.auth
+        if auth.enabled:
+            return
+        log.warning(
+            "authentication is DISABLED (auth.enabled: false): every caller the IP policy "
+            "admits is the system principal, with every scope"
+        )
+        if auth.open_admin_without_auth:
+            log.warning(
+                "auth.open_admin_without_auth: the admin API is OPEN to every caller who can "
+                "reach this gateway (keys, audit log, IP blocks)"
+            )
+        else:
+            log.warning(
+                "the admin API is closed while authentication is disabled "
+                "(auth.open_admin_without_auth: true opens it to every caller)"
             )
 
     async def reload_ip_blocks(self) -> None:
-        for block in await self.ip_blocks.active(time.time()):
+        for block in await self.store.ip_blocks.active(time.time()):
             self.ip_policy.block(block.cidr, block.expires_at, block.reason)
 
     def _ip_event(self, message: str) -> None:
@@ -114,31 +129,19 @@ class Security:
         if not task.cancelled() and task.exception() is not None:
             log.warning("reloading IP blocks failed: %s", task.exception())
 
-    async def publish_key_change(self, key_id: str) -> None:
-        await self.bus.publish(names.KEY_EVENTS, key_id)
-
-    async def _flush_last_used(self) -> None:
+    async def _background(self) -> None:
         """Every few seconds: keys' last use to the store, and operator IP blocks from it (so
         they reach every worker and replica even without Redis, or if an event was lost)."""
         while True:
             await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
-            await self.flush_last_used()
+            try:
+                await self.last_used.flush()
+            except Exception:
+                log.exception("could not record keys' last use")
             try:
                 await self.reload_ip_blocks()
             except StoreError as exc:
                 log.warning("could not reload IP blocks: %s", exc)
-
-    async def flush_last_used(self) -> None:
-        pending = self.authenticator.last_used
-        if not pending:
-            return
-        self.authenticator.last_used = {}
-        try:
-            await self.key_store.touch(pending)
-        except StoreError as exc:
-            log.warning("could not record keys' last use (will retry): %s", exc)
-            for key_id, ts in pending.items():
-                self.authenticator.last_used.setdefault(key_id, ts)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -147,9 +150,7 @@ class Security:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            await self.flush_last_used()
+            await self.last_used.stop()
         await self.audit.stop()
-        await self.bus.close()
         if self.jwt is not None:
             await self.jwt.close()
-        await self.db.close()

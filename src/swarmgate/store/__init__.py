@@ -1,6 +1,50 @@
 """State that outlives a request: the SQL store (SQLite or PostgreSQL), its schema and migrations,
-and the repositories over it (API keys, audit log).
+the repositories over it (API keys, audit log, IP blocks), cross-replica events, and the
+write-behind queue that stores records off the hot path.
 
-``sql.Database`` is the seam; the repositories (``keys.KeyStore``, ``audit.AuditStore``) take it
-in their constructor and hold no other state.
+``sql.Database`` is the seam; the repositories (``keys.KeyStore``, ``audit.AuditStore``,
+``ipblocks.IPBlockStore``) take it in their constructor and hold no other state. ``open`` builds
+them once from the settings, for the gateway, ``swarmgate serve`` and the CLI alike.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swarmgate.config import Settings
+from swarmgate.store.audit import AuditStore
+from swarmgate.store.events import EventBus, LocalBus, RedisBus
+from swarmgate.store.ipblocks import IPBlockStore
+from swarmgate.store.keys import KeyStore
+from swarmgate.store.migrate import migrate
+from swarmgate.store.sql import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The database, the event bus and the repositories over them, built once."""
+
+    db: Database
+    events: EventBus
+    keys: KeyStore
+    audit: AuditStore
+    ip_blocks: IPBlockStore
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent; see ``store.migrate``)."""
+        await migrate(self.db)
+
+    async def close(self) -> None:
+        """Close the event bus, then the database."""
+        try:
+            await self.events.close()
+        finally:
+            await self.db.close()
+
+
+def open(settings: Settings) -> Store:
+    """The store of these settings: nothing connects until first used, so this never fails
+    for an unreachable database or Redis (only for a malformed URL: ``ConfigError``)."""
+    db = Database.from_url(settings.store.url)
+    events: EventBus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
+    return Store(db, events, KeyStore(db), AuditStore(db), IPBlockStore(db))

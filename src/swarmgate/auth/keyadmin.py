@@ -1,0 +1,157 @@
+"""Key administration, in one place: create, rotate, revoke, expire, list and show API keys.
+
+The admin API (``api/admin.py``) and the CLI (``admin_cli.py``) are two faces of this service.
+Each change is audited (who, from where, which request) and, when it must reach the cached
+principals of every replica (rotate, revoke, expire), published on the event bus first. The two
+faces differ only in how the audit record is written, which they pass in: the gateway queues it
+on its write-behind ``AuditLog`` (``queued``); the CLI, a process that exits right after, stores
+it before returning (``immediate``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from swarmgate.auth.audit import AuditLog
+from swarmgate.auth.keys import KeyService
+from swarmgate.errors import NotFound
+from swarmgate.store import names
+from swarmgate.store.audit import AuditRecord, AuditStore
+from swarmgate.store.events import EventBus
+from swarmgate.store.keys import KeyRecord, KeyStore
+from swarmgate.types import Clock, Role
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change: a key id or subject (or ``cli``), and where the request came from."""
+
+    name: str
+    client_ip: str | None = None
+    request_id: str | None = None
+
+
+# (actor, action, target, details) → the record written (or queued).
+AuditTrail = Callable[[Actor, str, str, Mapping[str, Any]], Awaitable[None]]
+
+
+def queued(log: AuditLog) -> AuditTrail:
+    """Audit through the write-behind log: never waits on the database."""
+
+    async def write(actor: Actor, action: str, target: str, details: Mapping[str, Any]) -> None:
+        log.record(
+            action,
+            actor=actor.name,
+            target=target,
+            client_ip=actor.client_ip,
+            request_id=actor.request_id,
+            details=details,
+        )
+
+    return write
+
+
+def immediate(store: AuditStore, clock: Clock = time.time) -> AuditTrail:
+    """Audit straight into the store: the record is there when the command returns."""
+
+    async def write(actor: Actor, action: str, target: str, details: Mapping[str, Any]) -> None:
+        record = AuditRecord(
+            action=action,
+            ts=clock(),
+            actor=actor.name,
+            target=target,
+            client_ip=actor.client_ip,
+            request_id=actor.request_id,
+            details=dict(details),
+        )
+        await store.insert_many([record])
+
+    return write
+
+
+class KeyAdmin:
+    """The operator's actions on keys, each audited and (if it must be) published."""
+
+    def __init__(
+        self,
+        keys: KeyService,
+        store: KeyStore,
+        events: EventBus,
+        audit: AuditTrail,
+        rotation_grace: float,
+    ) -> None:
+        self._keys = keys
+        self._store = store
+        self._events = events
+        self._audit = audit
+        self.rotation_grace = rotation_grace
+
+    async def create(
+        self,
+        actor: Actor,
+        name: str,
+        owner: str,
+        role: Role | str,
+        scopes: Iterable[str] | None = None,
+        tier: str = "default",
+        models: Iterable[str] | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """A new key and its secret (shown once). Without ``scopes``: the role's defaults."""
+        record, secret = await self._keys.create(
+            name, owner, role, scopes, tier, models, expires_at
+        )
+        await self._audit(
+            actor, "key.create", record.id, {"role": str(record.role), "tier": record.tier}
+        )
+        return record, secret
+
+    async def rotate(
+        self, actor: Actor, key_id: str, grace: float | None = None
+    ) -> tuple[KeyRecord, str, float]:
+        """A new secret; the old ones keep working for ``grace`` seconds (default:
+        ``auth.rotation_grace``). Returns the key, the new secret and the grace applied."""
+        seconds = self.rotation_grace if grace is None else grace
+        record, secret = await self._keys.rotate(key_id, seconds)
+        await self._changed(actor, "key.rotate", key_id, {"grace_seconds": seconds})
+        return record, secret, seconds
+
+    async def revoke(self, actor: Actor, key_id: str) -> KeyRecord:
+        record = await self._keys.revoke(key_id)
+        await self._changed(actor, "key.revoke", key_id, {})
+        return record
+
+    async def expire(self, actor: Actor, key_id: str, at: float | None = None) -> KeyRecord:
+        """Make the key expire at ``at`` (default: now)."""
+        record = await self._keys.expire(key_id, at)
+        await self._changed(actor, "key.expire", key_id, {"expires_at": record.expires_at})
+        return record
+
+    async def list(
+        self,
+        owner: str | None = None,
+        include_revoked: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> builtins.list[KeyRecord]:
+        """Keys, oldest first (never their secrets)."""
+        return await self._store.list(owner, include_revoked, limit, offset)
+
+    async def show(self, key_id: str) -> tuple[KeyRecord, builtins.list[str]]:
+        """One key and the visible prefixes of its secrets, current first."""
+        record = await self._store.get(key_id)
+        if record is None:
+            raise NotFound(f"no API key {key_id!r}", param="key_id")
+        return record, await self._store.prefixes(key_id)
+
+    async def _changed(
+        self, actor: Actor, action: str, key_id: str, details: Mapping[str, Any]
+    ) -> None:
+        # Published before it is audited: dropping the replicas' cached principals is what
+        # makes the change take effect, and must not wait behind (or fail with) the audit.
+        await self._events.publish(names.KEY_EVENTS, key_id)
+        await self._audit(actor, action, key_id, details)
