@@ -156,8 +156,22 @@ def minimal_service(server: str) -> Service:
     return Service(f"minimal-{server}", argv, MINIMAL_PORT, env=env, cwd=REPO / "bench")
 
 
+def gateway_config() -> Path:
+    """bench/gateway.yaml with its store and spool paths made absolute, so that every row (and
+    a baseline commit that resolved relative paths differently) uses the same files."""
+    import yaml
+
+    config = yaml.safe_load(GATEWAY_CONFIG.read_text())
+    config["store"] = {"url": f"sqlite+aiosqlite:///{WORK / 'bench.db'}"}
+    config["audit"] = {"spool_path": str(WORK / "audit.spool")}
+    WORK.mkdir(exist_ok=True)
+    path = WORK / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def gateway_service(keys: Keys, server: str, workers: int, auth: bool) -> Service:
-    argv = [str(VENV / "swarmgate"), "serve", "--config", str(GATEWAY_CONFIG)]
+    argv = [str(VENV / "swarmgate"), "serve", "--config", str(gateway_config())]
     argv += ["--port", str(GATEWAY_PORT), "--workers", str(workers), "--server", server]
     env = {"SWARMGATE_ADMIN_KEY": keys.gateway_admin}
     if not auth:

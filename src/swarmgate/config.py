@@ -140,6 +140,14 @@ class Server(Frozen):
     trusted_hosts: tuple[str, ...] = ()
     shutdown_grace: Seconds = 30.0
     access_log: bool = False
+    # Bounds on clients, so that idle or slow connections cannot exhaust the process: the time
+    # to send a request's head (from the connection or the head's first byte), the longest
+    # pause in a body, the time a kept-alive connection may wait for its next request, and
+    # the connections held open at once (past it a new one gets a 503 and is closed).
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 30.0
+    keepalive_timeout: Seconds = 5.0
+    max_connections: Annotated[int, Field(ge=1)] = 10000
 
 
 class Store(Frozen):

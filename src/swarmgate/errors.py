@@ -12,6 +12,7 @@
         ├── NotFound              404  invalid_request_error / not_found
         │   └── ModelNotFound     404  invalid_request_error / model_not_found
         ├── MethodNotAllowed      405  invalid_request_error / method_not_allowed
+        ├── RequestTimeout        408  invalid_request_error / request_timeout
         ├── PayloadTooLarge       413  invalid_request_error / payload_too_large
         ├── RateLimited           429  rate_limit_error (Retry-After)
         ├── UpstreamError         502  api_error / bad_gateway
@@ -117,6 +118,12 @@ class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

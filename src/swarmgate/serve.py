@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -36,6 +37,9 @@ def serve(
 ) -> None:
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
+    # Workers re-read the settings: they must know which server runs them (see read_body).
+    os.environ[ENV_PREFIX + "SERVER__SERVER"] = server
+    _raise_open_files_limit(settings.server.max_connections)
     asyncio.run(prepare_store(settings))
     metrics_dir = None
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -49,10 +53,23 @@ def serve(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _raise_open_files_limit(connections: int) -> None:
+    """Each client connection costs a descriptor, and one more to its deployment: ask for
+    enough (up to the hard limit), so that the connection cap, not the kernel, refuses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + 1024
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
 def _run_server(settings: Settings, host: str, port: int, workers: int, server: str) -> None:
     target = "swarmgate.api.app:app_from_env"
+    limits = settings.server
     if server == "granian":
         from granian import Granian
+        from granian.http import HTTP1Settings
 
         Granian(
             target,
@@ -63,6 +80,13 @@ def _run_server(settings: Settings, host: str, port: int, workers: int, server: 
             factory=True,
             log_access=settings.server.access_log,
             backlog=2048,
+            # hyper's head bound also ends a kept-alive connection waiting for its next
+            # request; bodies are bounded by the app (read_body). Past the cap, granian holds
+            # new requests back instead of refusing them.
+            http1_settings=HTTP1Settings(
+                header_read_timeout=int(min(limits.header_timeout, limits.keepalive_timeout) * 1000)
+            ),
+            backpressure=limits.max_connections,
         ).serve()
         return
     import uvicorn
@@ -74,7 +98,8 @@ def _run_server(settings: Settings, host: str, port: int, workers: int, server: 
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http="swarmgate.connections:GuardedHttpToolsProtocol",
+        timeout_keep_alive=int(max(1, limits.keepalive_timeout)),
         lifespan="on",
         access_log=settings.server.access_log,
         # X-Forwarded-For is honoured by the authenticator, only from auth.ip.trusted_proxies.
@@ -92,6 +117,7 @@ async def serve_in_loop(
     import uvicorn
 
     from swarmgate.api.app import create_app
+    from swarmgate.connections import GuardedHttpToolsProtocol
     from swarmgate.observability.logs import configure_logging
 
     configure_logging()
@@ -100,7 +126,8 @@ async def serve_in_loop(
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=GuardedHttpToolsProtocol.with_limits(settings.server),
+        timeout_keep_alive=int(max(1, settings.server.keepalive_timeout)),
         lifespan="on",
         access_log=False,
         proxy_headers=False,

@@ -50,6 +50,8 @@ class Gateway:
             Caller(self.transport),
             Accounting(self.metrics),
             settings.server.max_body_bytes,
+            # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
+            settings.server.body_timeout if settings.server.server == "granian" else None,
         )
         self.ops = Ops(self.fleet, self.metrics, self.authenticator)
         self.routes: dict[str, tuple[str, Handler]] = {

@@ -35,6 +35,7 @@ class Inference:
         caller: Caller,
         accounting: Accounting,
         max_body_bytes: int,
+        body_stall: float | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.fleet = fleet
@@ -43,12 +44,15 @@ class Inference:
         self.caller = caller
         self.accounting = accounting
         self.max_body_bytes = max_body_bytes
+        self.body_stall = body_stall
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         x = self.accounting.start(scope, ROUTES[scope["path"]])
         try:
             x.principal = await authenticate(self.authenticator, x)
-            body = await read_body(receive, self.max_body_bytes, x.head.content_length)
+            body = await read_body(
+                receive, self.max_body_bytes, x.head.content_length, self.body_stall
+            )
             x.request = request = parse(x.route, body)
             x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
             authorize(x)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from swarmgate.errors import GatewayError, InvalidJSON, PayloadTooLarge
-from swarmgate.types import ASGIScope, Receive, Send
+from swarmgate.errors import GatewayError, InvalidJSON, PayloadTooLarge, RequestTimeout
+from swarmgate.types import ASGIScope, Message, Receive, Send
 from swarmgate.upstream.transport import NOT_FORWARDED
 
 Headers = list[tuple[bytes, bytes]]
@@ -114,10 +114,14 @@ def read_head(scope: ASGIScope, not_forwarded: frozenset[bytes] = NOT_FORWARDED)
     )
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+async def read_body(
+    receive: Receive, limit: int, declared: int | None, stall: float | None = None
+) -> bytes:
+    """The request body, at most ``limit`` bytes. ``stall`` bounds each wait for the next part
+    of it; only where the server does not (granian: uvicorn's protocol does it for free)."""
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
-    message = await receive()
+    message = await (receive() if stall is None else _within(receive, stall))
     if message["type"] == "http.disconnect":
         raise ClientGone
     body: bytes = message.get("body", b"")
@@ -128,7 +132,7 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
     parts = [body]
     size = len(body)
     while message.get("more_body", False):
-        message = await receive()
+        message = await (receive() if stall is None else _within(receive, stall))
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -137,6 +141,16 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def _within(receive: Receive, stall: float) -> Message:
+    try:
+        async with asyncio.timeout(stall):
+            return await receive()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body stalled for more than {stall:g}s", headers={"connection": "close"}
+        ) from None
 
 
 def parse_json_object(body: bytes) -> dict[str, object]:
