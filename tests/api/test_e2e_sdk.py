@@ -18,7 +18,7 @@ import pytest
 import yaml
 from openai import AsyncOpenAI, OpenAI
 
-from tests.api.conftest import (
+from tests.api.e2e import (
     FAST,
     MESSAGES,
     REQUEST_ID,

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.api.conftest import (
+from tests.api.e2e import (
     FAST,
     MESSAGES,
     Processes,

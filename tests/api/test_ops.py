@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from swarmgate import __version__
 from swarmgate.api.app import Gateway as GatewayApp
 from swarmgate.config import load_settings
-from tests.api.conftest import (
+from tests.api.e2e import (
     FAST,
     MESSAGES,
     Processes,

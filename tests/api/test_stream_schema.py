@@ -14,7 +14,7 @@ import orjson
 import pytest
 import urllib3
 
-from tests.api.conftest import FAST, Processes, assert_clean_log
+from tests.api.e2e import FAST, Processes, assert_clean_log
 from tests.openai_schema import problems
 from tests.plugins.processes import Gateway
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.api.conftest import (
+from tests.api.e2e import (
     FAST,
     MESSAGES,
     REQUEST_ID,

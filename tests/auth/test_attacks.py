@@ -31,7 +31,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.auth.conftest import (
+from tests.auth.e2e import (
     FAST,
     Fleet,
     Node,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.auth.conftest import assert_error, call
+from tests.auth.e2e import assert_error, call
 from tests.plugins.processes import Gateway, free_port
 
 

@@ -26,7 +26,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from swarmgate.store import names
-from tests.auth.conftest import (
+from tests.auth.e2e import (
     Fleet,
     Node,
     admin,

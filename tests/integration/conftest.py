@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.gguf_factory import write_tiny_llama_gguf
+from tests.integration.gguf_factory import MODEL_ALIAS, write_tiny_llama_gguf
 
-MODEL_ALIAS = "tiny-llama"
 START_TIMEOUT = 30.0
 
 # argv: model path, alias. One thread each: the model is tiny, and spinning worker threads would

@@ -43,6 +43,8 @@ CHAT_TEMPLATE = (
 _ANCHOR = 4.0  # the constant residual coordinate 0
 _SUPPRESS = -30.0  # output weight on coordinate 0 for tokens that must never be sampled
 
+MODEL_ALIAS = "tiny-llama"  # the name llama-server serves it by
+
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (what byte-level BPE stores)."""

@@ -20,7 +20,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import MODEL_ALIAS
+from tests.integration.gguf_factory import MODEL_ALIAS
 from tests.plugins.processes import Gateway
 
 pytestmark = pytest.mark.slow

@@ -170,3 +170,45 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     processes.root.mkdir()
     yield processes.gateway
     processes.stop_all()
+
+
+Node = Gateway  # a gateway process and the environment it was started with (its secrets)
+
+
+class Fleet(Processes):
+    """Sims and gateways for a module (the identity-and-access tests' ``fleet``): audit
+    records flushed every 0.2 s, sims not in testing mode, and a CLI that runs with only the
+    given SWARMGATE_* variables."""
+
+    def sim(
+        self, models: dict[str, dict[str, Any]], *, replicas: int = 1, testing: bool = False
+    ) -> Sim:
+        return super().sim(models, replicas=replicas, testing=testing)
+
+    def gateway(
+        self,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        with_admin_key: bool = True,
+    ) -> Gateway:
+        config = {**config, "audit": {"flush_interval": 0.2, **config.get("audit", {})}}
+        return super().gateway(config, env, args=args, with_admin_key=with_admin_key)
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``python -m swarmgate.cli <args>`` with only ``env``'s SWARMGATE_* variables."""
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
+        full_env.update(env or {})
+        return subprocess.run(
+            [*SWARMGATE, *args], capture_output=True, text=True, env=full_env, timeout=60
+        )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    processes = Fleet(tmp_path_factory.mktemp("auth-e2e"))
+    yield processes
+    processes.stop_all()

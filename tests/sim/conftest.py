@@ -9,11 +9,7 @@ import aiohttp
 import pytest
 
 from swarmgate.sim import Fleet, parse_fleet_profile, start_fleet
-
-# Fast defaults so that tests spend their time on behaviour, not on simulated prefill.
-FAST = {"ttft_ms": 5, "tokens_per_second": 2000}
-
-StartSim = Callable[..., Awaitable[str]]
+from tests.sim.helpers import FAST, StartSim
 
 
 @pytest.fixture
@@ -51,12 +47,3 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
-
-
-def metric(text: str, name: str, model: str) -> float:
-    """One sample from Prometheus text, e.g. ``metric(t, "vllm:num_requests_running", "m")``."""
-    prefix = f'{name}{{model_name="{model}"}} '
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    raise AssertionError(f"{prefix!r} not in /metrics")

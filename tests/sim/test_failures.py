@@ -16,7 +16,7 @@ from swarmgate.errors import BadRequest
 from swarmgate.sim import failures
 from swarmgate.sim.failures import FailurePlan
 from swarmgate.sim.profile import FailureProfile
-from tests.sim.conftest import StartSim
+from tests.sim.helpers import StartSim
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6}
 STREAM = {**CHAT, "stream": True}

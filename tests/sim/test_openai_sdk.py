@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.sim.conftest import StartSim
+from tests.sim.helpers import StartSim
 
 MESSAGES = [{"role": "user", "content": "Tell me about the swarm."}]
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.sim.conftest import StartSim, metric
+from tests.sim.helpers import StartSim, metric
 
 CHAT = [{"role": "user", "content": "hello"}]
 

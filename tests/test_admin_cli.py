@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from swarmgate.store.migrate import head_revision
-from tests.auth.conftest import (
+from tests.auth.e2e import (
     Fleet,
     Node,
     admin,

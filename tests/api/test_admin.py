@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.auth.conftest import (
+from tests.auth.e2e import (
     Fleet,
     Node,
     admin,

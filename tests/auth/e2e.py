@@ -1,12 +1,8 @@
-"""What the identity-and-access end-to-end tests share: processes, raw HTTP, OpenAI errors.
+"""What the identity-and-access end-to-end tests share: raw HTTP, admin calls, OpenAI errors.
 
-Starting ``swarmgate serve`` costs one to three seconds, so a test module starts its simulator
-and gateways once (``fleet``, module-scoped) and its tests share them; every test makes its own
-keys, so tests do not depend on each other's state. The processes are the ones
-``tests.plugins.processes`` starts (same helpers), with what these tests need on top: a gateway
-may be started without ``SWARMGATE_ADMIN_KEY`` (the first-start bootstrap) or on a store given
-in its config (two replicas, a restart), its environment (its secrets) is kept for the log scans
-and the CLI, and its audit writer flushes every 0.2 s so that tests read the audit log soon.
+Their processes come from the ``fleet`` fixture (``tests.plugins.processes``): a test module
+starts its simulator and gateways once and its tests share them; every test makes its own keys,
+so tests do not depend on each other's state.
 
 ``call`` is a small synchronous HTTP client on ``http.client``: the attacks send headers no
 SDK would (``Basic ...``, a bare ``Bearer``, forged ``X-Forwarded-For``), and tests read the raw
@@ -17,11 +13,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -29,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import openai
 import pytest
 
-from tests.plugins.processes import SWARMGATE, Gateway, Processes, Sim, new_admin_key
+from tests.plugins.processes import Fleet, Gateway, Node, new_admin_key
 
 FAST: dict[str, Any] = {"ttft_ms": 1, "tokens_per_second": 1000, "max_tokens_default": 4}
 MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
@@ -165,42 +159,4 @@ def assert_clean_log(gw: Gateway) -> None:
     assert "Exception in ASGI application" not in log, log
 
 
-Node = Gateway  # a gateway process and the environment it was started with (its secrets)
-
-
-class Fleet(Processes):
-    """Sims and gateways for a module; audit records flushed every 0.2 s, sims not in testing
-    mode, and a CLI that runs with only the given SWARMGATE_* variables."""
-
-    def sim(
-        self, models: dict[str, dict[str, Any]], *, replicas: int = 1, testing: bool = False
-    ) -> Sim:
-        return super().sim(models, replicas=replicas, testing=testing)
-
-    def gateway(
-        self,
-        config: dict[str, Any],
-        env: dict[str, str] | None = None,
-        *,
-        args: tuple[str, ...] = (),
-        with_admin_key: bool = True,
-    ) -> Gateway:
-        config = {**config, "audit": {"flush_interval": 0.2, **config.get("audit", {})}}
-        return super().gateway(config, env, args=args, with_admin_key=with_admin_key)
-
-    def cli(
-        self, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """``python -m swarmgate.cli <args>`` with only ``env``'s SWARMGATE_* variables."""
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
-        full_env.update(env or {})
-        return subprocess.run(
-            [*SWARMGATE, *args], capture_output=True, text=True, env=full_env, timeout=60
-        )
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    processes = Fleet(tmp_path_factory.mktemp("auth-e2e"))
-    yield processes
-    processes.stop_all()
+__all__ = ["Fleet", "Node"]
