@@ -150,6 +150,11 @@ class Server(Frozen):
     max_connections: Annotated[int, Field(ge=1)] = 10000
 
 
+class Monitoring(Frozen):
+    # Distinct callers seen within this many seconds are gateway_active_users.
+    active_users_window: Seconds = 300.0
+
+
 class Store(Frozen):
     url: str = "sqlite+aiosqlite:///swarmgate.db"
     migrate_on_start: bool = True
@@ -221,6 +226,7 @@ class Settings(Frozen):
     timeouts: Timeouts = Timeouts()
     models: Annotated[dict[str, Model], Field(min_length=1)]
     store: Store = Store()
+    monitoring: Monitoring = Monitoring()
     redis: Redis = Redis()
     auth: Auth = Auth()
     audit: Audit = Audit()

@@ -57,7 +57,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._limits = cls.limits
         self._guard: asyncio.TimerHandle | None = None
         self._in_head = True  # a new connection owes its first head
-        self._in_body = False
+        self._cycle: object = None  # the request cycle last seen
         self._since = 0.0  # when the head began, or the body's last byte arrived
 
     @classmethod
@@ -81,34 +81,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._in_body:
-            self._since = self.loop.time()
+        # uvicorn makes a new cycle when a head completes; its ``more_body`` stays true until
+        # the body is complete. No callback of ours runs for either, so that a request costs
+        # only this and ``on_message_begin``.
+        cycle = self.cycle
+        if cycle is not self._cycle:
+            self._cycle = cycle
+            self._in_head = False
+        if self._in_body():
+            self._since = self.loop.time()  # the body's last byte
             if self._guard is None:
                 self._arm(self._limits.body_timeout)
-        elif not self._in_head:
+        elif self._in_head:
+            if self._guard is None:
+                self._arm(self._limits.header_timeout)
+        elif self._guard is not None:
             self._disarm()
-        elif self._guard is None:
-            self._arm(self._limits.header_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if not self._in_head:  # the first byte of a later request's head
-            self._in_head = True
-            self._since = self.loop.time()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        # Between requests uvicorn's own keep-alive timer bounds the wait.
-        self._disarm()
-        super().on_response_complete()
+        self._in_head = True
+        self._since = self.loop.time()
 
     def _arm(self, delay: float) -> None:
         self._guard = self.loop.call_at(self._since + delay, self._check)
@@ -118,10 +111,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._guard.cancel()
             self._guard = None
 
+    def _in_body(self) -> bool:
+        # Still true after an early answer (a 401 before the body was read): a body trickled
+        # in after it must not hold the connection either.
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body
+
     def _check(self) -> None:
         self._guard = None
-        if self.transport.is_closing() or not (self._in_head or self._in_body):
-            return
+        in_body = self._in_body()
+        if self.transport.is_closing() or not (self._in_head or in_body):
+            return  # between requests uvicorn's own keep-alive timer bounds the wait
         limit = self._limits.header_timeout if self._in_head else self._limits.body_timeout
         if self.loop.time() < self._since + limit:
             self._arm(limit)  # bytes came meanwhile: wait from the last one

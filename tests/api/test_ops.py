@@ -159,40 +159,41 @@ async def test_metrics_count_requests_latency_ttft_and_tokens(
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    requests = "swarmgate_requests_total"
-    assert delta(requests, route="chat", model="chat", status="200") == 2
-    assert delta(requests, route="chat", model="chat", status="502") == 1
-    assert delta(requests, route="chat", model="-", status="404") == 1
-    latency = "swarmgate_request_duration_seconds_count"
-    assert delta(latency, route="chat", model="chat") == 3
-    assert delta("swarmgate_request_duration_seconds_sum", route="chat", model="chat") > 0
-    upstream = "swarmgate_upstream_duration_seconds_count"
+    requests, chat = "gateway_requests_total", "/v1/chat/completions"
+    assert delta(requests, method="POST", endpoint=chat, status="200") == 2
+    assert delta(requests, method="POST", endpoint=chat, status="502") == 1
+    assert delta(requests, method="POST", endpoint=chat, status="404") == 1
+    assert delta("inference_requests_total", model="chat", type="chat") == 3  # 404: no model
+    latency = "gateway_request_duration_seconds_count"
+    assert delta(latency, endpoint=chat) == 4
+    assert delta("gateway_request_duration_seconds_sum", endpoint=chat) > 0
+    upstream = "gateway_upstream_duration_seconds_count"
     assert delta(upstream, model="chat", deployment="chat-1") == 3
-    ttft = "swarmgate_time_to_first_token_seconds_count"
+    ttft = "gateway_time_to_first_token_seconds_count"
     assert delta(ttft, model="chat", deployment="chat-1") == 1
     assert unary.usage is not None
-    tokens = "swarmgate_tokens_total"
+    tokens = "gateway_tokens_total"
     assert delta(tokens, model="chat", direction="output") == 4 + 5
     assert streamed_usage.completion_tokens == 5
     assert (
         delta(tokens, model="chat", direction="input")
         == unary.usage.prompt_tokens + streamed_usage.prompt_tokens
     )
-    errors = "swarmgate_upstream_errors_total"
+    errors = "gateway_upstream_errors_total"
     assert delta(errors, deployment="chat-1", kind="http_503") == 1
 
 
 async def test_in_flight_gauge_follows_open_requests(
     http: aiohttp.ClientSession, aclient: AsyncOpenAI, gw: Gateway
 ) -> None:
-    assert _value(await _metrics(http), "swarmgate_requests_in_flight") == 0
+    assert _value(await _metrics(http), "gateway_requests_in_flight") == 0
     hanging = _hang(aclient)
     await wait_until_full(gw.url, "busy")
-    assert _value(await _metrics(http), "swarmgate_requests_in_flight") == 1
+    assert _value(await _metrics(http), "gateway_requests_in_flight") == 1
     assert await hanging == 504
     samples = await _metrics(http)
-    assert _value(samples, "swarmgate_requests_in_flight") == 0
-    assert _value(samples, "swarmgate_upstream_errors_total", deployment="busy-1", kind="timeout")
+    assert _value(samples, "gateway_requests_in_flight") == 0
+    assert _value(samples, "gateway_upstream_errors_total", deployment="busy-1", kind="timeout")
 
 
 def _management_routes(app: FastAPI) -> set[tuple[str, str]]:
@@ -277,3 +278,41 @@ async def test_docs_serve_html(http: aiohttp.ClientSession) -> None:
         page = await r.text()
     assert "swagger" in page.lower()
     assert "/openapi.json" in page
+
+
+async def test_every_request_is_counted_by_method_endpoint_and_status(
+    http: aiohttp.ClientSession,
+) -> None:
+    before = await _metrics(http)
+    async with http.get("/health") as r:
+        assert r.status == 200
+    async with http.get("/v1/models/chat", headers={"Authorization": "Bearer nope"}) as r:
+        assert r.status == 401
+    async with http.get("/admin/keys/some-key") as r:
+        assert r.status == 401
+    async with http.get("/no/such/path") as r:
+        assert r.status == 404
+    async with http.request("PROPFIND", "/health") as r:
+        assert r.status == 405
+
+    def delta(**labels: str) -> float:
+        name = "gateway_requests_total"
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    expected = [
+        {"method": "GET", "endpoint": "/health", "status": "200"},
+        {"method": "GET", "endpoint": "/v1/models/{model}", "status": "401"},
+        {"method": "GET", "endpoint": "/admin/keys/{key_id}", "status": "401"},
+        {"method": "GET", "endpoint": "unmatched", "status": "404"},
+        # An unknown method is "other": no label value comes from the client as it is.
+        {"method": "other", "endpoint": "/health", "status": "405"},
+    ]
+    # A request is counted just after its last byte went out: a scrape may overtake it.
+    for _ in range(40):
+        after = await _metrics(http)
+        if all(delta(**labels) >= 1 for labels in expected):
+            break
+        await asyncio.sleep(0.05)
+    assert [delta(**labels) for labels in expected] == [1] * len(expected)
+    methods = {dict(labels).get("method") for _, labels in after}
+    assert "PROPFIND" not in methods

@@ -277,7 +277,7 @@ async def test_a_client_leaving_mid_stream_frees_the_deployment_at_once(gw: Gate
     async def in_flight(http: aiohttp.ClientSession) -> float:
         async with http.get(gw.url + "/metrics") as r:
             for line in (await r.text()).splitlines():
-                if line.startswith("swarmgate_requests_in_flight "):
+                if line.startswith("gateway_requests_in_flight "):
                     return float(line.split()[1])
         raise AssertionError("no in-flight gauge")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable
 
@@ -24,7 +25,13 @@ def test_metrics_sum_over_workers(
             c.chat.completions.create(
                 model="m", max_tokens=2, messages=[{"role": "user", "content": "hi"}]
             )
-    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    line = next(x for x in text.splitlines() if x.startswith("swarmgate_requests_total{"))
+    # Each worker writes its counts to the shared files at least every second.
+    deadline = time.monotonic() + 3
+    while True:
+        with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        line = next(x for x in text.splitlines() if x.startswith("inference_requests_total{"))
+        if float(line.rsplit(" ", 1)[1]) == n or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert 'model="m"' in line and float(line.rsplit(" ", 1)[1]) == n

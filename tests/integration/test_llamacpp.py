@@ -59,7 +59,7 @@ def _output_tokens(gateway: Gateway) -> float:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "swarmgate_tokens_total" and sample.labels == {
+            if sample.name == "gateway_tokens_total" and sample.labels == {
                 "model": MODEL_ALIAS,
                 "direction": "output",
             }:

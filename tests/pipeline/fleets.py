@@ -85,6 +85,7 @@ class Gateway:
         return [s.in_flight for s in self.fleet.snapshot.states()]
 
     def sample(self, name: str, **labels: str) -> float | None:
+        self.metrics.flush()  # as a scrape does
         return self.metrics.registry.get_sample_value(name, labels)
 
 

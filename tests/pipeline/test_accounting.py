@@ -45,5 +45,5 @@ def test_spend_follows_usage_and_prices(
         usage = client.chat.completions.create(model="m", messages=messages, max_tokens=7).usage
     assert usage is not None and usage.completion_tokens == 7
     expected = (usage.prompt_tokens * 0.5 + usage.completion_tokens * 2.0) / 1000
-    assert _sample(gw.url, "swarmgate_cost_total", model="m") == pytest.approx(expected)
-    assert _sample(gw.url, "swarmgate_tokens_total", model="m", direction="output") == 7
+    assert _sample(gw.url, "gateway_cost_total", model="m") == pytest.approx(expected)
+    assert _sample(gw.url, "gateway_tokens_total", model="m", direction="output") == 7

@@ -23,6 +23,7 @@ COMPLETION = {
     "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
 }
 A, B = "http://a.test:8000", "http://b.test:8000"
+CHAT_PATH = "/v1/chat/completions"
 
 
 def _chunk(content: str | None = None, usage: dict[str, int] | None = None) -> bytes:
@@ -46,10 +47,11 @@ async def test_a_unary_answer_is_relayed_accounted_and_its_slot_released() -> No
     assert sent.headers["x-request-id"] == "rid-1"
     assert sent.body == orjson.dumps(CHAT)  # nothing changed: the client's own bytes
     assert gw.in_flight() == [0]
-    assert gw.sample("swarmgate_tokens_total", model="m", direction="input") == 3
-    assert gw.sample("swarmgate_tokens_total", model="m", direction="output") == 2
-    assert gw.sample("swarmgate_requests_total", route="chat", model="m", status="200") == 1
-    assert gw.sample("swarmgate_requests_in_flight") == 0
+    assert gw.sample("gateway_tokens_total", model="m", direction="input") == 3
+    assert gw.sample("gateway_tokens_total", model="m", direction="output") == 2
+    assert gw.sample("gateway_requests_total", method="POST", endpoint=CHAT_PATH, status="200") == 1
+    assert gw.sample("inference_requests_total", model="m", type="chat") == 1
+    assert gw.sample("gateway_requests_in_flight") == 0
 
 
 async def test_an_unreachable_deployment_is_replaced_by_another_before_anything_is_sent() -> None:
@@ -62,7 +64,7 @@ async def test_an_unreachable_deployment_is_replaced_by_another_before_anything_
     statuses = [(await gw.post(CHAT)).status for _ in range(4)]
     assert statuses == [200] * 4
     assert gw.in_flight() == [0, 0]
-    down = gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="connect")
+    down = gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="connect")
     assert down == 2  # round robin sent every other request to A first
 
 
@@ -89,7 +91,7 @@ async def test_a_5xx_is_a_502_counted_by_its_status_and_logged_once(
         answer = await gw.post(CHAT)
     assert answer.status == 502 and "out of memory" in answer.json()["error"]["message"]
     assert len(gw.transport.sent) == 1  # it reached the deployment: no second attempt
-    kind = gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="http_503")
+    kind = gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="http_503")
     assert kind == 1
     lines = [r.getMessage() for r in caplog.records if r.name == "swarmgate.requests"]
     assert len(lines) == 1
@@ -115,7 +117,7 @@ async def test_an_upstream_4xx_passes_through_and_is_not_the_deployments_failure
     answer = await gw.post(CHAT)
     assert answer.status == 400 and answer.headers[b"retry-after"] == b"3"
     assert (
-        gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="refused")
+        gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="refused")
         is None
     )
 
@@ -136,7 +138,7 @@ async def test_a_stream_is_relayed_chunk_by_chunk_and_the_usage_chunk_hidden() -
     assert answer.headers[b"content-type"].startswith(b"text/event-stream")
     events = [e for e in answer.body.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]" and len(events) == 3  # two deltas, DONE
-    assert gw.sample("swarmgate_tokens_total", model="m", direction="output") == 2
+    assert gw.sample("gateway_tokens_total", model="m", direction="output") == 2
     assert gw.in_flight() == [0]
 
 
@@ -152,12 +154,10 @@ async def test_a_stream_broken_after_its_first_byte_ends_with_an_error_event() -
     assert error["code"] == "bad_gateway" and error["request_id"] == "rid-1"
     assert len(gw.transport.sent) == 1  # no retry after the first byte
     assert (
-        gw.sample(
-            "swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="stream_broken"
-        )
+        gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="stream_broken")
         == 1
     )
-    assert gw.sample("swarmgate_requests_total", route="chat", model="m", status="502") == 1
+    assert gw.sample("gateway_requests_total", method="POST", endpoint=CHAT_PATH, status="502") == 1
 
 
 async def test_a_stream_that_ends_without_done_before_its_first_byte_is_a_502() -> None:
@@ -177,7 +177,7 @@ async def test_a_hung_deployment_times_out_as_a_504() -> None:
     gw = Gateway(hangs, A, deployment={"timeouts": timeouts})
     answer = await gw.post(CHAT)
     assert answer.status == 504 and answer.json()["error"]["code"] == "upstream_timeout"
-    kind = gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="timeout")
+    kind = gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="timeout")
     assert kind == 1
     assert gw.in_flight() == [0]
 
@@ -192,11 +192,14 @@ async def test_every_exit_path_finishes_the_record() -> None:
     wrong_type = await gw.post({"model": "m", "input": "x"}, path="/v1/embeddings")
     assert (bad.status, unknown.status, wrong_type.status) == (400, 404, 400)
     assert gw.transport.sent == []
-    requests = "swarmgate_requests_total"
-    assert gw.sample(requests, route="chat", model="-", status="400") == 1
-    assert gw.sample(requests, route="chat", model="-", status="404") == 1
-    assert gw.sample(requests, route="embeddings", model="m", status="400") == 1
-    assert gw.sample("swarmgate_requests_in_flight") == 0
+    requests = "gateway_requests_total"
+    assert gw.sample(requests, method="POST", endpoint=CHAT_PATH, status="400") == 1
+    assert gw.sample(requests, method="POST", endpoint=CHAT_PATH, status="404") == 1
+    assert gw.sample(requests, method="POST", endpoint="/v1/embeddings", status="400") == 1
+    # Only the one that reached a model counts as an inference request of that model.
+    assert gw.sample("inference_requests_total", model="m", type="embeddings") == 1
+    assert gw.sample("inference_requests_total", model="m", type="chat") is None
+    assert gw.sample("gateway_requests_in_flight") == 0
 
 
 async def test_a_client_leaving_mid_stream_frees_the_slot_at_once() -> None:
@@ -219,10 +222,10 @@ async def test_a_client_leaving_mid_stream_frees_the_slot_at_once() -> None:
     answer = await asyncio.wait_for(gw.post({**CHAT, "stream": True}, receive=leaves), 5)
     assert answer.status == 200
     assert gw.in_flight() == [0]
-    assert gw.sample("swarmgate_requests_total", route="chat", model="m", status="499") == 1
+    assert gw.sample("gateway_requests_total", method="POST", endpoint=CHAT_PATH, status="499") == 1
     # Not the deployment's failure.
     assert (
-        gw.sample("swarmgate_upstream_errors_total", deployment="m@a.test:8000", kind="client_gone")
+        gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="client_gone")
         is None
     )
 

@@ -7,6 +7,7 @@ ASGI handlers; everything else (docs, OpenAPI, admin) goes to the management app
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,16 +28,18 @@ from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
-from swarmgate.types import ASGIApp, ASGIScope, Receive, Send, Transport
+from swarmgate.types import ASGIApp, ASGIScope, Message, Receive, Send, Transport
 from swarmgate.upstream.transport import HttpTransport
 
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
+# The method label's values (anything else is "other": labels stay bounded).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Gateway:
     def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
         self.settings = settings
-        self.metrics = Metrics(metrics_dir_from_env())
+        self.metrics = Metrics(metrics_dir_from_env(), settings.monitoring.active_users_window)
         self.fleet = Fleet(settings)
         self.transport = transport or HttpTransport()
         self.store = store.open(settings)
@@ -68,12 +71,37 @@ class Gateway:
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            route = self.routes.get(path)
-            if route is None and path.startswith("/v1/models/"):
-                route = ("GET", self.ops.models)
+            route = self.routes.get(scope["path"])
+            if route is not None and route[1] is self.inference and scope["method"] == "POST":
+                await self.inference(scope, receive, send)  # the hot path: counted in finish
+                return
+            await self._counted(route, scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.management(scope, receive, send)
+
+    async def _counted(
+        self, route: tuple[str, Handler] | None, scope: ASGIScope, receive: Receive, send: Send
+    ) -> None:
+        """Every other HTTP request: dispatched, and counted with the status it was answered."""
+        path: str = scope["path"]
+        endpoint: str | None = path
+        if route is None and path.startswith("/v1/models/"):
+            route, endpoint = ("GET", self.ops.models), "/v1/models/{model}"
+        started = time.perf_counter()
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
             if route is None:
-                await self.management(scope, receive, send)
+                endpoint = None  # the management app's route, known once it has matched
+                await self.management(scope, receive, counting_send)
                 return
             method, handler = route
             if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
@@ -81,16 +109,18 @@ class Gateway:
                     f"{scope['method']} is not allowed on {path}; use {method}"
                 )
                 error.headers["allow"] = method
-                await send_error(send, error, read_head(scope).request_id)
+                await send_error(counting_send, error, read_head(scope).request_id)
                 return
-            await handler(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-        else:
-            await self.management(scope, receive, send)
+            await handler(scope, receive, counting_send)
+        finally:
+            if endpoint is None:
+                endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+            method_label = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.request(method_label, endpoint, status, time.perf_counter() - started)
 
     async def startup(self) -> None:
         await self.security.start()
+        self.metrics.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short.
         gc.collect()
@@ -100,6 +130,7 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ops.ready = False
         await self.transport.close()
+        await self.metrics.stop()
         await self.security.close()
         await self.store.close()
 

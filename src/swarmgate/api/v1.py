@@ -16,7 +16,7 @@ from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.request import ROUTES, parse
-from swarmgate.pipeline.stages import Admission, authenticate, authorize
+from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
@@ -49,9 +49,12 @@ class Inference:
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         x = self.accounting.start(scope, ROUTES[scope["path"]])
         try:
-            x.principal = await authenticate(self.authenticator, x)
+            head = x.head
+            x.principal = await self.authenticator.authenticate(
+                head.authorization, x.peer, head.forwarded_for, head.request_id
+            )
             body = await read_body(
-                receive, self.max_body_bytes, x.head.content_length, self.body_stall
+                receive, self.max_body_bytes, head.content_length, self.body_stall
             )
             x.request = request = parse(x.route, body)
             x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)

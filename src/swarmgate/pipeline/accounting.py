@@ -21,7 +21,7 @@ log = logging.getLogger("swarmgate.requests")
 
 
 def error_kind(attempt: Attempt) -> str:
-    """The ``kind`` label of swarmgate_upstream_errors_total (``http_503``, ``timeout``...)."""
+    """The ``kind`` label of gateway_upstream_errors_total (``http_503``, ``timeout``...)."""
     if attempt.outcome is Outcome.SERVER_ERROR:
         return f"http_{attempt.status}"
     return str(attempt.outcome)
@@ -32,7 +32,7 @@ class Accounting:
         self.metrics = metrics
 
     def start(self, scope: ASGIScope, route: Route) -> Exchange:
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         return Exchange.start(scope, route)
 
     def finish(self, x: Exchange) -> None:
@@ -53,9 +53,15 @@ class Accounting:
             cost = d.cost(usage.prompt_tokens, usage.completion_tokens)
             if cost:
                 metrics.cost(d.model, cost)
-        metrics.in_flight.dec()
+        metrics.in_flight -= 1
         latency = now - x.started
-        metrics.request(x.route.name, x.model, x.status, latency)
+        route = x.route
+        metrics.request("POST", route.path, x.status, latency)
+        if x.pool is not None:
+            metrics.inference(x.pool.model, route.name)
+        principal = x.principal
+        if principal is not None:
+            metrics.seen(principal.key_id or principal.subject, now)
         if x.status >= 400:
             self._log_failure(x, latency)
 

@@ -1,8 +1,8 @@
-"""The stages before the call: authenticate, authorize, admit.
+"""The stages around the call that are the gateway's own decisions: authorize, admit.
 
-Each reads and fills in the ``Exchange``; only ``authenticate`` may do I/O (on a key-cache
-miss), and ``authorize`` is pure. ``Admission`` is the seam where tiers, rate and token limits
-and concurrency leases will be decided; today it admits everyone.
+(Authentication is the authenticator's, called directly: I/O only on a key-cache miss.)
+``authorize`` is pure. ``Admission`` is the seam where tiers, rate and token limits and
+concurrency leases will be decided; today it admits everyone.
 """
 
 from __future__ import annotations
@@ -10,14 +10,6 @@ from __future__ import annotations
 from swarmgate.auth.roles import require, scope_for_model_type
 from swarmgate.errors import BadRequest, Forbidden
 from swarmgate.pipeline.exchange import Exchange
-from swarmgate.types import Authenticator, Principal
-
-
-async def authenticate(authenticator: Authenticator, x: Exchange) -> Principal:
-    head = x.head
-    return await authenticator.authenticate(
-        head.authorization, x.peer, head.forwarded_for, head.request_id
-    )
 
 
 def authorize(x: Exchange) -> None:

@@ -28,7 +28,13 @@ class Plan:
         """The deployment for the next attempt; ``NoDeployment`` if none can take it now."""
         pool = self.pool
         tried = self.tried
-        candidates = [m for m in pool.members if m.has_capacity and m not in tried]
+        members = pool.members
+        if not tried and len(members) == 1:  # the common first pick: no balancer to consult
+            only = members[0]
+            if only.has_capacity:
+                tried.append(only)
+                return only
+        candidates = [m for m in members if m.has_capacity and m not in tried]
         if not candidates:
             raise NoDeployment(
                 f"no deployment of model {pool.model!r} can take the request now "

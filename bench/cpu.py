@@ -1,0 +1,185 @@
+"""CPU time per proxied request, in process: the gateway's own cost, without the ASGI server.
+
+The minimal proxy (minimal_proxy.py) is measured the same way, as the floor.
+The throughput table (run.py) measures what a client sees, on a machine whose other load moves
+the figures by tens of percent. This measures one thing more steadily: the CPU seconds the
+gateway's ASGI app spends per chat request (``time.process_time``), driven directly with ASGI
+messages, against the same nginx static upstream, with auth on and a real SQLite store. Each
+source tree runs in its own subprocess (``--src``), several times alternately, and the medians
+are compared. What both trees share (aiohttp's client, the upstream's answers) is in both
+figures; the difference is the gateway's code.
+
+    .venv/bin/python bench/cpu.py --baseline 8eb7d52           # this tree against a commit
+    .venv/bin/python bench/cpu.py --src /path/to/other/src     # or against any source tree
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from processes import REPO, WORK, running
+from rows import UPSTREAM, upstream_service
+
+ADMIN_KEY = "sk-sg-" + "b" * 64
+CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "Hello!"}]}
+
+
+def _minimal_app() -> Any:
+    from minimal_proxy import MinimalProxy
+
+    return MinimalProxy(UPSTREAM)
+
+
+def _gateway_app() -> Any:
+    from swarmgate.api.app import create_app
+    from swarmgate.config import parse_settings
+
+    data = Path(tempfile.mkdtemp(prefix="sg-cpu-"))
+    settings = parse_settings(
+        {
+            "models": {
+                "bench-model": {"deployments": [{"url": UPSTREAM, "max_concurrent": 10**6}]}
+            },
+            "store": {"url": f"sqlite+aiosqlite:///{data / 'cpu.db'}"},
+            "audit": {"spool_path": str(data / "audit.spool")},
+            "auth": {"secret": "s" * 40, "admin_key": ADMIN_KEY},
+        },
+        {},
+    )
+    return create_app(settings)
+
+
+def _child(requests: int, concurrency: int, minimal: bool = False) -> None:
+    """Runs in the subprocess: import the app from sys.path, drive it, print µs/request."""
+    import asyncio
+    import gc
+    import time
+
+    import orjson
+
+    app = _minimal_app() if minimal else _gateway_app()
+    body = orjson.dumps(CHAT)
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"authorization", b"Bearer " + ADMIN_KEY.encode()),
+    ]
+
+    async def one() -> int:
+        scope = {
+            "type": "http", "http_version": "1.1", "method": "POST",
+            "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+            "query_string": b"", "headers": headers, "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": "",
+        }  # fmt: skip
+        status = 0
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])  # type: ignore[call-overload]
+
+        await app(scope, receive, send)
+        return status
+
+    async def main() -> float:
+        inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        started = asyncio.Event()
+
+        async def lifespan_send(message: dict[str, str]) -> None:
+            if message["type"].startswith("lifespan.startup"):
+                started.set()
+
+        life = asyncio.create_task(app({"type": "lifespan"}, inbox.get, lifespan_send))
+        await inbox.put({"type": "lifespan.startup"})
+        await started.wait()
+        assert await one() == 200, "the gateway does not answer the bench request"
+        for _ in range(2000 // concurrency):  # warm up: pools, caches, prebound metrics
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+        gc.collect()
+        cpu = time.process_time()
+        for _ in range(requests // concurrency):
+            statuses = await asyncio.gather(*(one() for _ in range(concurrency)))
+            assert all(s == 200 for s in statuses), statuses
+        spent = time.process_time() - cpu
+        await inbox.put({"type": "lifespan.shutdown"})
+        await life
+        return spent / (requests // concurrency * concurrency) * 1e6
+
+    import uvloop
+
+    print(json.dumps({"us_per_request": uvloop.run(main())}))
+
+
+def _measure(src: Path | None, requests: int, concurrency: int) -> float:
+    """In a subprocess: swarmgate from ``src``, or the minimal proxy when ``src`` is None."""
+    path = f"{src}{os.pathsep}{REPO / 'bench'}" if src else str(REPO / "bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
+    env["PYTHONPATH"] = path
+    code = f"import cpu; cpu._child({requests}, {concurrency}, minimal={src is None})"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{src}: {out.stderr[-2000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_request"])
+
+
+def _baseline_tree(commit: str) -> Path:
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", commit],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    tree = WORK / f"baseline-{sha}"
+    if not tree.exists():
+        WORK.mkdir(exist_ok=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), sha],
+            check=True,
+            capture_output=True,
+        )
+    return tree / "src"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="", help="a git commit to compare with")
+    parser.add_argument("--src", default="", help="another source tree to compare with")
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    trees: dict[str, Path | None] = {"this tree": REPO / "src", "minimal proxy": None}
+    if args.baseline:
+        trees[f"at {args.baseline}"] = _baseline_tree(args.baseline)
+    if args.src:
+        trees[args.src] = Path(args.src)
+    figures: dict[str, list[float]] = {name: [] for name in trees}
+    with running(upstream_service()):
+        for round_ in range(args.rounds):
+            for name, src in trees.items():  # interleaved, so drifting load spreads over all
+                figures[name].append(_measure(src, args.requests, args.concurrency))
+                print(f"round {round_ + 1}: {name}: {figures[name][-1]:.1f} µs", flush=True)
+    print(f"\nCPU per chat request, {args.requests} requests {args.concurrency} at a time, "
+          f"median of {args.rounds}:")  # fmt: skip
+    base = statistics.median(figures["this tree"])
+    for name, values in figures.items():
+        median = statistics.median(values)
+        print(f"  {name:24s} {median:7.1f} µs  ({median / base:.2f}x this tree)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
