@@ -110,7 +110,11 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
-        log = self._log.open("wb")
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Run the server on its port and data directory: after ``start``, or after ``halt``."""
+        log = self._log.open("ab")
         # Durability settings off: a test cluster is thrown away, speed matters.
         self._proc = subprocess.Popen(
             [
@@ -178,6 +182,13 @@ class PostgresServer:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+    def halt(self) -> None:
+        """Stop the server as an outage would (fast shutdown: sessions are ended), keeping its
+        files so that ``resume`` brings it back with its data."""
+        if self._proc is not None:
+            _stop(self._proc, signal.SIGINT)
+            self._proc = None
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its files."""

@@ -8,6 +8,14 @@ when a revocation or rotation event arrives (Redis pub/sub across replicas). JWT
 ``JWTVerifier``. Every failure is counted, audited (off the hot path) and fed to the IP policy,
 which blocks an address after too many failures.
 
+While the store is unreachable (stale-while-unavailable), a principal whose TTL has run out is
+served from the cache anyway, for up to ``auth.stale_max_age`` seconds after it was last
+verified, never past its key's expiry, and only until a revocation event drops it; the store is
+tried again once per ``cache_ttl``. A key that is not cached then cannot be checked: it gets a
+503 with ``Retry-After``, never a 401 (a valid key must not be told it is invalid). That 503 is
+audited like any failure but does not count towards the IP block: the caller did nothing wrong
+that we know of, and the answer tells a guesser nothing.
+
 With ``auth.enabled: false`` the IP policy still applies, and every caller it admits is the
 system principal.
 """
@@ -43,12 +51,15 @@ if TYPE_CHECKING:
 
 MAX_CACHED = 100_000
 STORE_TIMEOUT = 5.0
+RETRY_AFTER_SECONDS = 2  # what a caller whose key cannot be checked is told to wait
 
 
 @dataclass(slots=True)
 class _Verified:
     principal: Principal
-    until: float
+    until: float  # served without a store query until then (the hot path reads only this)
+    usable_until: float  # the key's expiry or the end of its secret's rotation grace
+    verified_at: float
 
 
 class KeyAuthenticator:
@@ -125,20 +136,44 @@ class KeyAuthenticator:
         if cached is not None and cached.until > now:
             principal = cached.principal
         else:
-            found = await self._lookup(digest, token)
-            if found is None:
-                self._cache.pop(digest, None)
-                self._fail(
-                    ip, request_id, "invalid_key", "Invalid API key: unknown, revoked or expired"
-                )
-            record, usable_until = found
-            principal = record.principal()
-            # Never trusted past the key's expiry or the end of a rotated secret's grace.
-            until = min(now + self._config.cache_ttl, usable_until)
-            self._remember(digest, record.id, _Verified(principal, until))
+            principal = await self._verify(digest, token, now, ip, request_id)
         if principal.key_id is not None:
             self.last_used[principal.key_id] = now
         return principal
+
+    async def _verify(
+        self, digest: str, token: str, now: float, ip: str, request_id: str | None
+    ) -> Principal:
+        try:
+            found = await self._lookup(digest, token)
+        except ServiceUnavailable as exc:
+            # Read again after the await: a revocation event may have dropped the entry.
+            stale = self._stale(self._cache.get(digest), self._clock())
+            if stale is None:
+                self._unverifiable(ip, request_id, exc)
+            return stale
+        if found is None:
+            self._cache.pop(digest, None)
+            self._fail(
+                ip, request_id, "invalid_key", "Invalid API key: unknown, revoked or expired"
+            )
+        record, usable_until = found
+        principal = record.principal()
+        # Never trusted past the key's expiry or the end of a rotated secret's grace.
+        until = min(now + self._config.cache_ttl, usable_until)
+        self._remember(digest, record.id, _Verified(principal, until, usable_until, now))
+        return principal
+
+    def _stale(self, entry: _Verified | None, now: float) -> Principal | None:
+        """The cached principal, if it may still be served while the store is unreachable;
+        it is then served from the cache again for a TTL before the store is retried."""
+        if entry is None:
+            return None
+        limit = min(entry.usable_until, entry.verified_at + self._config.stale_max_age)
+        if now >= limit:
+            return None
+        entry.until = min(now + self._config.cache_ttl, limit)
+        return entry.principal
 
     async def _lookup(self, digest: str, token: str) -> tuple[KeyRecord, float] | None:
         """One store query per key at a time, however many requests miss the cache together
@@ -170,6 +205,19 @@ class KeyAuthenticator:
         """Forget the cached principal of a key (revoked, rotated, expired): an event listener."""
         for digest in self._hashes_of.pop(key_id, ()):
             self._cache.pop(digest, None)
+
+    def _unverifiable(self, ip: str, request_id: str | None, exc: ServiceUnavailable) -> NoReturn:
+        self._metrics.auth_failure("store_unavailable")
+        self._audit.record(
+            "auth.failure",
+            outcome="unavailable",
+            client_ip=ip,
+            request_id=request_id,
+            details={"reason": "store_unavailable"},
+        )
+        raise ServiceUnavailable(
+            exc.message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from exc
 
     def _fail(self, ip: str, request_id: str | None, reason: str, message: str) -> NoReturn:
         self._metrics.auth_failure(reason)
