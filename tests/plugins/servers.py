@@ -244,6 +244,17 @@ class RedisServer:
                     raise RuntimeError(f"redis-server not ready in {START_TIMEOUT}s") from None
                 time.sleep(0.02)
 
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """The server frozen (SIGSTOP: connections are accepted by the kernel, never answered)
+        for the duration of the block, and always thawed (SIGCONT) after it."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
+
     def flush(self) -> None:
         with redis.Redis(host=self.host, port=self.port, socket_timeout=5) as client:
             client.flushall()
