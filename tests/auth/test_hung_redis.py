@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 PUBLISH_TIMEOUT = 0.25
 ALLOWANCE = 0.35  # an HTTP round trip and a database write on a shared 2-core machine
+CLI_ALLOWANCE = 0.75  # two Python processes started on a shared machine vary by this much
 TTL = 4.0  # long enough that a drop within 2 s of SIGCONT can only come from the event
 
 
@@ -117,7 +118,7 @@ def test_cli_revoke_does_not_wait_on_a_hung_redis(
     with hanging_redis.hung():
         elapsed = revoke(key_id)
         print(f"\nCLI revoke: {baseline:.2f} s with Redis up, {elapsed:.2f} s with Redis hung")
-        assert elapsed < baseline + PUBLISH_TIMEOUT + ALLOWANCE, (elapsed, baseline)
+        assert elapsed < baseline + PUBLISH_TIMEOUT + CLI_ALLOWANCE, (elapsed, baseline)
     for node in (a, b):  # the CLI has exited: the cache TTL bounds the delay
         wait_for(lambda n=node: not works(n, secret), TTL + 2, 0.05, f"refused on {node.url}")
     assert admin(a, "GET", f"/admin/keys/{key_id}").body["revoked_at"] is not None
