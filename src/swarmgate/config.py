@@ -162,6 +162,9 @@ class Store(Frozen):
 
 class Redis(Frozen):
     url: str | None = None
+    # The longest an admin change waits for its event to reach Redis; past it the event is
+    # retried in the background (replicas' caches expire within ``auth.cache_ttl`` anyway).
+    publish_timeout: Seconds = 0.25
 
 
 class JWTClaims(Frozen):
@@ -206,6 +209,9 @@ class Auth(Frozen):
     admin_key: str | None = Field(default=None, repr=False)  # SWARMGATE_ADMIN_KEY
     anonymous: bool = False  # allow unauthenticated callers as the guest role
     cache_ttl: Seconds = 5.0
+    # While the store is unreachable, a key verified within this many seconds stays usable
+    # (still dropped by revocation events and never past its expiry); 0: never.
+    stale_max_age: Annotated[float, Field(ge=0)] = 3600.0
     rotation_grace: Annotated[float, Field(ge=0)] = 86400.0
     # With ``enabled: false`` every caller is the system principal; the admin API stays closed
     # to them unless this is set too (for a sealed-off test box, never for a shared network).

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarmgate.auth.ip import IPPolicy, Networks, client_ip, parse_ip
+from swarmgate.auth.ip import IPPolicy, Networks, client_ip, forwarded_client, parse_ip
 from swarmgate.config import IPProtection
 from swarmgate.errors import ConfigError, IPBlocked
 
@@ -141,6 +141,43 @@ def test_xff_all_trusted_gives_the_leftmost() -> None:
 )
 def test_xff_malformed_falls_back_to_the_peer(xff: str) -> None:
     assert client_ip("10.0.0.2", xff, PROXIES) == "10.0.0.2"
+
+
+@pytest.mark.parametrize(
+    ("xff", "why"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("garbage", "malformed"),
+        ("198.51.100.1, not-an-ip", "malformed"),
+        (" , ", "malformed"),
+        ("unknown", "malformed"),
+    ],
+)
+def test_a_trusted_proxy_without_a_usable_client_address_names_no_client(
+    xff: str | None, why: str
+) -> None:
+    """Not the proxy's own address: failures must not be pinned on the proxy."""
+    assert forwarded_client("10.0.0.2", xff, PROXIES) == (None, why)
+
+
+def test_forwarded_client_agrees_with_client_ip_when_there_is_a_client() -> None:
+    assert forwarded_client("10.0.0.2", "1.1.1.1, 198.51.100.1", PROXIES) == ("198.51.100.1", None)
+    assert forwarded_client("10.0.0.2", "10.1.1.1, 10.2.2.2", PROXIES) == ("10.1.1.1", None)
+    assert forwarded_client("203.0.113.9", "garbage", PROXIES) == ("203.0.113.9", None)
+    assert forwarded_client("203.0.113.9", None, PROXIES) == ("203.0.113.9", None)
+    assert forwarded_client("10.0.0.2", "garbage", Networks([])) == ("10.0.0.2", None)
+    assert forwarded_client(None, None, PROXIES) == ("unknown", None)
+
+
+@given(st.one_of(st.none(), st.text()), st.one_of(st.none(), st.text()))
+def test_forwarded_client_is_client_ip_or_no_one(peer: str | None, xff: str | None) -> None:
+    client, why = forwarded_client(peer, xff, PROXIES)
+    if client is None:
+        assert why in ("missing", "malformed") and peer in PROXIES
+        assert client_ip(peer, xff, PROXIES) == peer
+    else:
+        assert why is None and client == client_ip(peer, xff, PROXIES)
 
 
 def test_xff_normalises_ports_brackets_and_mapped_addresses() -> None:
@@ -332,3 +369,22 @@ def test_the_hot_path_is_one_dict_lookup() -> None:
     p.check("10.5.1.1")
     per_call = min(timeit.repeat(lambda: p.check("10.5.1.1"), number=10_000, repeat=3)) / 10_000
     assert per_call < 2e-6, f"check() took {per_call * 1e6:.2f} µs"
+
+
+def test_a_trusted_proxy_is_never_blocked_for_failures() -> None:
+    clock = FakeClock()
+    p = policy(clock, trusted_proxies=["10.0.0.0/8", "fd00::/8"], max_failures=2)
+    for _ in range(10):
+        assert p.record_failure("10.0.0.2") is False
+        assert p.record_failure("::ffff:10.0.0.3") is False
+        assert p.record_failure("fd00::1") is False
+    for ip in ("10.0.0.2", "::ffff:10.0.0.3", "fd00::1"):
+        p.check(ip)
+    assert p.blocked() == []
+    assert p.record_failure("198.51.100.1") is False  # everyone else is counted as before
+    assert p.record_failure("198.51.100.1") is True
+    with pytest.raises(IPBlocked):
+        p.check("198.51.100.1")
+    p.block("10.0.0.0/8", reason="an operator may still block a proxy")
+    with pytest.raises(IPBlocked):
+        p.check("10.0.0.2")

@@ -110,7 +110,11 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
-        log = self._log.open("wb")
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Run the server on its port and data directory: after ``start``, or after ``halt``."""
+        log = self._log.open("ab")
         # Durability settings off: a test cluster is thrown away, speed matters.
         self._proc = subprocess.Popen(
             [
@@ -179,6 +183,13 @@ class PostgresServer:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def halt(self) -> None:
+        """Stop the server as an outage would (fast shutdown: sessions are ended), keeping its
+        files so that ``resume`` brings it back with its data."""
+        if self._proc is not None:
+            _stop(self._proc, signal.SIGINT)
+            self._proc = None
+
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its files."""
         if self._proc is not None:
@@ -232,6 +243,17 @@ class RedisServer:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server not ready in {START_TIMEOUT}s") from None
                 time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """The server frozen (SIGSTOP: connections are accepted by the kernel, never answered)
+        for the duration of the block, and always thawed (SIGCONT) after it."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def flush(self) -> None:
         with redis.Redis(host=self.host, port=self.port, socket_timeout=5) as client:

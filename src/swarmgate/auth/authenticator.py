@@ -8,6 +8,14 @@ when a revocation or rotation event arrives (Redis pub/sub across replicas). JWT
 ``JWTVerifier``. Every failure is counted, audited (off the hot path) and fed to the IP policy,
 which blocks an address after too many failures.
 
+While the store is unreachable (stale-while-unavailable), a principal whose TTL has run out is
+served from the cache anyway, for up to ``auth.stale_max_age`` seconds after it was last
+verified, never past its key's expiry, and only until a revocation event drops it; the store is
+tried again once per ``cache_ttl``. A key that is not cached then cannot be checked: it gets a
+503 with ``Retry-After``, never a 401 (a valid key must not be told it is invalid). That 503 is
+audited like any failure but does not count towards the IP block: the caller did nothing wrong
+that we know of, and the answer tells a guesser nothing.
+
 With ``auth.enabled: false`` the IP policy still applies, and every caller it admits is the
 system principal.
 """
@@ -20,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from swarmgate.auth.audit import AuditLog
-from swarmgate.auth.ip import IPPolicy, Networks, client_ip
+from swarmgate.auth.ip import IPPolicy, Networks, Unknown, forwarded_client
 from swarmgate.auth.keys import SECRET_PREFIX, KeyHasher, KeyService
 from swarmgate.auth.roles import default_scopes
 from swarmgate.config import Auth
@@ -43,12 +51,15 @@ if TYPE_CHECKING:
 
 MAX_CACHED = 100_000
 STORE_TIMEOUT = 5.0
+RETRY_AFTER_SECONDS = 2  # what a caller whose key cannot be checked is told to wait
 
 
 @dataclass(slots=True)
 class _Verified:
     principal: Principal
-    until: float
+    until: float  # served without a store query until then (the hot path reads only this)
+    usable_until: float  # the key's expiry or the end of its secret's rotation grace
+    verified_at: float
 
 
 class KeyAuthenticator:
@@ -84,11 +95,14 @@ class KeyAuthenticator:
         forwarded_for: str | None,
         request_id: str | None = None,
     ) -> Principal:
-        ip = (
-            client_ip(peer, forwarded_for, self._trusted)
-            if self._trusted and forwarded_for
-            else (peer or "unknown")
-        )
+        unknown: Unknown = None
+        if self._trusted:
+            client, unknown = forwarded_client(peer, forwarded_for, self._trusted)
+            # No usable client address from a trusted proxy: the policy sees the proxy (its
+            # blocks apply), failures are audited as an unknown client's and block no one.
+            ip = client if client is not None else (peer or "unknown")
+        else:
+            ip = peer or "unknown"
         self._ip.check(ip)
         if not self._config.enabled:
             return SYSTEM
@@ -96,49 +110,94 @@ class KeyAuthenticator:
             if self._config.anonymous:
                 return GUEST
             self._fail(
-                ip, request_id, "missing", "Missing API key: send 'Authorization: Bearer <key>'"
+                ip,
+                unknown,
+                request_id,
+                "missing",
+                "Missing API key: send 'Authorization: Bearer <key>'",
             )
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             self._fail(
                 ip,
+                unknown,
                 request_id,
                 "malformed",
                 "Malformed Authorization header: expected 'Bearer <key>'",
             )
         if token.startswith(SECRET_PREFIX):
-            return await self._api_key(token, ip, request_id)
+            return await self._api_key(token, ip, unknown, request_id)
         if self._jwt is not None and token.count(".") == 2:
             try:
                 return await self._jwt.verify(token)
             except Unauthorized as exc:
-                self._fail(ip, request_id, "jwt", exc.message)
+                self._fail(ip, unknown, request_id, "jwt", exc.message)
         self._fail(
-            ip, request_id, "malformed", "Invalid API key: expected an sk-sg-... key or a JWT"
+            ip,
+            unknown,
+            request_id,
+            "malformed",
+            "Invalid API key: expected an sk-sg-... key or a JWT",
         )
 
-    async def _api_key(self, token: str, ip: str, request_id: str | None) -> Principal:
+    async def _api_key(
+        self, token: str, ip: str, unknown: Unknown, request_id: str | None
+    ) -> Principal:
         digest = self._hasher.hash(token)
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and cached.until > now:
             principal = cached.principal
         else:
-            found = await self._lookup(digest, token)
-            if found is None:
-                self._cache.pop(digest, None)
-                self._fail(
-                    ip, request_id, "invalid_key", "Invalid API key: unknown, revoked or expired"
-                )
-            record, usable_until = found
-            principal = record.principal()
-            # Never trusted past the key's expiry or the end of a rotated secret's grace.
-            until = min(now + self._config.cache_ttl, usable_until)
-            self._remember(digest, record.id, _Verified(principal, until))
+            principal = await self._verify(digest, token, now, ip, unknown, request_id)
         if principal.key_id is not None:
             self.last_used[principal.key_id] = now
         return principal
+
+    async def _verify(
+        self,
+        digest: str,
+        token: str,
+        now: float,
+        ip: str,
+        unknown: Unknown,
+        request_id: str | None,
+    ) -> Principal:
+        try:
+            found = await self._lookup(digest, token)
+        except ServiceUnavailable as exc:
+            # Read again after the await: a revocation event may have dropped the entry.
+            stale = self._stale(self._cache.get(digest), self._clock())
+            if stale is None:
+                self._unverifiable(ip, unknown, request_id, exc)
+            return stale
+        if found is None:
+            self._cache.pop(digest, None)
+            self._fail(
+                ip,
+                unknown,
+                request_id,
+                "invalid_key",
+                "Invalid API key: unknown, revoked or expired",
+            )
+        record, usable_until = found
+        principal = record.principal()
+        # Never trusted past the key's expiry or the end of a rotated secret's grace.
+        until = min(now + self._config.cache_ttl, usable_until)
+        self._remember(digest, record.id, _Verified(principal, until, usable_until, now))
+        return principal
+
+    def _stale(self, entry: _Verified | None, now: float) -> Principal | None:
+        """The cached principal, if it may still be served while the store is unreachable;
+        it is then served from the cache again for a TTL before the store is retried."""
+        if entry is None:
+            return None
+        limit = min(entry.usable_until, entry.verified_at + self._config.stale_max_age)
+        if now >= limit:
+            return None
+        entry.until = min(now + self._config.cache_ttl, limit)
+        return entry.principal
 
     async def _lookup(self, digest: str, token: str) -> tuple[KeyRecord, float] | None:
         """One store query per key at a time, however many requests miss the cache together
@@ -171,16 +230,22 @@ class KeyAuthenticator:
         for digest in self._hashes_of.pop(key_id, ()):
             self._cache.pop(digest, None)
 
-    def _fail(self, ip: str, request_id: str | None, reason: str, message: str) -> NoReturn:
+    def _unverifiable(
+        self, ip: str, unknown: Unknown, request_id: str | None, exc: ServiceUnavailable
+    ) -> NoReturn:
+        self._metrics.auth_failure("store_unavailable")
+        self._audit_failure(ip, unknown, request_id, "store_unavailable", "unavailable")
+        raise ServiceUnavailable(
+            exc.message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from exc
+
+    def _fail(
+        self, ip: str, unknown: Unknown, request_id: str | None, reason: str, message: str
+    ) -> NoReturn:
         self._metrics.auth_failure(reason)
-        self._audit.record(
-            "auth.failure",
-            outcome="denied",
-            client_ip=ip,
-            request_id=request_id,
-            details={"reason": reason},
-        )
-        if self._ip.record_failure(ip):
+        self._audit_failure(ip, unknown, request_id, reason, "denied")
+        # Only a known client is counted: with none, the address is a trusted proxy's.
+        if unknown is None and self._ip.record_failure(ip):
             self._audit.record(
                 "ip.autoblock",
                 target=ip,
@@ -194,3 +259,18 @@ class KeyAuthenticator:
                 },
             )
         raise Unauthorized(message)
+
+    def _audit_failure(
+        self, ip: str, unknown: Unknown, request_id: str | None, reason: str, outcome: str
+    ) -> None:
+        details = {"reason": reason}
+        if unknown is not None:
+            # A trusted proxy (``ip``) sent no usable X-Forwarded-For: the client is unknown.
+            details.update(forwarded_for=unknown, proxy=ip)
+        self._audit.record(
+            "auth.failure",
+            outcome=outcome,
+            client_ip=ip if unknown is None else "unknown",
+            request_id=request_id,
+            details=details,
+        )

@@ -15,11 +15,15 @@ untrusted address was written by the client and may be forged. The walk is::
     every entry trusted                         -> the leftmost entry
 
 This is what nginx's ``real_ip_recursive on`` does. Only the last ``MAX_FORWARDED_HOPS``
-entries are read, so a huge forged header costs nothing.
+entries are read, so a huge forged header costs nothing. ``forwarded_client`` is the same walk
+without the fallback: when a trusted proxy sends no usable header (missing, empty or malformed)
+it names no client and says why, so that failures are not pinned on the proxy.
 
 ``IPPolicy`` decides from allow and block lists (CIDRs, IPv4 and IPv6), admin-managed dynamic
 blocks, and temporary blocks after repeated failures (a sliding window of ``max_failures`` in
-``failure_window`` seconds blocks the address for ``block_seconds``). Decisions are cached per
+``failure_window`` seconds blocks the address for ``block_seconds``; a trusted proxy's own
+address is never counted, as blocking it would lock out every client behind it). Decisions are
+cached per
 address string, so an address that is neither listed nor failing costs one dict lookup after
 its first request. Every table is bounded: the decision cache and the failure tracker evict
 their oldest entries.
@@ -43,6 +47,8 @@ from swarmgate.errors import ConfigError, IPBlocked
 from swarmgate.types import Clock
 
 IPAddress = IPv4Address | IPv6Address
+# Why a trusted proxy's request names no client (None: it does, or the peer is no proxy).
+Unknown = Literal["missing", "malformed"] | None
 
 MAX_FORWARDED_HOPS: Final = 20
 _MAX_ADDRESS_CHARS: Final = 64  # "[v6%zone]:port" fits; anything longer is not an address
@@ -149,19 +155,30 @@ def client_ip(peer: str | None, x_forwarded_for: str | None, trusted: Networks) 
     in the order received. ``peer`` is returned unchanged (``"unknown"`` when the server has
     no peer, e.g. a Unix socket) unless a trusted proxy vouches for another address.
     """
-    fallback = peer or "unknown"
-    if not x_forwarded_for or not trusted or peer is None or peer not in trusted:
-        return fallback
+    client, _ = forwarded_client(peer, x_forwarded_for, trusted)
+    return client if client is not None else peer or "unknown"
+
+
+def forwarded_client(
+    peer: str | None, x_forwarded_for: str | None, trusted: Networks
+) -> tuple[str | None, Unknown]:
+    """``(client, None)`` as ``client_ip`` finds it, or ``(None, why)`` when the peer is a
+    trusted proxy whose ``X-Forwarded-For`` is missing, empty or malformed: then the client
+    is unknown, and the address we do know is the proxy's, which must not take the blame."""
+    if not trusted or peer is None or peer not in trusted:
+        return peer or "unknown", None
+    if not x_forwarded_for:
+        return None, "missing"
     leftmost: IPAddress | None = None
     # rsplit bounds the work: a forged header of 10,000 entries is split once, 20 times.
     for hop in reversed(x_forwarded_for.rsplit(",", MAX_FORWARDED_HOPS)):
         addr = parse_ip(hop)
         if addr is None:
-            return fallback
+            return None, "malformed"
         if not trusted.contains_address(addr):
-            return str(addr)
+            return str(addr), None
         leftmost = addr
-    return str(leftmost) if leftmost is not None else fallback
+    return (str(leftmost), None) if leftmost is not None else (None, "malformed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +229,7 @@ class IPPolicy:
         problems: list[str] = []
         self._allow = _networks(config.allow, "auth.ip.allow", problems)
         self._block = _networks(config.block, "auth.ip.block", problems)
+        self._trusted = _networks(config.trusted_proxies, "auth.ip.trusted_proxies", problems)
         if problems:
             raise ConfigError(problems)
         self._config = config
@@ -262,7 +280,10 @@ class IPPolicy:
         return _ALLOWED
 
     def record_failure(self, ip: str) -> bool:
-        """Count one failed attempt (e.g. a bad key); True when it starts a temporary block."""
+        """Count one failed attempt (e.g. a bad key); True when it starts a temporary block.
+        A trusted proxy's address is never counted (its clients are, when it names them)."""
+        if self._trusted and ip in self._trusted:
+            return False
         now = self._clock()
         failures = self._failures.get(ip)
         if failures is None:

@@ -46,5 +46,8 @@ def open(settings: Settings) -> Store:
     """The store of these settings: nothing connects until first used, so this never fails
     for an unreachable database or Redis (only for a malformed URL: ``ConfigError``)."""
     db = Database.from_url(settings.store.url)
-    events: EventBus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
+    redis = settings.redis
+    events: EventBus = (
+        RedisBus(redis.url, publish_timeout=redis.publish_timeout) if redis.url else LocalBus()
+    )
     return Store(db, events, KeyStore(db), AuditStore(db), IPBlockStore(db))
