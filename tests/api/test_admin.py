@@ -350,6 +350,21 @@ BAD_REQUESTS: list[tuple[str, str, Any]] = [
     ("GET", "/admin/audit?limit=5000", None),
     ("GET", "/admin/audit?cursor=abc", None),
     ("GET", "/admin/audit?since=yesterday", None),
+    # Integers beyond the database's, and floats that are no time (issue 11: these were 500s).
+    ("GET", "/admin/keys?offset=9223372036854775808", None),
+    ("GET", "/admin/keys?offset=99999999999999999999999999", None),
+    ("GET", "/admin/audit?cursor=9223372036854775808", None),
+    ("GET", "/admin/audit?cursor=-9223372036854775809", None),
+    ("GET", "/admin/audit?cursor=0", None),
+    ("GET", "/admin/audit?since=nan", None),
+    ("GET", "/admin/audit?until=inf", None),
+    ("POST", "/admin/keys", b'{"name": "x", "owner": "o", "expires_at": NaN}'),
+    ("POST", "/admin/keys", b'{"name": "x", "owner": "o", "expires_at": Infinity}'),
+    ("POST", "/admin/keys/KEY/expire", b'{"at": NaN}'),
+    ("POST", "/admin/keys/KEY/expire", {"at": 1e308}),
+    ("POST", "/admin/keys/KEY/expire", {"expires_in": "99999999999d"}),
+    ("POST", "/admin/keys/KEY/rotate", {"grace": "99999999999d"}),
+    ("POST", "/admin/ip-blocks", {"cidr": "10.0.0.0/8", "duration": "99999999999d"}),
 ]
 
 
@@ -407,3 +422,23 @@ def test_first_start_without_admin_key_prints_one_once(fleet: Fleet) -> None:
     assert re.search(r"sk-sg-", second.output()) is None, second.output()
     assert call(second.url + "/admin/keys", key=key).status == 200
     assert_clean_log(second)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/admin/keys", {"GET", "POST"}),
+        ("DELETE", "/admin/keys/KEY", {"GET"}),
+        ("GET", "/admin/keys/KEY/rotate", {"POST"}),
+        ("POST", "/admin/audit", {"GET"}),
+        ("PATCH", "/admin/ip-blocks/10.0.0.0/8", {"DELETE"}),
+        ("DELETE", "/openapi.json", {"GET"}),
+        ("POST", "/docs", {"GET"}),
+    ],
+)
+def test_a_wrong_method_is_a_405_with_allow(
+    gw: Node, some_key: str, method: str, path: str, allowed: set[str]
+) -> None:
+    reply = admin(gw, method, path.replace("KEY", some_key))
+    assert_error(reply, 405, "invalid_request_error", "method_not_allowed")
+    assert {m.strip() for m in reply.headers["allow"].split(",")} - {"HEAD"} == allowed

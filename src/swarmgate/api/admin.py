@@ -22,8 +22,10 @@ from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
 from swarmgate.errors import BadRequest, Forbidden, NotFound
 from swarmgate.store import names
+from swarmgate.store.audit import MAX_PAGE
 from swarmgate.store.ipblocks import StoredBlock
 from swarmgate.store.keys import KeyRecord, record_values
+from swarmgate.store.schema import MAX_INTEGER_ID, MAX_OFFSET
 from swarmgate.types import ApiScope, Principal, Role
 
 
@@ -163,7 +165,7 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
         owner: str | None = None,
         include_revoked: bool = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         records = await keys.list(owner, include_revoked, limit, offset)
         return {"data": [key_view(r) for r in records], "limit": limit, "offset": offset}
@@ -206,10 +208,10 @@ def _audit_routes(router: APIRouter, ctx: _Context) -> None:
         action: str | None = None,
         actor: str | None = None,
         outcome: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: int | None = None,
+        since: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        until: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        cursor: Annotated[int | None, Query(ge=1, le=MAX_INTEGER_ID)] = None,
     ) -> dict[str, Any]:
         records, next_cursor = await security.store.audit.query(
             action=action,

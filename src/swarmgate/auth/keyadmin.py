@@ -18,11 +18,12 @@ from typing import Any
 
 from swarmgate.auth.audit import AuditLog
 from swarmgate.auth.keys import KeyService
-from swarmgate.errors import NotFound
+from swarmgate.errors import BadRequest, NotFound
 from swarmgate.store import names
 from swarmgate.store.audit import AuditRecord, AuditStore
 from swarmgate.store.events import EventBus
 from swarmgate.store.keys import KeyRecord, KeyStore
+from swarmgate.store.schema import MAX_OFFSET
 from swarmgate.types import Clock, Role
 
 
@@ -139,6 +140,10 @@ class KeyAdmin:
         offset: int = 0,
     ) -> builtins.list[KeyRecord]:
         """Keys, oldest first (never their secrets)."""
+        if not 1 <= limit <= MAX_OFFSET:
+            raise BadRequest("limit must be a positive integer", param="limit")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}", param="offset")
         return await self._store.list(owner, include_revoked, limit, offset)
 
     async def show(self, key_id: str) -> tuple[KeyRecord, builtins.list[str]]:
