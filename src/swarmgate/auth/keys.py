@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ MAX_SECRET_LEN = 256  # longer bearer tokens are not ours; do not even hash them
 MIN_SERVER_SECRET = 32
 BOOTSTRAP_NAME = "bootstrap-admin"
 LAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL and C1
 
 
 def generate_secret() -> str:
@@ -129,6 +131,9 @@ def _text(field: str, value: str, max_len: int) -> str:
     value = value.strip()
     if not value or len(value) > max_len:
         raise BadRequest(f"{field} must be 1 to {max_len} characters", param=field)
+    # Names end up in terminals, logs and CSV exports: no NUL, escapes or line breaks.
+    if CONTROL.search(value):
+        raise BadRequest(f"{field} must not contain control characters", param=field)
     return value
 
 
