@@ -277,3 +277,18 @@ async def test_docs_serve_html(http: aiohttp.ClientSession) -> None:
         page = await r.text()
     assert "swagger" in page.lower()
     assert "/openapi.json" in page
+
+
+async def test_openapi_documents_the_statuses_the_code_answers(http: aiohttp.ClientSession) -> None:
+    paths = await _documented(http)
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)  # validation answers 400
+            if operation.get("security") or path.startswith("/admin"):
+                assert {"401", "403"} <= set(responses), (method, path)
+    assert {"400", "404"} <= set(paths["/admin/keys/{key_id}/rotate"]["post"]["responses"])
+    chat = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert chat["schema"]["properties"]["messages"]["type"] == "array"
+    prompt = paths["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"type": "null"} in prompt["schema"]["properties"]["prompt"]["oneOf"]
