@@ -158,6 +158,12 @@ def test_migrate_prints_the_revision(cli: CLI) -> None:
         ("keys rotate", "key_0000000000000000", "--grace", "1h"),
         ("keys create", "--role", "emperor"),
         ("keys create", "--expires", "soon"),
+        # Issue 11: beyond the database's integers, beyond any sane lifetime.
+        ("keys list", "--offset", "9223372036854775808"),
+        ("keys create", "--expires", "99999999999d"),
+        ("keys rotate", "key_0000000000000000", "--grace", "99999999999d"),
+        ("keys create", "--models", "m,nope"),
+        ("keys create", "--name", "bell\x07"),
     ],
 )
 def test_errors_are_one_clear_line(cli: CLI, args: tuple[str, ...]) -> None:

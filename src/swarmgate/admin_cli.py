@@ -21,7 +21,7 @@ import click
 
 from swarmgate import store as stores
 from swarmgate.api.admin import key_view
-from swarmgate.auth.keyadmin import Actor, KeyAdmin, immediate
+from swarmgate.auth.keyadmin import Actor, KeyAdmin, immediate, model_names
 from swarmgate.auth.keys import KeyService
 from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes
 from swarmgate.auth.security import server_hasher
@@ -62,7 +62,12 @@ async def key_admin(config_path: str) -> AsyncIterator[KeyAdmin]:
             )
         keys = KeyService(store.keys, server_hasher(settings))
         yield KeyAdmin(
-            keys, store.keys, store.events, immediate(store.audit), settings.auth.rotation_grace
+            keys,
+            store.keys,
+            store.events,
+            immediate(store.audit),
+            settings.auth.rotation_grace,
+            models=model_names(settings),
         )
     finally:
         await store.close()

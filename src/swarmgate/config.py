@@ -447,10 +447,14 @@ def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+# The longest lifetime an operator may give a key, a rotation grace or an IP block. Longer is
+# a typo (``99999999999d``), and "forever" is said by giving none.
+MAX_DURATION = 10 * 365 * 86400.0
 
 
 def parse_duration(text: str | float, *, allow_zero: bool = False) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds. Raises ValueError."""
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds, at most ``MAX_DURATION``.
+    Raises ValueError."""
     if isinstance(text, int | float):
         seconds = float(text)
     else:
@@ -463,6 +467,6 @@ def parse_duration(text: str | float, *, allow_zero: bool = False) -> float:
             raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 30d)") from None
     if seconds < 0 or (seconds == 0 and not allow_zero) or seconds != seconds:
         raise ValueError(f"{text!r} is not a positive duration")
-    if seconds == float("inf"):
-        raise ValueError(f"{text!r} is not a finite duration")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than the maximum of 10 years")
     return seconds

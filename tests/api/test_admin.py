@@ -39,7 +39,10 @@ CONFIGURED_BLOCK = "203.0.113.0/24"
 def models_config() -> dict[str, Any]:
     # Never called: these tests only list models. The port is free, so nothing answers there.
     url = f"http://127.0.0.1:{free_port()}"
-    return {"m": {"deployments": [{"url": url}]}, "m2": {"deployments": [{"url": url}]}}
+    return {
+        "m": {"aliases": ["m-alias"], "deployments": [{"url": url}]},
+        "m2": {"deployments": [{"url": url}]},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,12 @@ def test_create_shows_the_secret_once(gw: Node) -> None:
     assert key["id"] in [k["id"] for k in listed.body["data"]]
     for text in (shown.text, listed.text):
         assert secret not in text and secret[12:] not in text
+
+
+def test_a_key_for_an_alias_may_use_its_model(gw: Node) -> None:
+    _, secret = create_key(gw, models=["m-alias"], name="Zoë's app ✓")
+    with sdk(gw, secret) as client:
+        assert [m.id for m in client.models.list()] == ["m"]
 
 
 def test_scopes_default_to_the_role_and_can_be_set(gw: Node) -> None:
@@ -350,6 +359,30 @@ BAD_REQUESTS: list[tuple[str, str, Any]] = [
     ("GET", "/admin/audit?limit=5000", None),
     ("GET", "/admin/audit?cursor=abc", None),
     ("GET", "/admin/audit?since=yesterday", None),
+    # Integers beyond the database's, and floats that are no time (issue 11: these were 500s).
+    ("GET", "/admin/keys?offset=9223372036854775808", None),
+    ("GET", "/admin/keys?offset=99999999999999999999999999", None),
+    ("GET", "/admin/audit?cursor=9223372036854775808", None),
+    ("GET", "/admin/audit?cursor=-9223372036854775809", None),
+    ("GET", "/admin/audit?cursor=0", None),
+    ("GET", "/admin/audit?since=nan", None),
+    ("GET", "/admin/audit?until=inf", None),
+    ("POST", "/admin/keys", b'{"name": "x", "owner": "o", "expires_at": NaN}'),
+    ("POST", "/admin/keys", b'{"name": "x", "owner": "o", "expires_at": Infinity}'),
+    ("POST", "/admin/keys/KEY/expire", b'{"at": NaN}'),
+    ("POST", "/admin/keys/KEY/expire", {"at": 1e308}),
+    ("POST", "/admin/keys/KEY/expire", {"expires_in": "99999999999d"}),
+    ("POST", "/admin/keys/KEY/rotate", {"grace": "99999999999d"}),
+    ("POST", "/admin/ip-blocks", {"cidr": "10.0.0.0/8", "duration": "99999999999d"}),
+    # Keys that were created but could never be used, or named to fool a terminal (issue 11).
+    ("POST", "/admin/keys", {"name": "x", "owner": "o", "models": ["nope"]}),
+    ("POST", "/admin/keys", {"name": "x", "owner": "o", "models": ["m", "M"]}),
+    ("POST", "/admin/keys", {"name": "x", "owner": "o", "expires_at": 1e308}),
+    ("POST", "/admin/keys", {"name": "x", "owner": "o", "expires_in": "99999999999d"}),
+    ("POST", "/admin/keys", {"name": "x\u0000", "owner": "o"}),
+    ("POST", "/admin/keys", {"name": "x", "owner": "o\nforged: line"}),
+    ("POST", "/admin/keys", {"name": "\u001b[31mred", "owner": "o"}),
+    ("POST", "/admin/keys", {"name": "x", "owner": "o", "tier": "pr\u0085o"}),
 ]
 
 
@@ -407,3 +440,23 @@ def test_first_start_without_admin_key_prints_one_once(fleet: Fleet) -> None:
     assert re.search(r"sk-sg-", second.output()) is None, second.output()
     assert call(second.url + "/admin/keys", key=key).status == 200
     assert_clean_log(second)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/admin/keys", {"GET", "POST"}),
+        ("DELETE", "/admin/keys/KEY", {"GET"}),
+        ("GET", "/admin/keys/KEY/rotate", {"POST"}),
+        ("POST", "/admin/audit", {"GET"}),
+        ("PATCH", "/admin/ip-blocks/10.0.0.0/8", {"DELETE"}),
+        ("DELETE", "/openapi.json", {"GET"}),
+        ("POST", "/docs", {"GET"}),
+    ],
+)
+def test_a_wrong_method_is_a_405_with_allow(
+    gw: Node, some_key: str, method: str, path: str, allowed: set[str]
+) -> None:
+    reply = admin(gw, method, path.replace("KEY", some_key))
+    assert_error(reply, 405, "invalid_request_error", "method_not_allowed")
+    assert {m.strip() for m in reply.headers["allow"].split(",")} - {"HEAD"} == allowed

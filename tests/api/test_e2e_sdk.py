@@ -139,6 +139,14 @@ def test_an_unusable_request_id_is_replaced(client: OpenAI) -> None:
     assert REQUEST_ID.match(raw.headers["x-request-id"])
 
 
+def test_a_null_prompt_reaches_the_deployment(client: OpenAI, recorder: Recorder) -> None:
+    # OpenAI's schema allows "prompt": null (the model's default prompt); the SDK sends it so.
+    client.completions.create(model="echo", prompt=None, max_tokens=2)
+    got = recorder.last()
+    assert got.path == "/v1/completions"
+    assert "prompt" in got.body and got.body["prompt"] is None
+
+
 def test_unknown_fields_reach_the_deployment_untouched(client: OpenAI, recorder: Recorder) -> None:
     tools: list[Any] = [
         {

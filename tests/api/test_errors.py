@@ -115,6 +115,11 @@ async def test_malformed_json_is_a_400(http: aiohttp.ClientSession, body: bytes)
         ({"model": 5}, "model"),
         ({"messages": "hello"}, "messages"),
         ({"stream_options": ["include_usage"]}, "stream_options"),
+        ({"stream_options": {"include_usage": "x"}}, "stream_options.include_usage"),
+        (
+            {"stream": True, "stream_options": {"include_usage": "x"}},
+            "stream_options.include_usage",
+        ),
     ],
 )
 def test_wrong_types_are_bad_requests(client: OpenAI, override: dict[str, Any], param: str) -> None:

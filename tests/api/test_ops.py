@@ -316,3 +316,18 @@ async def test_every_request_is_counted_by_method_endpoint_and_status(
     assert [delta(**labels) for labels in expected] == [1] * len(expected)
     methods = {dict(labels).get("method") for _, labels in after}
     assert "PROPFIND" not in methods
+
+
+async def test_openapi_documents_the_statuses_the_code_answers(http: aiohttp.ClientSession) -> None:
+    paths = await _documented(http)
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)  # validation answers 400
+            if operation.get("security") or path.startswith("/admin"):
+                assert {"401", "403"} <= set(responses), (method, path)
+    assert {"400", "404"} <= set(paths["/admin/keys/{key_id}/rotate"]["post"]["responses"])
+    chat = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert chat["schema"]["properties"]["messages"]["type"] == "array"
+    prompt = paths["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"type": "null"} in prompt["schema"]["properties"]["prompt"]["oneOf"]

@@ -142,3 +142,10 @@ async def test_the_immediate_trail_is_stored_before_it_returns(database: Databas
         1234.5,
     )
     assert stored.details == {"role": "admin", "tier": "default"}
+
+
+async def test_list_refuses_integers_beyond_the_database(admin: KeyAdmin) -> None:
+    for limit, offset in ((1, 2**63), (1, -1), (0, 0), (2**63, 0)):
+        with pytest.raises(BadRequest):
+            await admin.list(limit=limit, offset=offset)
+    assert await admin.list(limit=2**63 - 1, offset=2**63 - 1) == []

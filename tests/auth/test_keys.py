@@ -253,3 +253,27 @@ def test_a_truncated_secret_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"abc")
     with pytest.raises(ConfigError):
         load_or_create_server_secret(None, path)
+
+
+@pytest.mark.parametrize("at", [float("nan"), float("inf"), 1e308, 1_000_000.0 + 11 * 365 * 86400])
+async def test_an_expiry_is_a_finite_time_within_ten_years(
+    service: KeyService, clock: FakeClock, at: float
+) -> None:
+    with pytest.raises(BadRequest) as caught:
+        await service.create("app", "bob", Role.USER, expires_at=at)
+    assert caught.value.param == "expires_at"
+    record, _ = await service.create(
+        "app", "bob", Role.USER, expires_at=clock.now + 9 * 365 * 86400
+    )
+    with pytest.raises(BadRequest):
+        await service.rotate(record.id, at - clock.now)
+    assert (await service.expire(record.id, clock.now + 60)).expires_at == clock.now + 60
+
+
+@pytest.mark.parametrize("at", [float("nan"), float("inf"), 1e308, -1.0])
+async def test_a_later_expiry_is_a_time_a_calendar_can_show(service: KeyService, at: float) -> None:
+    record, _ = await service.create("app", "bob", Role.USER)
+    with pytest.raises(BadRequest) as caught:
+        await service.expire(record.id, at)
+    assert caught.value.param == "at"
+    assert (await service.expire(record.id, 253402300799.0)).expires_at == 253402300799.0

@@ -12,8 +12,10 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from swarmgate.api import openapi
 from swarmgate.api.management import request_id_of
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.keyadmin import Actor
@@ -22,9 +24,13 @@ from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
 from swarmgate.errors import BadRequest, Forbidden, NotFound
 from swarmgate.store import names
+from swarmgate.store.audit import MAX_PAGE
 from swarmgate.store.ipblocks import StoredBlock
 from swarmgate.store.keys import KeyRecord, record_values
+from swarmgate.store.schema import MAX_INTEGER_ID, MAX_OFFSET
 from swarmgate.types import ApiScope, Principal, Role
+
+_UNKNOWN_KEY: dict[int | str, dict[str, Any]] = {404: openapi.error("No such key")}
 
 
 class KeyCreate(BaseModel):
@@ -126,11 +132,16 @@ def _normalized(cidr: str) -> str:
 
 
 def build_admin_router(security: Security) -> APIRouter:
-    router = APIRouter(prefix="/admin", tags=["admin"])
+    # Every route answers what the admin check may raise (401, 403, 503) and declares the
+    # bearer scheme; validation errors are documented as 400 by ``openapi.merge``.
+    router = APIRouter(prefix="/admin", tags=["admin"], responses=openapi.AUTH_ERRORS)
     ctx = _Context(security)
     _key_routes(router, ctx)
     _audit_routes(router, ctx)
     _ip_routes(router, ctx)
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            route.openapi_extra = {"security": [{"bearer": []}], **(route.openapi_extra or {})}
     return router
 
 
@@ -163,17 +174,21 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
         owner: str | None = None,
         include_revoked: bool = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         records = await keys.list(owner, include_revoked, limit, offset)
         return {"data": [key_view(r) for r in records], "limit": limit, "offset": offset}
 
-    @router.get("/keys/{key_id}", summary="Show one key")
+    @router.get("/keys/{key_id}", summary="Show one key", responses=_UNKNOWN_KEY)
     async def show_key(key_id: str, who: Admin) -> dict[str, Any]:
         record, prefixes = await keys.show(key_id)
         return key_view(record, prefixes)
 
-    @router.post("/keys/{key_id}/rotate", summary="New secret; the old one works for a grace")
+    @router.post(
+        "/keys/{key_id}/rotate",
+        summary="New secret; the old one works for a grace",
+        responses={400: openapi.error("A bad grace, or the key is revoked"), **_UNKNOWN_KEY},
+    )
     async def rotate_key(
         key_id: str, request: Request, who: Admin, body: KeyRotate | None = None
     ) -> dict[str, Any]:
@@ -181,11 +196,17 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
         record, secret, grace = await keys.rotate(actor(request, who), key_id, grace)
         return {"key": key_view(record), "secret": secret, "old_secret_valid_for": grace}
 
-    @router.post("/keys/{key_id}/revoke", summary="Revoke a key at once, on every replica")
+    @router.post(
+        "/keys/{key_id}/revoke",
+        summary="Revoke a key at once, on every replica",
+        responses=_UNKNOWN_KEY,
+    )
     async def revoke_key(key_id: str, request: Request, who: Admin) -> dict[str, Any]:
         return key_view(await keys.revoke(actor(request, who), key_id))
 
-    @router.post("/keys/{key_id}/expire", summary="Set a key's expiry (default: now)")
+    @router.post(
+        "/keys/{key_id}/expire", summary="Set a key's expiry (default: now)", responses=_UNKNOWN_KEY
+    )
     async def expire_key(
         key_id: str, request: Request, who: Admin, body: KeyExpire | None = None
     ) -> dict[str, Any]:
@@ -206,10 +227,10 @@ def _audit_routes(router: APIRouter, ctx: _Context) -> None:
         action: str | None = None,
         actor: str | None = None,
         outcome: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        cursor: int | None = None,
+        since: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        until: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        cursor: Annotated[int | None, Query(ge=1, le=MAX_INTEGER_ID)] = None,
     ) -> dict[str, Any]:
         records, next_cursor = await security.store.audit.query(
             action=action,
@@ -266,7 +287,14 @@ def _ip_routes(router: APIRouter, ctx: _Context) -> None:
         audit(request, who, "ip.block", cidr, reason=body.reason, until=until)
         return {"cidr": cidr, "until": until, "reason": body.reason}
 
-    @router.delete("/ip-blocks/{cidr:path}", summary="Lift a block")
+    @router.delete(
+        "/ip-blocks/{cidr:path}",
+        summary="Lift a block",
+        responses={
+            400: openapi.error("Not an IP address or network"),
+            404: openapi.error("Not blocked"),
+        },
+    )
     async def remove_block(cidr: str, request: Request, who: Admin) -> dict[str, Any]:
         cidr = _normalized(cidr)
         removed = await security.store.ip_blocks.remove(cidr)

@@ -6,6 +6,7 @@ of the OpenAPI document. Every error it produces is rendered in OpenAI's schema 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Route
 
 from swarmgate import __version__
 from swarmgate.api import openapi
@@ -26,6 +28,8 @@ from swarmgate.errors import (
     StoreError,
 )
 from swarmgate.pipeline.asgi import new_request_id, valid_request_id
+
+log = logging.getLogger("swarmgate.management")
 
 
 def request_id_of(request: Request) -> str:
@@ -46,20 +50,48 @@ def error_response(exc: GatewayError, request: Request) -> JSONResponse:
     )
 
 
+class AllowedMethods:
+    """The methods each route of the app serves, for the ``Allow`` header of a 405 (which
+    Starlette's router fills from the first route it matched, not from every route of a path)."""
+
+    def __init__(self, routes: Iterable[BaseRoute]) -> None:
+        self._routes = [
+            (route.path_regex, frozenset(route.methods))
+            for route in routes
+            if isinstance(route, Route) and route.methods
+        ]
+
+    def __call__(self, path: str) -> str:
+        methods = {m for regex, served in self._routes if regex.match(path) for m in served}
+        return ", ".join(sorted(methods))
+
+
 def build_management_app(routers: Iterable[APIRouter] = ()) -> FastAPI:
     app = FastAPI(
         title="swarmgate",
         version=__version__,
         description="An OpenAI-compatible inference gateway in front of a swarm of model servers.",
     )
+    routers = tuple(routers)
     for router in routers:
         app.include_router(router)
+    allowed = AllowedMethods([*app.router.routes, *(r for rt in routers for r in rt.routes)])
 
     @app.middleware("http")
     async def _request_id(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # A bug of ours: logged with its traceback, answered in our schema (not as
+            # Starlette's text/plain 500), with the request id to find it in the log.
+            rid = request_id_of(request)
+            log.exception(
+                "unexpected error serving %s %s (request %s)", request.method, request.url.path, rid
+            )
+            error = GatewayError("internal error in the gateway; see its log for this request id")
+            return error_response(error, request)
         response.headers["x-request-id"] = request_id_of(request)
         return response
 
@@ -83,7 +115,11 @@ def build_management_app(routers: Iterable[APIRouter] = ()) -> FastAPI:
         if exc.status_code == 404:
             error = NotFound(f"no route {request.method} {request.url.path}")
         elif exc.status_code == 405:
-            error = MethodNotAllowed(f"method {request.method} is not allowed here")
+            methods = allowed(request.url.path)
+            error = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; use {methods}",
+                headers={"allow": methods},
+            )
         else:
             error = BadRequest(str(exc.detail))
             error.status = exc.status_code  # type: ignore[misc]

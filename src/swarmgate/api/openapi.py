@@ -1,7 +1,13 @@
-"""The OpenAPI description of the plain-ASGI routes, merged into the management app's document.
+"""The OpenAPI document: the plain-ASGI routes described by hand, merged into the document the
+management app generates, and that document corrected to say what the code answers.
 
-The hot path has no framework to generate it, so the paths are described here by hand; a test
-checks that every route the app serves appears in the document.
+The hot path has no framework to generate it, so its paths are described here; a test checks
+that every route the app serves appears in the document, and a schemathesis run (tests/api/
+test_contract.py) that every status, content type and documented header is what the gateway
+really sends. So: each operation lists its real error statuses with the error schema; FastAPI's
+422 is replaced by the 400 our validation handler answers; request schemas are as strict as the
+checks of ``pipeline.request.parse`` (and no stricter: everything else is the upstream's to
+judge, and an upstream 4xx is passed through, hence ``4XX``).
 """
 
 from __future__ import annotations
@@ -23,104 +29,228 @@ ERROR = {
             "required": ["message", "type"],
         }
     },
+    "required": ["error"],
 }
 
-_errors = {
-    str(code): {
-        "description": text,
+_REQUEST_ID = {
+    "description": "The request's id: the client's X-Request-ID if valid, else a new one",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {"description": "Seconds until a temporary block ends", "schema": {"type": "string"}}
+_ALLOW = {
+    "description": "The methods the path serves",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
+def error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    """A response in our error schema, with the request id header (and ``headers``)."""
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": _REQUEST_ID, **headers},
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
-    for code, text in (
-        (400, "Malformed JSON or a wrong type on a field the gateway reads"),
-        (401, "Missing or invalid credentials"),
-        (403, "The key lacks the scope or may not use the model; or the address is blocked"),
-        (404, "Unknown model (the message lists the available ones)"),
-        (413, "The body exceeds server.max_body_bytes"),
-        (429, "Rate limited (Retry-After)"),
-        (502, "The upstream deployment failed or answered with a protocol error"),
-        (503, "No deployment of the model can take the request"),
-        (504, "The upstream deployment timed out"),
-    )
+
+
+INVALID = error("Malformed JSON, a wrong type or a value out of range")
+UNAUTHORIZED = error("Missing, malformed, unknown, expired or revoked credentials")
+FORBIDDEN = error(
+    "The key lacks the scope or may not use the model; or the address is blocked",
+    **{"Retry-After": _RETRY_AFTER},
+)
+NOT_FOUND = error("No such resource")
+STORE_DOWN = error("The key store cannot be reached")
+METHOD_NOT_ALLOWED = error("The path does not serve this method", Allow=_ALLOW)
+
+# What any authenticated route may answer before it runs: the key check and the scope check.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: UNAUTHORIZED,
+    403: FORBIDDEN,
+    503: STORE_DOWN,
+}
+
+_INFERENCE_ERRORS = {
+    "400": INVALID,
+    "401": UNAUTHORIZED,
+    "403": FORBIDDEN,
+    "404": error("Unknown model (the message lists the available ones)"),
+    "408": error("The request body stalled (under granian; uvicorn closes the connection)"),
+    "413": error("The body exceeds server.max_body_bytes"),
+    "4XX": {
+        "description": "The deployment's own refusal (say, a prompt too long), passed through",
+        "headers": {"X-Request-ID": _REQUEST_ID},
+        "content": {"application/json": {"schema": {}}},
+    },
+    "502": error("The upstream deployment failed or answered with a protocol error"),
+    "503": error("No deployment of the model can take the request; or the key store is down"),
+    "504": error("The upstream deployment timed out"),
+}
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_TEXT_OR_ARRAY = {"oneOf": [{"type": "string"}, {"type": "array"}]}
+# The fields ``parse`` reads, typed as it checks them; the others are forwarded untouched.
+_READ_FIELDS: dict[str, Any] = {
+    "model": {**_NULLABLE_STRING, "description": "A model id or alias; null: the default model"},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {
+        "type": ["object", "null"],
+        "properties": {"include_usage": {"type": "boolean"}},
+    },
+}
+_REQUIRED_FIELD = {
+    "messages": {"type": "array", "description": "The conversation (the upstream checks items)"},
+    "prompt": {
+        "oneOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}],
+        "description": "A string, strings or token ids; null: the model's default prompt",
+    },
+    "input": {**_TEXT_OR_ARRAY, "description": "A string, strings or token ids"},
 }
 
 
-def _inference(summary: str, required: list[str], streams: bool) -> dict[str, Any]:
+def _inference(summary: str, required: str, streams: bool) -> dict[str, Any]:
     ok: dict[str, Any] = {
         "description": "The upstream's OpenAI-compatible answer, passed through",
+        "headers": {"X-Request-ID": _REQUEST_ID},
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
     if streams:
+        # The schema of one event, as SSE parsers (and schemathesis) see the stream.
         ok["content"]["text/event-stream"] = {
-            "schema": {"type": "string", "description": "SSE chunks, ending with data: [DONE]"}
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"type": "string"}},
+                "description": "An event: a chunk (or an error) in JSON; the last is [DONE]",
+            }
         }
+    schema = {
+        "type": "object",
+        "required": [required],
+        "properties": {**_READ_FIELDS, required: _REQUIRED_FIELD[required]},
+        "additionalProperties": True,
+    }
     return {
         "post": {
             "tags": ["inference"],
             "summary": summary,
             "security": [{"bearer": []}],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": required,
-                            "properties": {
-                                "model": {"type": "string"},
-                                "stream": {"type": "boolean"},
-                                "stream_options": {"type": "object"},
-                            },
-                            "additionalProperties": True,
-                        }
-                    }
-                },
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": {"200": ok, **_INFERENCE_ERRORS},
+        }
+    }
+
+
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "type": {"type": "string"},
+        "capabilities": {"type": "array", "items": {"type": "string"}},
+        "aliases": {"type": "array", "items": {"type": "string"}},
+        "deployments": {"type": "integer"},
+    },
+}
+_STATUS = {
+    "type": "object",
+    "required": ["status", "models"],
+    "properties": {
+        "status": {"enum": ["ready", "not_ready"]},
+        "models": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"deployments": {"type": "integer"}, "usable": {"type": "integer"}},
             },
-            "responses": {"200": ok, **_errors},
-        }
-    }
+        },
+    },
+}
 
 
-def _get(summary: str, tag: str, content_type: str = "application/json") -> dict[str, Any]:
-    return {
-        "get": {
-            "tags": [tag],
-            "summary": summary,
-            "responses": {"200": {"description": "OK", "content": {content_type: {}}}},
-        }
-    }
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _get(summary: str, tag: str, ok: dict[str, Any], **errors: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"tags": [tag], "summary": summary, "responses": {"200": ok, **errors}}}
+
+
+def _models(summary: str, ok: dict[str, Any], **errors: dict[str, Any]) -> dict[str, Any]:
+    operation = _get(summary, "models", ok, **{str(k): v for k, v in AUTH_ERRORS.items()}, **errors)
+    operation["get"]["security"] = [{"bearer": []}]
+    ok["headers"] = {"X-Request-ID": _REQUEST_ID}
+    return operation
 
 
 def hot_path_paths() -> dict[str, Any]:
-    models_get = _get("List the models this key may use", "models")
-    models_get["get"]["security"] = [{"bearer": []}]
-    model_get = _get("One model", "models")
-    model_get["get"]["security"] = [{"bearer": []}]
+    model_list = {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}},
+    }
+    model_get = _models("One model", _json("The model", _MODEL), **{"404": NOT_FOUND})
     model_get["get"]["parameters"] = [
         {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
-    model_get["get"]["responses"]["404"] = _errors["404"]
+    health = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    }
+    metrics = {"description": "Prometheus text format", "content": {"text/plain": {}}}
     return {
-        "/v1/chat/completions": _inference("Chat completion (JSON or SSE)", ["messages"], True),
-        "/v1/completions": _inference("Text completion (JSON or SSE)", ["prompt"], True),
-        "/v1/embeddings": _inference("Embeddings", ["input"], False),
-        "/v1/models": models_get,
+        "/v1/chat/completions": _inference("Chat completion (JSON or SSE)", "messages", True),
+        "/v1/completions": _inference("Text completion (JSON or SSE)", "prompt", True),
+        "/v1/embeddings": _inference("Embeddings", "input", False),
+        "/v1/models": _models("List the models this key may use", _json("The models", model_list)),
         "/v1/models/{model_id}": model_get,
-        "/health": _get("Liveness", "operations"),
+        "/health": _get("Liveness", "operations", _json("Alive", health)),
         "/health/ready": _get(
-            "Readiness: usable deployments per model (503 if any has none)", "operations"
+            "Readiness: usable deployments per model",
+            "operations",
+            _json("Ready", _STATUS),
+            **{"503": _json("Not ready yet (starting or stopping)", _STATUS)},
         ),
-        "/models/status": _get("Deployments and usable deployments per model", "operations"),
-        "/metrics": _get("Prometheus metrics", "operations", "text/plain"),
+        "/models/status": _get(
+            "Deployments and usable deployments per model", "operations", _json("OK", _STATUS)
+        ),
+        "/metrics": _get("Prometheus metrics", "operations", metrics),
     }
 
 
+def _validation_is_a_400(document: dict[str, Any]) -> None:
+    """FastAPI documents a 422 wherever it validates; our handler answers those with a 400 in
+    the error schema, so that is what the document says."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", INVALID)
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+
 def merge(document: dict[str, Any]) -> dict[str, Any]:
+    _validation_is_a_400(document)
     document.setdefault("paths", {}).update(hot_path_paths())
     components = document.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR
+    components.setdefault("responses", {})["MethodNotAllowed"] = METHOD_NOT_ALLOWED
     components.setdefault("securitySchemes", {})["bearer"] = {
         "type": "http",
         "scheme": "bearer",
         "description": "An API key (sk-sg-...) or a JWT",
     }
+    document.setdefault("info", {})["description"] = (
+        document["info"].get("description", "")
+        + "\n\nEvery error is JSON in the Error schema, with the request id. A method a path does"
+        " not serve is answered 405 with an `Allow` header (components/responses/"
+        "MethodNotAllowed)."
+    )
     return document

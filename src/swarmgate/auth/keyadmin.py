@@ -18,12 +18,22 @@ from typing import Any
 
 from swarmgate.auth.audit import AuditLog
 from swarmgate.auth.keys import KeyService
-from swarmgate.errors import NotFound
+from swarmgate.config import Settings
+from swarmgate.errors import BadRequest, NotFound
 from swarmgate.store import names
 from swarmgate.store.audit import AuditRecord, AuditStore
 from swarmgate.store.events import EventBus
 from swarmgate.store.keys import KeyRecord, KeyStore
+from swarmgate.store.schema import MAX_OFFSET
 from swarmgate.types import Clock, Role
+
+
+def model_names(settings: Settings) -> dict[str, str]:
+    """Every name a key may list, model ids and aliases, mapped to the model id."""
+    names = {name: name for name in settings.models}
+    for name, model in settings.models.items():
+        names |= dict.fromkeys(model.aliases, name)
+    return names
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +93,34 @@ class KeyAdmin:
         events: EventBus,
         audit: AuditTrail,
         rotation_grace: float,
+        *,
+        models: Mapping[str, str] | None = None,
     ) -> None:
         self._keys = keys
         self._store = store
         self._events = events
         self._audit = audit
         self.rotation_grace = rotation_grace
+        # Model id or alias → model id (``model_names``); None: no models to check against.
+        self._models = models
+
+    def _allowed_models(self, models: Iterable[str] | None) -> builtins.list[str] | None:
+        """The model ids a key may use: each name must be a configured model or alias (a typo
+        would make a key that can never be used); an alias stands for its model, which is what
+        authorization compares with."""
+        if models is None or self._models is None:
+            return None if models is None else builtins.list(models)
+        ids = []
+        for name in models:
+            model = self._models.get(name.strip()) if isinstance(name, str) else None
+            if model is None:
+                known = ", ".join(sorted(self._models)) or "(none)"
+                raise BadRequest(
+                    f"models: no model {name!r}; configured models and aliases: {known}",
+                    param="models",
+                )
+            ids.append(model)
+        return ids
 
     async def create(
         self,
@@ -103,7 +135,7 @@ class KeyAdmin:
     ) -> tuple[KeyRecord, str]:
         """A new key and its secret (shown once). Without ``scopes``: the role's defaults."""
         record, secret = await self._keys.create(
-            name, owner, role, scopes, tier, models, expires_at
+            name, owner, role, scopes, tier, self._allowed_models(models), expires_at
         )
         await self._audit(
             actor, "key.create", record.id, {"role": str(record.role), "tier": record.tier}
@@ -139,6 +171,10 @@ class KeyAdmin:
         offset: int = 0,
     ) -> builtins.list[KeyRecord]:
         """Keys, oldest first (never their secrets)."""
+        if not 1 <= limit <= MAX_OFFSET:
+            raise BadRequest("limit must be a positive integer", param="limit")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}", param="offset")
         return await self._store.list(owner, include_revoked, limit, offset)
 
     async def show(self, key_id: str) -> tuple[KeyRecord, builtins.list[str]]:

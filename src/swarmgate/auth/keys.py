@@ -20,12 +20,14 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from swarmgate.auth.roles import ALL_SCOPES, default_scopes, parse_role, parse_scopes
+from swarmgate.config import MAX_DURATION
 from swarmgate.errors import BadRequest, ConfigError, NotFound, StoreError
 from swarmgate.store.keys import KeyRecord, KeyStore
 from swarmgate.types import Clock, Role
@@ -36,6 +38,8 @@ MIN_ADMIN_KEY_BODY = 32  # characters after the prefix in SWARMGATE_ADMIN_KEY
 MAX_SECRET_LEN = 256  # longer bearer tokens are not ours; do not even hash them
 MIN_SERVER_SECRET = 32
 BOOTSTRAP_NAME = "bootstrap-admin"
+LAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL and C1
 
 
 def generate_secret() -> str:
@@ -127,7 +131,24 @@ def _text(field: str, value: str, max_len: int) -> str:
     value = value.strip()
     if not value or len(value) > max_len:
         raise BadRequest(f"{field} must be 1 to {max_len} characters", param=field)
+    # Names end up in terminals, logs and CSV exports: no NUL, escapes or line breaks.
+    if CONTROL.search(value):
+        raise BadRequest(f"{field} must not contain control characters", param=field)
     return value
+
+
+def _expiry(field: str, at: float, now: float) -> float:
+    """A new key's expiry: a finite epoch time no further than ``MAX_DURATION`` from now."""
+    if not math.isfinite(at) or at > now + MAX_DURATION:
+        raise BadRequest(f"{field} must be a time within 10 years from now", param=field)
+    return at
+
+
+def _time(field: str, at: float) -> float:
+    """An epoch time a calendar can show (a later expiry set on an existing key)."""
+    if not 0 <= at <= LAST_TIME:
+        raise BadRequest(f"{field} must be an epoch time before the year 10000", param=field)
+    return at
 
 
 def _role(value: Role | str) -> Role:
@@ -183,7 +204,7 @@ class KeyService:
     ) -> KeyRecord:
         now = self._clock()
         parsed_role = _role(role)
-        if expires_at is not None and expires_at <= now:
+        if expires_at is not None and _expiry("expires_at", expires_at, now) <= now:
             raise BadRequest("expires_at is in the past", param="expires_at")
         return KeyRecord(
             id=new_key_id(),
@@ -205,8 +226,8 @@ class KeyService:
 
     async def rotate(self, key_id: str, grace_seconds: float) -> tuple[KeyRecord, str]:
         """A new secret for the key; its older secrets keep working for ``grace_seconds``."""
-        if grace_seconds < 0:
-            raise BadRequest("grace_seconds must not be negative", param="grace_seconds")
+        if not 0 <= grace_seconds <= MAX_DURATION:  # NaN fails too
+            raise BadRequest("grace_seconds must be between 0 and 10 years", param="grace_seconds")
         record = await self._existing(key_id)
         if record.revoked_at is not None:
             raise BadRequest(f"API key {key_id!r} is revoked; create a new one", param="key_id")
@@ -229,7 +250,8 @@ class KeyService:
 
     async def expire(self, key_id: str, at: float | None = None) -> KeyRecord:
         """Make the key expire at ``at`` (default: now)."""
-        when = self._clock() if at is None else at
+        now = self._clock()
+        when = now if at is None else _time("at", at)
         if not await self._store.set_expiry(key_id, when):
             raise NotFound(f"no API key {key_id!r}", param="key_id")
         return await self._existing(key_id)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from swarmgate.auth.audit import AuditLog
 from swarmgate.auth.authenticator import KeyAuthenticator
 from swarmgate.auth.ip import IPPolicy
-from swarmgate.auth.keyadmin import KeyAdmin, queued
+from swarmgate.auth.keyadmin import KeyAdmin, model_names, queued
 from swarmgate.auth.keys import KeyHasher, KeyService, load_or_create_server_secret
 from swarmgate.auth.lastused import LastUsed
 from swarmgate.config import Settings
@@ -77,7 +77,12 @@ class Security:
             auth, self.keys, self.hasher, self.ip_policy, self.audit, metrics, self.jwt
         )
         self.admin = KeyAdmin(
-            self.keys, store.keys, store.events, queued(self.audit), auth.rotation_grace
+            self.keys,
+            store.keys,
+            store.events,
+            queued(self.audit),
+            auth.rotation_grace,
+            models=model_names(settings),
         )
         self.last_used = LastUsed(self.authenticator.last_used, store.keys, settings.audit)
         store.events.subscribe(names.KEY_EVENTS, self.authenticator.invalidate)

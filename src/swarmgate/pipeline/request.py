@@ -68,16 +68,27 @@ def parse(route: Route, body: bytes) -> InferenceRequest:
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
     options = payload.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise BadRequest("'stream_options' must be an object", param="stream_options")
+        # Checked with or without a stream: "x" is no more a boolean when stream is false.
+        if "include_usage" in options and not isinstance(options["include_usage"], bool):
+            raise BadRequest(
+                "'stream_options.include_usage' must be a boolean",
+                param="stream_options.include_usage",
+            )
     required = route.required
     if required not in payload:
         raise BadRequest(f"'{required}' is a required property", param=required)
     value = payload[required]
+    # As OpenAI's published schema has them: "prompt" may be null (the upstream's default
+    # prompt), "messages" and "input" may not.
     if required == "messages" and not isinstance(value, list):
         raise BadRequest("'messages' must be an array of message objects", param="messages")
-    if required in ("prompt", "input") and not isinstance(value, str | list):
-        raise BadRequest(f"'{required}' must be a string or an array", param=required)
+    if required == "input" and not isinstance(value, str | list):
+        raise BadRequest("'input' must be a string or an array", param="input")
+    if required == "prompt" and value is not None and not isinstance(value, str | list):
+        raise BadRequest("'prompt' must be a string, an array or null", param="prompt")
     wants_usage = False
     if stream:
         options = options or {}

@@ -21,6 +21,13 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+# The largest integers the databases take: anything a client sends beyond them must be refused
+# before a query is built (the drivers raise OverflowError, not a database error). Row offsets
+# are 64-bit on both engines; ``sa.Integer`` columns (the audit log's id) are 32-bit on
+# PostgreSQL, so a cursor larger than that names no record there.
+MAX_OFFSET = 2**63 - 1
+MAX_INTEGER_ID = 2**31 - 1
+
 api_keys = sa.Table(
     "api_keys",
     metadata,
