@@ -131,6 +131,7 @@ class Model(Frozen):
 
 
 class Server(Frozen):
+    name: str = "swarmgate"  # this gateway's name in /health and / (seed 004's service.name)
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1)] = 1
@@ -153,6 +154,8 @@ class Server(Frozen):
 class Monitoring(Frozen):
     # Distinct callers seen within this many seconds are gateway_active_users.
     active_users_window: Seconds = 300.0
+    # Seconds between the background pings of the database and Redis that /health reports.
+    health_interval: Seconds = 10.0
 
 
 class Store(Frozen):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+
+import pytest
 
 from tests.plugins.processes import Gateway, Sim
 
@@ -66,3 +69,26 @@ def test_cors_and_trusted_hosts(
     assert "access-control-allow-origin" not in headers
     assert _request(gw, "GET", "/health", {"Host": "evil.example"})[0] == 400
     assert _request(gw, "GET", "/health", {"Host": "gateway.internal"})[0] == 200
+
+
+def test_a_bad_host_is_a_json_error_with_the_request_id(
+    sim_factory: Callable[..., Sim], gateway_factory: Callable[..., Gateway]
+) -> None:
+    sim = sim_factory({"m": {"ttft_ms": 1, "tokens_per_second": 1000}})
+    gw = gateway_factory(
+        {
+            "server": {"trusted_hosts": ["127.0.0.1", "*.gateway.internal"]},
+            "models": {"m": {"deployments": [{"url": sim.url}]}},
+        }
+    )
+    request = urllib.request.Request(
+        gw.url + "/v1/models", headers={"Host": "evil.example", "X-Request-ID": "host-1"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    with caught.value as exc:
+        assert exc.code == 400 and exc.headers["content-type"] == "application/json"
+        error = json.loads(exc.read())["error"]
+    assert error["code"] == "invalid_host" and error["request_id"] == "host-1"
+    assert _request(gw, "GET", "/health", {"Host": "a.gateway.internal:8000"})[0] == 200
+    assert _request(gw, "GET", "/health", {"Host": "gateway.internal.evil"})[0] == 400

@@ -103,7 +103,8 @@ def _hang(aclient: AsyncOpenAI) -> asyncio.Task[Any]:
 
 
 async def test_health(http: aiohttp.ClientSession) -> None:
-    assert await _get(http, "/health") == (200, {"status": "ok", "version": __version__})
+    status, body = await _get(http, "/health")
+    assert (status, body["status"], body["version"]) == (200, "healthy", __version__)
 
 
 async def test_readiness_counts_usable_deployments_per_model(
@@ -278,6 +279,12 @@ async def test_docs_serve_html(http: aiohttp.ClientSession) -> None:
         page = await r.text()
     assert "swagger" in page.lower()
     assert "/openapi.json" in page
+    # Everything the page loads comes from the gateway itself (an air-gapped network has no CDN).
+    assert "https://" not in page and "http://" not in page
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        assert asset in page
+        async with http.get(asset) as r:
+            assert r.status == 200 and len(await r.read()) > 10_000
 
 
 async def test_every_request_is_counted_by_method_endpoint_and_status(

@@ -13,6 +13,8 @@ from typing import Any
 
 from swarmgate import store
 from swarmgate.api.admin import build_admin_router
+from swarmgate.api.health import Health
+from swarmgate.api.hosts import TrustedHosts
 from swarmgate.api.management import build_management_app
 from swarmgate.api.ops import Ops
 from swarmgate.api.v1 import Inference
@@ -60,8 +62,14 @@ class Gateway:
         self.routes: dict[str, tuple[str, Handler]] = {
             path: ("POST", self.inference) for path in ROUTES
         }
+        self.health = Health(
+            settings.server.name, self.fleet, self.store, settings.monitoring.health_interval
+        )
         self.routes |= {
-            "/health": ("GET", self.ops.health),
+            "/": ("GET", self.health.root),
+            "/health": ("GET", self.health.health),
+            "/gateway/health": ("GET", self.health.health),  # seed 003's name for it
+            "/health/live": ("GET", self.health.live),
             "/health/ready": ("GET", self.ops.readiness),
             "/models/status": ("GET", self.ops.models_status),
             "/metrics": ("GET", self.ops.prometheus),
@@ -121,14 +129,16 @@ class Gateway:
     async def startup(self) -> None:
         await self.security.start()
         self.metrics.start()
+        await self.health.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short.
         gc.collect()
         gc.freeze()
-        self.ops.ready = True
+        self.ops.ready = self.health.serving = True
 
     async def shutdown(self) -> None:
         self.ops.ready = False
+        await self.health.stop()
         await self.transport.close()
         await self.metrics.stop()
         await self.security.close()
@@ -158,9 +168,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app: Any = Gateway(settings)
     server = settings.server
     if server.trusted_hosts:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        app = TrustedHostMiddleware(app, allowed_hosts=list(server.trusted_hosts))
+        app = TrustedHosts(app, server.trusted_hosts)
     if server.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

@@ -1,7 +1,9 @@
 """The management application (FastAPI): OpenAPI document, /docs and the admin API.
 
 A framework is welcome here, off the hot path: it validates admin payloads and generates most
-of the OpenAPI document. Every error it produces is rendered in OpenAI's schema too.
+of the OpenAPI document. Every error it produces is rendered in OpenAI's schema too. /docs is
+Swagger UI served from the ``swagger-ui-bundle`` package, never from a CDN, so that it works on
+an air-gapped network.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from swarmgate import __version__
 from swarmgate.api import openapi
@@ -66,12 +71,30 @@ class AllowedMethods:
         return ", ".join(sorted(methods))
 
 
+def _serve_docs(app: FastAPI) -> None:
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="swarmgate API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+
 def build_management_app(routers: Iterable[APIRouter] = ()) -> FastAPI:
     app = FastAPI(
         title="swarmgate",
         version=__version__,
         description="An OpenAI-compatible inference gateway in front of a swarm of model servers.",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: served locally below
+        redoc_url=None,
     )
+    _serve_docs(app)
+
     routers = tuple(routers)
     for router in routers:
         app.include_router(router)

@@ -197,10 +197,59 @@ def hot_path_paths() -> dict[str, Any]:
     model_get["get"]["parameters"] = [
         {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
+    check = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
     health = {
         "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string"}},
+        "required": ["status", "gateway", "version", "models", "timestamp", "checks"],
+        "properties": {
+            "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+            "gateway": {"type": "string"},
+            "version": {"type": "string"},
+            "models": {"type": "array", "items": {"type": "string"}},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "checks": {
+                "type": "object",
+                "required": ["database", "redis", "models"],
+                "properties": {
+                    "database": check,
+                    "redis": check,
+                    "models": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["status", "deployments", "healthy"],
+                            "properties": {
+                                "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+                                "deployments": {"type": "integer"},
+                                "healthy": {"type": "integer"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
+    health_op = _get(
+        "Health: the database, Redis and each model's deployments (no I/O per call)",
+        "operations",
+        _json("Healthy or degraded (still serving)", health),
+        **{"503": _json("Unhealthy: nothing can be served, or starting or stopping", health)},
+    )
+    live = {
+        "type": "object",
+        "required": ["status", "version"],
+        "properties": {"status": {"const": "alive"}, "version": {"type": "string"}},
+    }
+    root = {
+        "type": "object",
+        "required": ["name", "version", "links"],
+        "properties": {
+            "name": {"type": "string"},
+            "service": {"type": "string"},
+            "version": {"type": "string"},
+            "description": {"type": "string"},
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
     }
     metrics = {"description": "Prometheus text format", "content": {"text/plain": {}}}
     return {
@@ -209,7 +258,10 @@ def hot_path_paths() -> dict[str, Any]:
         "/v1/embeddings": _inference("Embeddings", "input", False),
         "/v1/models": _models("List the models this key may use", _json("The models", model_list)),
         "/v1/models/{model_id}": model_get,
-        "/health": _get("Liveness", "operations", _json("Alive", health)),
+        "/": _get("What this is: name, version and links", "operations", _json("OK", root)),
+        "/health": health_op,
+        "/gateway/health": health_op,
+        "/health/live": _get("Liveness: checks nothing", "operations", _json("Alive", live)),
         "/health/ready": _get(
             "Readiness: usable deployments per model",
             "operations",

@@ -1,4 +1,4 @@
-"""Operations and discovery routes on the plain ASGI path: health, readiness, metrics, models.
+"""Operations and discovery routes on the plain ASGI path: readiness, metrics, models.
 
 These are polled by load balancers, Prometheus and SDKs, so they stay off the framework too.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-from swarmgate import __version__
 from swarmgate.auth.roles import require
 from swarmgate.errors import GatewayError, NotFound
 from swarmgate.observability.metrics import Metrics
@@ -36,9 +35,6 @@ class Ops:
         self.authenticator = authenticator
         self.created = int(time.time())
         self.ready = False  # set by the lifespan once upstream pools and the store are open
-
-    async def health(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, {"status": "ok", "version": __version__}, [])
 
     def _status(self) -> dict[str, object]:
         models = {

@@ -1,10 +1,10 @@
 """``Accounting``: everything counted about a request, in one place, on every exit path.
 
 ``start`` opens the record; ``finish`` closes it however the request ended (answered, refused,
-failed, the client gone): deployment leases are released, each attempt's latency, time to first
-token and failure kind are observed, tokens and spend are counted from usage, the request's
-metrics are recorded, and a failed request leaves one log line. It never awaits: the usage
-ledger will be queued from here, write-behind.
+failed, the client gone): deployment leases are released, each attempt's outcome is told to its
+deployment's state and its latency, time to first token and failure kind are observed, tokens
+and spend are counted from usage, the request's metrics are recorded, and a failed request
+leaves one log line. It never awaits: the usage ledger will be queued from here, write-behind.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ class Accounting:
             metrics.upstream(d.model, d.name, (attempt.ended or now) - attempt.started)
             if attempt.first_byte:
                 metrics.ttft(d.model, d.name, attempt.first_byte - attempt.started)
-            if attempt.outcome is not None and attempt.outcome.is_failure:
-                metrics.upstream_error(d.name, error_kind(attempt))
+            outcome = attempt.outcome
+            if outcome is not None:
+                attempt.state.observe(outcome)
+                if outcome.is_failure:
+                    metrics.upstream_error(d.name, error_kind(attempt))
         usage = x.usage
         if usage is not None and x.attempts:
             d = x.attempts[-1].deployment

@@ -21,6 +21,7 @@ class Attempt:
     """One try at one deployment, holding its slot (the lease) until the request finishes."""
 
     deployment: Deployment
+    state: DeploymentState
     lease: Lease
     started: float
     ended: float = 0.0
@@ -49,7 +50,7 @@ class Exchange:
         return cls(route, read_head(scope), peer[0] if peer else None, time.perf_counter())
 
     def attempt(self, state: DeploymentState) -> Attempt:
-        attempt = Attempt(state.deployment, state.lease(), time.perf_counter())
+        attempt = Attempt(state.deployment, state, state.lease(), time.perf_counter())
         self.attempts.append(attempt)
         return attempt
 

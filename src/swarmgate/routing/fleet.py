@@ -19,7 +19,11 @@ from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
-from swarmgate.types import ModelType, Origin
+from swarmgate.types import ModelType, Origin, Outcome
+
+# Consecutive failed attempts after which a deployment counts as down in health reports (until
+# one succeeds). Breakers and outlier detection will decide routing; this only reports.
+FAILURES_DOWN = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,7 @@ class DeploymentState:
 
     deployment: Deployment
     in_flight: int = 0
+    failures: int = 0  # consecutive failed attempts, as traffic saw them
 
     @property
     def name(self) -> str:
@@ -106,8 +111,19 @@ class DeploymentState:
     def has_capacity(self) -> bool:
         return self.in_flight < self.deployment.max_concurrent
 
+    @property
+    def healthy(self) -> bool:
+        return self.failures < FAILURES_DOWN
+
     def lease(self) -> Lease:
         return Lease(self)
+
+    def observe(self, outcome: Outcome) -> None:
+        """How an attempt here ended (called once per attempt, from the accounting)."""
+        if outcome.is_failure:
+            self.failures += 1
+        elif outcome is not Outcome.CLIENT_GONE:
+            self.failures = 0
 
 
 @dataclass(eq=False, slots=True)

@@ -38,6 +38,9 @@ class EventBus(Protocol):
     async def publish(self, channel: str, message: str) -> None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+    async def ping(self) -> bool | None:
+        """Whether the bus's server answers; None when there is no server (one process)."""
+        ...
 
 
 class LocalBus:
@@ -57,6 +60,9 @@ class LocalBus:
         return None
 
     async def close(self) -> None:
+        return None
+
+    async def ping(self) -> bool | None:
         return None
 
 
@@ -167,6 +173,13 @@ class RedisBus:
                 listener(data)
             except Exception:
                 log.exception("event listener for %s failed", channel)
+
+    async def ping(self, timeout: float = 2.0) -> bool | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
 
     async def close(self) -> None:
         for task in (self._task, self._sender):
