@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from processes import REPO, WORK, running
-from rows import UPSTREAM, upstream_service
+from processes import REPO, running
+from rows import UPSTREAM, baseline_tree, upstream_service
 
 ADMIN_KEY = "sk-sg-" + "b" * 64
 CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "Hello!"}]}
@@ -137,22 +137,6 @@ def _measure(src: Path | None, requests: int, concurrency: int) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_request"])
 
 
-def _baseline_tree(commit: str) -> Path:
-    sha = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", commit],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    tree = WORK / f"baseline-{sha}"
-    if not tree.exists():
-        WORK.mkdir(exist_ok=True)
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), sha],
-            check=True,
-            capture_output=True,
-        )
-    return tree / "src"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="", help="a git commit to compare with")
@@ -163,7 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     trees: dict[str, Path | None] = {"this tree": REPO / "src", "minimal proxy": None}
     if args.baseline:
-        trees[f"at {args.baseline}"] = _baseline_tree(args.baseline)
+        trees[f"at {args.baseline}"] = baseline_tree(args.baseline) / "src"
     if args.src:
         trees[args.src] = Path(args.src)
     figures: dict[str, list[float]] = {name: [] for name in trees}

@@ -180,23 +180,28 @@ def gateway_service(keys: Keys, server: str, workers: int, auth: bool) -> Servic
     return Service(name, argv, GATEWAY_PORT, env=env, start_timeout=90.0)
 
 
-def baseline_row(keys: Keys, commit: str) -> Row:
-    """swarmgate at another commit (uvicorn, 1 worker, auth on): its sources checked out in a
-    detached worktree under bench/.work, run by this venv with them first on the path."""
+def baseline_tree(commit: str) -> Path:
+    """The sources of swarmgate at ``commit``, checked out in a detached worktree under
+    bench/.work (made once per commit)."""
     sha = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", commit],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
     tree = WORK / f"baseline-{sha}"
     if not tree.exists():
         WORK.mkdir(exist_ok=True)
         subprocess.run(
             ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), sha],
-            check=True,
-            capture_output=True,
-        )
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return tree
+
+
+def baseline_row(keys: Keys, commit: str) -> Row:
+    """swarmgate at another commit (uvicorn, 1 worker, auth on), run by this venv with that
+    commit's sources first on the path."""
+    tree = baseline_tree(commit)
+    sha = tree.name.removeprefix("baseline-")
     service = gateway_service(keys, "uvicorn", 1, auth=True)
     argv = [str(VENV / "python"), "-m", "swarmgate.cli", *service.argv[1:]]
     env = {**service.env, "PYTHONPATH": str(tree / "src")}
