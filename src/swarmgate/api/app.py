@@ -15,6 +15,7 @@ from swarmgate import store
 from swarmgate.api.admin import build_admin_router
 from swarmgate.api.management import build_management_app
 from swarmgate.api.native import NativeInference
+from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.security import Security
@@ -79,11 +80,14 @@ class Gateway:
             "/v1/models": ("GET", self.ops.models),
         }
         self.routes |= {path: ("POST", self.native) for path in PARSERS}
+        self.native_models = NativeModels(self.fleet, self.authenticator)
+        self.routes["/api/v1/models"] = ("GET", self.native_models)
         # Paths with an id at the end: (prefix, method, handler, the metrics endpoint label),
         # the longest prefix first.
         self.prefixes: tuple[tuple[str, str, Handler, str], ...] = (
             ("/v1/models/", "GET", self.ops.models, "/v1/models/{model}"),
             ("/api/v1/inference/", "GET", self.native.task, "/api/v1/inference/{task_id}"),
+            ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
         )
         self.management = build_management_app([build_admin_router(self.security)])
 

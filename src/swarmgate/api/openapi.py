@@ -242,6 +242,7 @@ def merge(document: dict[str, Any]) -> dict[str, Any]:
     _validation_is_a_400(document)
     document.setdefault("paths", {}).update(hot_path_paths())
     document["paths"].update(openapi_native.native_paths())
+    document["paths"].update(openapi_native.model_paths())
     components = document.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR
     components["schemas"].update(openapi_native.components())

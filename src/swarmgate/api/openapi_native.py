@@ -190,5 +190,79 @@ def native_paths() -> dict[str, Any]:
     }
 
 
+MODEL_INFO = {
+    "type": "object",
+    "required": [
+        "model_id",
+        "name",
+        "type",
+        "description",
+        "size",
+        "status",
+        "capabilities",
+        "supported_parameters",
+    ],
+    "properties": {
+        "model_id": {"type": "string"},
+        "name": {"type": "string"},
+        "type": {"enum": ["text", "image", "audio"]},
+        "description": {"type": "string"},
+        "size": {"type": "string"},
+        "status": {"enum": ["available", "busy"]},
+        "capabilities": {"type": "array", "items": {"type": "string"}},
+        "supported_parameters": {"type": "object"},
+        "aliases": {"type": "array", "items": {"type": "string"}},
+        "deployments": {"type": "integer"},
+    },
+}
+_MODEL_LIST = {
+    "type": "object",
+    "required": ["models", "total", "limit", "offset"],
+    "properties": {
+        "models": {"type": "array", "items": {"$ref": "#/components/schemas/ModelInfo"}},
+        "total": {"type": "integer"},
+        "limit": {"type": "integer"},
+        "offset": {"type": "integer"},
+    },
+}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": _REQUEST_ID},
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def model_paths() -> dict[str, Any]:
+    listing = get(
+        "Models this key may use, filtered and paged",
+        _json("A page of models", _MODEL_LIST),
+        **{"400": error("A filter or bound out of range (INVALID_REQUEST)")},
+    )
+    listing["get"]["parameters"] = [
+        _query("type", {"enum": ["text", "image", "audio"]}),
+        _query("status", {"enum": ["available", "busy"]}),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0}),
+    ]
+    one = get(
+        "One model",
+        _json("The model", {"$ref": "#/components/schemas/ModelInfo"}),
+        **{"404": error("No such model, or not one this key may use (NOT_FOUND)")},
+    )
+    one["get"]["parameters"] = [path_parameter("model_id")]
+    return {"/api/v1/models": listing, "/api/v1/models/{model_id}": one}
+
+
 def components() -> dict[str, Any]:
-    return {"NativeError": NATIVE_ERROR, "InferenceResponse": INFERENCE_RESPONSE}
+    return {
+        "NativeError": NATIVE_ERROR,
+        "InferenceResponse": INFERENCE_RESPONSE,
+        "ModelInfo": MODEL_INFO,
+    }
