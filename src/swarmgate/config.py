@@ -229,6 +229,19 @@ class Audit(Frozen):
     queue_size: Annotated[int, Field(ge=1)] = 10000
 
 
+class Native(Frozen):
+    """The seed-native ``/api/v1`` face: its answers are kept in memory, per process, for
+    ``GET /api/v1/inference/{task_id}``: at most ``results_max_entries`` answers and
+    ``results_max_bytes`` bytes of them, each for ``results_ttl`` seconds."""
+
+    results_ttl: Seconds = 600.0
+    results_max_entries: Annotated[int, Field(ge=1)] = 1000
+    results_max_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # The Ollama server ``POST /api/v1/models/download`` pulls onto (its base URL, no /api);
+    # None: downloads are refused (503).
+    ollama_url: BaseUrl | None = None
+
+
 class Settings(Frozen):
     server: Server = Server()
     default_model: str | None = None
@@ -239,6 +252,7 @@ class Settings(Frozen):
     redis: Redis = Redis()
     auth: Auth = Auth()
     audit: Audit = Audit()
+    native: Native = Native()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

@@ -16,17 +16,22 @@ from swarmgate.api.admin import build_admin_router
 from swarmgate.api.health import Health
 from swarmgate.api.hosts import TrustedHosts
 from swarmgate.api.management import build_management_app
+from swarmgate.api.native import NativeInference
+from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
-from swarmgate.errors import MethodNotAllowed
+from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound
 from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import read_head, send_error
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.native_errors import send_native_error
+from swarmgate.pipeline.native_request import PARSERS
 from swarmgate.pipeline.request import ROUTES
+from swarmgate.pipeline.results import Results
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
@@ -58,6 +63,13 @@ class Gateway:
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
         )
+        native = settings.native
+        self.results = Results(
+            native.results_ttl, native.results_max_entries, native.results_max_bytes
+        )
+        self.native = NativeInference(self.inference, self.results)
+        # Counted by ``Accounting.finish``, as /v1's inference routes are.
+        self.native_inference: dict[str, Handler] = {path: self.native for path in PARSERS}
         self.ops = Ops(self.fleet, self.metrics, self.authenticator)
         self.routes: dict[str, tuple[str, Handler]] = {
             path: ("POST", self.inference) for path in ROUTES
@@ -75,6 +87,16 @@ class Gateway:
             "/metrics": ("GET", self.ops.prometheus),
             "/v1/models": ("GET", self.ops.models),
         }
+        self.routes |= {path: ("POST", self.native) for path in PARSERS}
+        self.native_models = NativeModels(self.fleet, self.authenticator)
+        self.routes["/api/v1/models"] = ("GET", self.native_models)
+        # Paths with an id at the end: (prefix, method, handler, the metrics endpoint label),
+        # the longest prefix first.
+        self.prefixes: tuple[tuple[str, str, Handler, str], ...] = (
+            ("/v1/models/", "GET", self.ops.models, "/v1/models/{model}"),
+            ("/api/v1/inference/", "GET", self.native.task, "/api/v1/inference/{task_id}"),
+            ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
+        )
         self.management = build_management_app([build_admin_router(self.security)])
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
@@ -83,6 +105,11 @@ class Gateway:
             if route is not None and route[1] is self.inference and scope["method"] == "POST":
                 await self.inference(scope, receive, send)  # the hot path: counted in finish
                 return
+            if scope["method"] == "POST":
+                native = self.native_inference.get(scope["path"])
+                if native is not None:
+                    await native(scope, receive, send)  # counted in finish too
+                    return
             await self._counted(route, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -95,8 +122,11 @@ class Gateway:
         """Every other HTTP request: dispatched, and counted with the status it was answered."""
         path: str = scope["path"]
         endpoint: str | None = path
-        if route is None and path.startswith("/v1/models/"):
-            route, endpoint = ("GET", self.ops.models), "/v1/models/{model}"
+        if route is None:
+            for prefix, method, handler, label in self.prefixes:
+                if path.startswith(prefix):
+                    route, endpoint = (method, handler), label
+                    break
         started = time.perf_counter()
         status = 500
 
@@ -106,7 +136,14 @@ class Gateway:
                 status = message["status"]
             await send(message)
 
+        # Seed 001's error format on the native face, OpenAI's everywhere else.
+        write_error = send_native_error if path.startswith("/api/") else send_error
         try:
+            if route is None and write_error is send_native_error:
+                endpoint = "unmatched"
+                error: GatewayError = NotFound(f"no route {scope['method']} {path}")
+                await write_error(counting_send, error, read_head(scope).request_id)
+                return
             if route is None:
                 endpoint = None  # the management app's route, known once it has matched
                 await self.management(scope, receive, counting_send)
@@ -117,7 +154,7 @@ class Gateway:
                     f"{scope['method']} is not allowed on {path}; use {method}"
                 )
                 error.headers["allow"] = method
-                await send_error(counting_send, error, read_head(scope).request_id)
+                await write_error(counting_send, error, read_head(scope).request_id)
                 return
             await handler(scope, receive, counting_send)
         finally:

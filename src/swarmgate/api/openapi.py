@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from swarmgate.api import openapi_native
+
 ERROR = {
     "type": "object",
     "properties": {
@@ -291,8 +293,11 @@ def _validation_is_a_400(document: dict[str, Any]) -> None:
 def merge(document: dict[str, Any]) -> dict[str, Any]:
     _validation_is_a_400(document)
     document.setdefault("paths", {}).update(hot_path_paths())
+    document["paths"].update(openapi_native.native_paths())
+    document["paths"].update(openapi_native.model_paths())
     components = document.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR
+    components["schemas"].update(openapi_native.components())
     components.setdefault("responses", {})["MethodNotAllowed"] = METHOD_NOT_ALLOWED
     components.setdefault("securitySchemes", {})["bearer"] = {
         "type": "http",

@@ -4,18 +4,22 @@
 authenticate → read and parse the body → resolve the model → authorize → admit → plan and
 call (retrying another deployment only if the request never reached the first) → answer; and
 ``finish`` on every exit path. Errors are written in OpenAI's schema, here and only here.
+``serve`` is that sequence for every face: the native ``/api/v1`` face (``api/native.py``)
+passes its own parser and error writer, so whatever the stages do applies to it too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from swarmgate.errors import GatewayError
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
 from swarmgate.pipeline.call import Caller
-from swarmgate.pipeline.request import ROUTES, parse
+from swarmgate.pipeline.exchange import Exchange
+from swarmgate.pipeline.request import ROUTES, InferenceRequest, Route, parse
 from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
@@ -23,6 +27,9 @@ from swarmgate.routing.plan import Router
 from swarmgate.types import ASGIScope, Authenticator, Receive, Send
 
 log = logging.getLogger("swarmgate.proxy")
+
+ParseBody = Callable[[Route, bytes], InferenceRequest]
+WriteError = Callable[[Send, GatewayError, Exchange], Awaitable[None]]
 
 
 class Inference:
@@ -48,6 +55,18 @@ class Inference:
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         x = self.accounting.start(scope, ROUTES[scope["path"]])
+        await self.serve(x, parse, receive, send, _openai_error)
+
+    async def serve(
+        self,
+        x: Exchange,
+        parse_body: ParseBody,
+        receive: Receive,
+        send: Send,
+        write_error: WriteError,
+    ) -> None:
+        """The stages, for any face: ``parse_body`` turns the client's body into the upstream
+        request, ``write_error`` renders an error in the face's schema."""
         try:
             head = x.head
             x.principal = await self.authenticator.authenticate(
@@ -56,7 +75,7 @@ class Inference:
             body = await read_body(
                 receive, self.max_body_bytes, head.content_length, self.body_stall
             )
-            x.request = request = parse(x.route, body)
+            x.request = request = parse_body(x.route, body)
             x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
             authorize(x)
             await self.admission.admit(x)
@@ -64,23 +83,27 @@ class Inference:
             await self.caller.run(x, plan, receive, send)
         except GatewayError as exc:
             x.status, x.error = exc.status, exc.message
-            await _send_error(send, exc, x.head.request_id)
+            await _unless_gone(write_error(send, exc, x))
         except ClientGone:
             x.status = 499
         except Exception:
-            # A bug of ours: logged with its traceback, answered in OpenAI's schema.
+            # A bug of ours: logged with its traceback, answered in the face's schema.
             log.exception(
                 "unexpected error serving %s (request %s)", x.route.name, x.head.request_id
             )
             x.status, x.error = 500, "unexpected error"
             error = GatewayError("internal error in the gateway; see its log for this request id")
-            await _send_error(send, error, x.head.request_id)
+            await _unless_gone(write_error(send, error, x))
         finally:
             self.accounting.finish(x)
 
 
-async def _send_error(send: Send, error: GatewayError, request_id: str) -> None:
+async def _openai_error(send: Send, error: GatewayError, x: Exchange) -> None:
+    await send_error(send, error, x.head.request_id)
+
+
+async def _unless_gone(writing: Awaitable[None]) -> None:
     # The client left, or the response had already started (a server's own "response
     # already started" error): nothing more can be said to it.
     with contextlib.suppress(ClientGone, RuntimeError):
-        await send_error(send, error, request_id)
+        await writing

@@ -59,7 +59,7 @@ class Accounting:
         metrics.in_flight -= 1
         latency = now - x.started
         route = x.route
-        metrics.request("POST", route.path, x.status, latency)
+        metrics.request("POST", route.endpoint or route.path, x.status, latency)
         if x.pool is not None:
             metrics.inference(x.pool.model, route.name)
         principal = x.principal

@@ -215,7 +215,8 @@ class Caller:
             raise UpstreamError(f"deployment {d.name} rejected the gateway's credentials")
         if status < 300:
             attempt.outcome = Outcome.PROTOCOL  # until the body proves to be JSON
-            x.usage = _usage_of_body(data, d)
+            # A byte answer (audio) carries no usage object to count.
+            x.usage = _usage_of_body(data, d) if x.route.answers_json else Usage()
             attempt.outcome = Outcome.OK
         else:
             attempt.outcome = Outcome.REFUSED

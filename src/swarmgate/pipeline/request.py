@@ -23,6 +23,13 @@ class Route:
     path: str  # the upstream path, the same as the client's
     types: frozenset[ModelType]  # the model types it serves
     required: str  # the field it must carry
+    # The client's path when it is not the upstream's (the native face): the metrics label.
+    endpoint: str = ""
+    answers_json: bool = True  # False: the upstream answers bytes (audio), carrying no usage
+
+    @property
+    def client_path(self) -> str:
+        return self.endpoint or self.path
 
 
 ROUTES = {

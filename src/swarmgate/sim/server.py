@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from swarmgate.errors import BadRequest, GatewayError, InvalidJSON, ModelNotFound, Unauthorized
-from swarmgate.sim import failures, metrics, text, wire
+from swarmgate.sim import failures, metrics, pull, text, wire
 from swarmgate.sim.engine import ModelEngine
 from swarmgate.sim.failures import NO_FAILURE, FailurePlan
 from swarmgate.sim.profile import ServerProfile
@@ -75,6 +75,7 @@ class SimServer:
         route.add_get("/v1/models/{model:.+}", self._injecting(self.model))
         route.add_get("/health", self._injecting(self.health))
         route.add_get("/metrics", self._injecting(self.metrics))
+        route.add_post("/api/pull", pull.pull)  # Ollama's, for model downloads
         return app
 
     async def _tag(self, request: web.Request, response: web.StreamResponse) -> None:
