@@ -9,7 +9,7 @@ from typing import ClassVar
 import click
 
 from swarmgate import __version__
-from swarmgate.config import Settings, load_settings
+from swarmgate.config import Settings, load_settings, seed_translation
 from swarmgate.errors import ConfigError, StoreError
 
 CONFIG_HELP = "YAML configuration file (SWARMGATE_* environment variables override it)."
@@ -127,8 +127,19 @@ def sim(config_path: str, testing: bool) -> None:
 @main.command(name="check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
-    """Validate a configuration file; print every problem with its path."""
+    """Validate a configuration file; print every problem with its path.
+
+    A file in the unified-api-gateway format (service, gateway, load_balancer, models with an
+    endpoint each, performance, monitoring) is translated: its mapping is printed too."""
     settings = _load(path)
+    translation = seed_translation(path)
+    if translation is not None:
+        click.echo(f"{path}: unified-api-gateway format, read as swarmgate's configuration:")
+        for line in translation.mapped:
+            click.echo(f"  {line}")
+        click.echo("ignored (no equivalent in swarmgate):")
+        for line in translation.ignored:
+            click.echo(f"  {line}")
     deployments = sum(len(m.deployments) for m in settings.models.values())
     click.echo(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
 

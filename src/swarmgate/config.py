@@ -31,7 +31,9 @@ from pydantic import (
     model_validator,
 )
 
+from swarmgate import seedconfig
 from swarmgate.errors import ConfigError
+from swarmgate.seedconfig import Translation
 from swarmgate.types import ModelType
 
 ENV_PREFIX = "SWARMGATE_"
@@ -434,6 +436,10 @@ def parse_settings(
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of sections"])
     problems: list[str] = []
+    if seedconfig.is_seed_config(raw):
+        translation = seedconfig.translate(raw, env)
+        raw = translation.config
+        problems.extend(translation.problems)
     _apply_env(raw, env)
     _resolve_keys(raw, env, problems, deployment_keys)
     try:
@@ -515,6 +521,17 @@ def load_settings(
         base_dir=Path(path).resolve().parent,
         deployment_keys=deployment_keys,
     )
+
+
+def seed_translation(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> Translation | None:
+    """How a file in seed 004's format maps onto swarmgate's settings; None for swarmgate's own
+    format. (``load_settings`` applies the same translation.)"""
+    raw = read_yaml(path)
+    if not seedconfig.is_seed_config(raw):
+        return None
+    return seedconfig.translate(raw, os.environ if environ is None else environ)
 
 
 def environment(overrides: Mapping[str, str]) -> dict[str, str]:
