@@ -1,4 +1,4 @@
-"""The ``swarmgate`` command: serve, sim, demo, check-config, version (keys and migrate: auth)."""
+"""The ``swarmgate`` command: serve, sim, demo, check-config, check, version (keys, migrate)."""
 
 from __future__ import annotations
 
@@ -142,6 +142,22 @@ def check_config(path: str) -> None:
             click.echo(f"  {line}")
     deployments = sum(len(m.deployments) for m in settings.models.values())
     click.echo(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
+
+
+@main.command()
+@click.option("--url", required=True, help="The gateway's base URL (http://127.0.0.1:8000).")
+@click.option("--key", default=None, envvar="SWARMGATE_CHECK_KEY", help="API key to call it with.")
+@click.option("--verbose", "-v", is_flag=True, help="Say why each check passed too.")
+def check(url: str, key: str | None, verbose: bool) -> None:
+    """Run the gateway test list against a running gateway: health, root endpoint, models,
+    chat, streaming, authentication, rate limiting, load spread. Exits 1 if a check fails."""
+    from swarmgate.checks import report, run_checks
+
+    outcomes = run_checks(url, key)
+    for line in report(outcomes, verbose):
+        click.echo(line)
+    if any(o.verdict == "FAIL" for o in outcomes):
+        sys.exit(1)
 
 
 @main.command()
