@@ -173,7 +173,8 @@ def version() -> None:
     "--key",
     default=None,
     envvar="SWARMGATE_ADMIN_KEY",
-    help="API key the demo accepts (sk-sg-...); generated if not given.",
+    help="API key the demo accepts (sk-sg-...); default: the README's demo key on a loopback "
+    "address, a new key on any other.",
 )
 @click.option(
     "--data-dir",
