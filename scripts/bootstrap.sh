@@ -31,7 +31,19 @@ if [ "${1:-}" = "test" ]; then
   command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
-  .venv/bin/pip install -q -e ".[test]"
+  extras=".[test]"
 else
-  .venv/bin/pip install -q -e .
+  extras="."
+fi
+
+# The install is editable: code changes need no reinstall, only a changed pyproject.toml (its
+# dependencies) or other extras do. The stamp records what the last install was made from.
+stamp=".venv/.swarmgate-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# The test extras include the plain install: after one, the plain one is current too.
+if [ "$have" != "$want" ] && ! { [ "$extras" = "." ] && [ "$have" = "${want% *} .[test]" ]; } \
+    || [ ! -x .venv/bin/swarmgate ]; then
+  .venv/bin/pip install -q -e "$extras"
+  echo "$want" > "$stamp"
 fi

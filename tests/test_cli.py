@@ -104,12 +104,15 @@ def test_check_config_prints_every_problem_with_its_path(tmp_path: Path) -> None
     assert lines[0] == f"swarmgate: invalid configuration in {path}:"
     expected = [
         "  models.hermes-2.deployments[0].api_key_env: $HERMES_KEY is not set",
-        "  models.phi-3-mini.deployments[1].url: not a URL",
+        "  models.phi-3-mini.deployments[1].url: not a URL (got 'not-a-url')",
         "  models.hermes-2.colour: unknown field",
     ]
     for line in expected:
         assert line in lines, result.stderr
-    assert any(line.startswith("  server.port: ") for line in lines), result.stderr
+    # The bad value is echoed, so the reader sees what was given.
+    assert any(
+        line.startswith("  server.port: ") and line.endswith("(got 'eighty')") for line in lines
+    ), result.stderr
     assert "Traceback" not in result.stderr
     with_key = invoke("check-config", str(path), env={"HERMES_KEY": "k"})
     assert with_key.exit_code == 2

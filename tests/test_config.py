@@ -92,15 +92,15 @@ def test_every_bad_url_is_reported_with_its_path() -> None:
     }
     found = problems(raw)
     assert found[:3] == [
-        "models.phi-3-mini.deployments[1].url: not a URL",
-        "models.phi-3-mini.deployments[2].url: not a URL",
-        "models.other.deployments[0].url: not a URL",
+        "models.phi-3-mini.deployments[1].url: not a URL (got 'localhost:8080')",
+        "models.phi-3-mini.deployments[2].url: not a URL (got 'http://h:notaport')",
+        "models.other.deployments[0].url: not a URL (got 'ftp://h')",
     ]
 
 
 def test_one_bad_deployment_is_one_problem() -> None:
     raw = {"models": {"m": {"deployments": [{"url": "ftp://h"}]}}}
-    assert problems(raw) == ["models.m.deployments[0].url: not a URL"]
+    assert problems(raw) == ["models.m.deployments[0].url: not a URL (got 'ftp://h')"]
 
 
 def test_unknown_fields_are_errors() -> None:
@@ -108,10 +108,13 @@ def test_unknown_fields_are_errors() -> None:
     raw["models"]["m"]["description"] = "fine"
     raw["models"]["m"]["colour"] = "blue"
     found = problems(raw)
-    assert found == ["models.m.colour: unknown field", "servre: unknown field"]
+    assert found == [
+        "models.m.colour: unknown field",
+        "servre: unknown field (did you mean 'server'?)",
+    ]
     raw["models"]["m"].pop("colour")
     raw["models"]["m"]["deployments"].append({"url": "http://h:2", "wieght": 2})
-    assert "models.m.deployments[1].wieght: unknown field" in problems(raw)
+    assert "models.m.deployments[1].wieght: unknown field (did you mean 'weight'?)" in problems(raw)
 
 
 def test_missing_and_empty_sections() -> None:
@@ -183,8 +186,10 @@ def test_every_problem_is_reported_at_once() -> None:
     raw["models"]["m"]["deployments"].append({"url": "nope"})
     found = problems(raw)
     assert "models.m.deployments[0].api_key_env: $MISSING_ENV is not set" in found
-    assert "models.m.deployments[1].url: not a URL" in found
+    assert "models.m.deployments[1].url: not a URL (got 'nope')" in found
     assert "bogus: unknown field" in found
+    # Cross-field problems come with the others, not once those are fixed.
+    assert "default_model: 'nope' is not a configured model" in found
 
 
 def test_environment_overrides() -> None:
@@ -357,3 +362,41 @@ def test_store_commands_need_no_deployment_keys() -> None:
     assert exc.value.problems[0].endswith(
         "never put a key in the file; name its environment variable in api_key_env"
     )
+
+
+def test_name_clashes_and_a_bad_default_model_are_reported_together() -> None:
+    raw = minimal(default_model="gpt-4")
+    raw["models"]["n"] = {"aliases": ["m"], "deployments": [{"url": "http://127.0.0.1:9001"}]}
+    assert problems(raw) == [
+        "models.n.aliases: 'm' is also a model name",
+        "default_model: 'gpt-4' is not a configured model",
+    ]
+    raw["server"] = {"port": "eighty"}
+    found = problems(raw)
+    assert "default_model: 'gpt-4' is not a configured model" in found
+    assert any(p.startswith("server.port: ") and p.endswith("(got 'eighty')") for p in found)
+
+
+def test_secrets_are_never_echoed_in_problems() -> None:
+    found = problems(minimal(auth={"admin_key": 123456789, "secret": ["s3cr3t"]}))
+    assert found and all("123456789" not in p and "s3cr3t" not in p for p in found)
+    found = problems(minimal(store={"url": 42424242}))
+    assert found and all("42424242" not in p for p in found)
+
+
+def test_an_unknown_field_suggests_the_nearest_known_one_of_its_section() -> None:
+    assert problems(minimal(timeoutz={"idle": 1})) == [
+        "timeoutz: unknown field (did you mean 'timeouts'?)"
+    ]
+    assert problems(minimal(server={"prot": 1})) == [
+        "server.prot: unknown field (did you mean 'port'?)"
+    ]
+
+
+def test_a_yaml_syntax_error_points_into_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("models:\n  m: [unclosed\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, NO_ENV)
+    assert "<unicode string>" not in exc.value.problems[0]
+    assert f'in "{path}", line' in exc.value.problems[0]

@@ -1,4 +1,4 @@
-"""The ``swarmgate`` command: serve, sim, demo, check-config, version (keys and migrate: auth)."""
+"""The ``swarmgate`` command: serve, sim, demo, check-config, check, version (keys, migrate)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import ClassVar
 import click
 
 from swarmgate import __version__
-from swarmgate.config import Settings, load_settings
+from swarmgate.config import Settings, load_settings, seed_translation
 from swarmgate.errors import ConfigError, StoreError
 
 CONFIG_HELP = "YAML configuration file (SWARMGATE_* environment variables override it)."
@@ -127,10 +127,37 @@ def sim(config_path: str, testing: bool) -> None:
 @main.command(name="check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
-    """Validate a configuration file; print every problem with its path."""
+    """Validate a configuration file; print every problem with its path.
+
+    A file in the unified-api-gateway format (service, gateway, load_balancer, models with an
+    endpoint each, performance, monitoring) is translated: its mapping is printed too."""
     settings = _load(path)
+    translation = seed_translation(path)
+    if translation is not None:
+        click.echo(f"{path}: unified-api-gateway format, read as swarmgate's configuration:")
+        for line in translation.mapped:
+            click.echo(f"  {line}")
+        click.echo("ignored (no equivalent in swarmgate):")
+        for line in translation.ignored:
+            click.echo(f"  {line}")
     deployments = sum(len(m.deployments) for m in settings.models.values())
     click.echo(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
+
+
+@main.command()
+@click.option("--url", required=True, help="The gateway's base URL (http://127.0.0.1:8000).")
+@click.option("--key", default=None, envvar="SWARMGATE_CHECK_KEY", help="API key to call it with.")
+@click.option("--verbose", "-v", is_flag=True, help="Say why each check passed too.")
+def check(url: str, key: str | None, verbose: bool) -> None:
+    """Run the gateway test list against a running gateway: health, root endpoint, models,
+    chat, streaming, authentication, rate limiting, load spread. Exits 1 if a check fails."""
+    from swarmgate.checks import report, run_checks
+
+    outcomes = run_checks(url, key)
+    for line in report(outcomes, verbose):
+        click.echo(line)
+    if any(o.verdict == "FAIL" for o in outcomes):
+        sys.exit(1)
 
 
 @main.command()
@@ -146,7 +173,8 @@ def version() -> None:
     "--key",
     default=None,
     envvar="SWARMGATE_ADMIN_KEY",
-    help="API key the demo accepts (sk-sg-...); generated if not given.",
+    help="API key the demo accepts (sk-sg-...); default: the README's demo key on a loopback "
+    "address, a new key on any other.",
 )
 @click.option(
     "--data-dir",

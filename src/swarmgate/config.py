@@ -13,6 +13,7 @@ whatever directory they run in.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +31,9 @@ from pydantic import (
     model_validator,
 )
 
+from swarmgate import seedconfig
 from swarmgate.errors import ConfigError
+from swarmgate.seedconfig import Translation
 from swarmgate.types import ModelType
 
 ENV_PREFIX = "SWARMGATE_"
@@ -256,24 +259,89 @@ class Settings(Frozen):
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
-        seen: dict[str, str] = {}
-        for name, model in self.models.items():
-            for alias in model.aliases:
-                if alias in self.models:
-                    raise ValueError(f"models.{name}.aliases: {alias!r} is also a model name")
-                if alias in seen:
-                    raise ValueError(
-                        f"models.{name}.aliases: {alias!r} is already an alias of {seen[alias]}"
-                    )
-                seen[alias] = name
-        if self.default_model is not None and not (
-            self.default_model in self.models or self.default_model in seen
-        ):
-            raise ValueError(f"default_model: {self.default_model!r} is not a configured model")
+        aliases = {name: list(model.aliases) for name, model in self.models.items()}
+        problems = name_problems(aliases, self.default_model)
+        if problems:
+            # One message, one problem a line: validation_problems splits it again.
+            raise ValueError("\n".join(problems))
         return self
 
     def timeouts_for(self, deployment: Deployment) -> Timeouts:
         return deployment.timeouts or self.timeouts
+
+
+def name_problems(aliases: Mapping[str, list[Any]], default_model: Any) -> list[str]:
+    """Every clash between model names and aliases, and a default model that is neither.
+
+    Plain data in, so that it can run on the raw document too: these problems are reported
+    with the others, not once those are fixed."""
+    problems = []
+    seen: dict[str, str] = {}
+    for name, names in aliases.items():
+        for alias in names:
+            if not isinstance(alias, str):
+                continue
+            if alias in aliases:
+                problems.append(f"models.{name}.aliases: {alias!r} is also a model name")
+            elif alias in seen:
+                problems.append(
+                    f"models.{name}.aliases: {alias!r} is already an alias of {seen[alias]}"
+                )
+            else:
+                seen[alias] = name
+    if isinstance(default_model, str) and default_model not in {*aliases, *seen}:
+        problems.append(f"default_model: {default_model!r} is not a configured model")
+    return problems
+
+
+def _raw_name_problems(raw: dict[str, Any]) -> list[str]:
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return []
+    aliases: dict[str, list[Any]] = {}
+    for name, model in models.items():
+        names = model.get("aliases") if isinstance(model, dict) else None
+        aliases[str(name)] = list(names) if isinstance(names, list | tuple) else []
+    return name_problems(aliases, raw.get("default_model"))
+
+
+def _inner_models(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds: ``Model``, ``Model | None``, ``dict[str, Model]``,
+    ``tuple[Model, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in getattr(annotation, "__args__", ()):
+        found.extend(_inner_models(arg))
+    return found
+
+
+def _fields_at(schema: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (``("models", "m")`` → a Model's fields);
+    dictionary keys and list indexes along the way are stepped over."""
+    current = [schema]
+    for part in loc:
+        step: list[type[BaseModel]] = []
+        for model in current:
+            info = model.model_fields.get(str(part))
+            step.extend(_inner_models(info.annotation) if info is not None else [model])
+        if not step:
+            return []
+        current = step
+    return sorted({name for model in current for name in model.model_fields})
+
+
+# Never echoed back in a problem: what the value of these could give away.
+SECRET_FIELDS = frozenset({"secret", "admin_key", "hs256_secret", "api_key"})
+
+
+def _echo(loc: tuple[int | str, ...], value: Any) -> str:
+    """`` (got 'eighty')`` for a scalar that is not secret; nothing otherwise."""
+    secret = any(part in SECRET_FIELDS for part in loc) or loc[:1] in (("store",), ("redis",))
+    if secret or isinstance(value, dict | list | tuple) or value is None:
+        return ""
+    text = repr(value)
+    return f" (got {text})" if len(text) <= 80 else ""
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -286,17 +354,28 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """One ``path: message`` line per problem (``models.m.deployments[1].url: not a URL``)."""
+def validation_problems(exc: ValidationError, schema: type[BaseModel] | None = None) -> list[str]:
+    """One ``path: message`` line per problem (``models.m.deployments[1].url: not a URL``),
+    with the value given (never a secret's) and, for an unknown field, the nearest known one."""
     problems = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
-        loc = _format_loc(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        where = _format_loc(loc)
         if err["type"] == "missing":
             msg = "required"
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
-        problems.append(f"{loc}: {msg}" if loc and not msg.startswith(f"{loc}:") else msg)
+            known = _fields_at(schema, loc[:-1]) if schema is not None and loc else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif "\n" not in msg:
+            msg += _echo(loc, err.get("input"))
+        for line in msg.splitlines():
+            problems.append(
+                f"{where}: {line}" if where and not line.startswith(f"{where}:") else line
+            )
     return problems
 
 
@@ -373,13 +452,20 @@ def parse_settings(
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of sections"])
-    _apply_env(raw, env)
     problems: list[str] = []
+    if seedconfig.is_seed_config(raw):
+        translation = seedconfig.translate(raw, env)
+        raw = translation.config
+        problems.extend(translation.problems)
+    _apply_env(raw, env)
     _resolve_keys(raw, env, problems, deployment_keys)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(validation_problems(exc))
+        problems.extend(validation_problems(exc, Settings))
+        for problem in _raw_name_problems(raw):
+            if problem not in problems:
+                problems.append(problem)
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
@@ -425,11 +511,13 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's document; unreadable files and bad YAML are a ``ConfigError``."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # A stream, not its text: YAML's errors then name the file, not "<unicode string>".
+        with Path(path).open(encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
     except OSError as exc:
         raise ConfigError([f"{path}: {exc.strerror or exc}"]) from exc
-    try:
-        return yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
 
@@ -450,6 +538,22 @@ def load_settings(
         base_dir=Path(path).resolve().parent,
         deployment_keys=deployment_keys,
     )
+
+
+def seed_translation(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> Translation | None:
+    """How a file in seed 004's format maps onto swarmgate's settings; None for swarmgate's own
+    format. (``load_settings`` applies the same translation.)"""
+    raw = read_yaml(path)
+    if not seedconfig.is_seed_config(raw):
+        return None
+    return seedconfig.translate(raw, os.environ if environ is None else environ)
+
+
+def environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The process environment with ``overrides`` on top, for ``parse_settings``."""
+    return {**os.environ, **overrides}
 
 
 def metrics_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:

@@ -1,12 +1,20 @@
-"""``swarmgate demo``: a simulated fleet of seed 004's four models and the gateway in front.
+"""``swarmgate demo``: a simulated fleet of four chat models and the gateway in front.
 
 Everything runs in one process and one event loop on the embedded default (a SQLite file in a
-temporary or given directory), so Ctrl-C stops the fleet and the gateway together.
+temporary or given directory), so Ctrl-C stops the fleet and the gateway together. The fleet
+takes free ports, and the gateway's configuration is written to point at them, so that two
+demos can run side by side.
+
+On this machine only (a loopback address) and without ``--key``, the demo accepts the
+well-known ``DEMO_KEY`` that the README's examples use; on any other address it makes a key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shlex
+import shutil
+import sys
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -15,7 +23,10 @@ from typing import Any
 import click
 import yaml
 
-from swarmgate.config import parse_settings
+from swarmgate.config import environment, parse_settings
+
+DEMO_KEY = "sk-sg-demo-0123456789abcdef0123456789abcdef"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 EXAMPLES = """
 swarmgate demo is up: gateway on {base} in front of {n} simulated model servers.
@@ -43,20 +54,42 @@ With the OpenAI Python SDK:
   print(reply.choices[0].message.content)
 
 Manage keys of this demo from another shell (its store lives beside this file):
-  swarmgate keys create --config {config} --owner alice --role user --models phi-3-mini
-  swarmgate keys list --config {config}
+  {cli} keys create --config {config} --owner alice --role user --models phi-3-mini
+  {cli} keys list --config {config}
 
 Docs: {base}/docs   Metrics: {base}/metrics   Readiness: {base}/health/ready
 Press Ctrl-C to stop.
 """
 
 
-def demo_config(data_dir: Path, port: int, host: str, key: str) -> dict[str, Any]:
+def cli_command() -> str:
+    """How to run ``swarmgate`` from a shell as it is: the virtualenv's script is often not on
+    PATH (``.venv/bin/swarmgate``)."""
+    script = Path(sys.executable).parent / "swarmgate"
+    found = shutil.which("swarmgate")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "swarmgate"
+    if script.exists():
+        try:
+            return shlex.quote(str(script.relative_to(Path.cwd())))
+        except ValueError:
+            return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m swarmgate.cli"
+
+
+def demo_config(
+    data_dir: Path, port: int, host: str, key: str, urls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The packaged example configuration on this host and port; ``urls`` maps the example's
+    deployment URLs to where the fleet really listens."""
     raw = yaml.safe_load(files("swarmgate").joinpath("examples/swarmgate.yaml").read_text())
     raw["server"] = {**raw.get("server", {}), "host": host, "port": port}
     raw["store"] = {"url": f"sqlite+aiosqlite:///{data_dir / 'swarmgate.db'}"}
     raw["audit"] = {"spool_path": str(data_dir / "audit.spool")}
     raw.setdefault("auth", {})["admin_key"] = key
+    for model in raw["models"].values():
+        for dep in model["deployments"]:
+            dep["url"] = (urls or {}).get(dep["url"], dep["url"])
     return dict(raw)
 
 
@@ -65,10 +98,14 @@ async def _run(host: str, port: int, key: str, data_dir: Path) -> None:
     from swarmgate.sim import load_fleet_profile, start_fleet
 
     profile = load_fleet_profile(str(files("swarmgate").joinpath("sim/demo_fleet.yaml")))
-    fleet = await start_fleet(profile)
+    planned = {s.name: f"http://{s.host}:{s.port}" for s in profile.servers}
+    free = [s.model_copy(update={"port": 0}) for s in profile.servers]
+    fleet = await start_fleet(profile.model_copy(update={"servers": tuple(free)}))
     try:
-        raw = demo_config(data_dir, port, host, key)
-        settings = parse_settings(raw)
+        urls = {planned[name]: url for name, url in fleet.urls.items()}
+        raw = demo_config(data_dir, port, host, key, urls)
+        # The key shown is the key that works, whatever SWARMGATE_ADMIN_KEY says.
+        settings = parse_settings(raw, environment({"SWARMGATE_ADMIN_KEY": key}))
         # The same configuration, without the key, so that `swarmgate keys ...` can manage
         # this demo's store while it runs.
         config_file = data_dir / "swarmgate.yaml"
@@ -77,7 +114,15 @@ async def _run(host: str, port: int, key: str, data_dir: Path) -> None:
         base = f"http://{host}:{port}"
 
         def ready() -> None:
-            click.echo(EXAMPLES.format(base=base, n=len(fleet.urls), key=key, config=config_file))
+            click.echo(
+                EXAMPLES.format(
+                    base=base,
+                    n=len(fleet.urls),
+                    key=key,
+                    config=shlex.quote(str(config_file)),
+                    cli=cli_command(),
+                )
+            )
 
         await serve_in_loop(settings, host, port, on_ready=ready)
     finally:
@@ -88,7 +133,7 @@ async def _run(host: str, port: int, key: str, data_dir: Path) -> None:
 def run_demo(host: str, port: int, key: str | None, data_dir: Path | None) -> None:
     from swarmgate.auth.keys import check_admin_key, generate_secret
 
-    key = key or generate_secret()
+    key = key or (DEMO_KEY if host in LOOPBACK else generate_secret())
     check_admin_key(key)
     with tempfile.TemporaryDirectory(prefix="swarmgate-demo-") as tmp:
         directory = data_dir or Path(tmp)

@@ -27,3 +27,11 @@ def test_repository_examples_point_at_the_packaged_files() -> None:
     root = Path(__file__).resolve().parents[2] / "examples"
     packaged = yaml.safe_load(PACKAGE.joinpath("examples/swarmgate.yaml").read_text())
     assert yaml.safe_load((root / "swarmgate.yaml").read_text()) == packaged
+
+
+def test_the_docs_stand_on_their_own_and_the_license_is_shipped() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        assert "../shared" not in page.read_text(), page
+    assert "Apache License" in (root / "LICENSE").read_text()
+    assert 'license = "Apache-2.0"' in (root / "pyproject.toml").read_text()

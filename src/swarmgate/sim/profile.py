@@ -95,7 +95,7 @@ def parse_fleet_profile(raw: Any) -> FleetProfile:
     try:
         return FleetProfile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(exc)) from None
+        raise ConfigError(validation_problems(exc, FleetProfile)) from None
 
 
 def load_fleet_profile(path: str | Path) -> FleetProfile:

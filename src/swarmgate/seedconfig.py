@@ -1,0 +1,283 @@
+"""Seed 004's own gateway file (``unified-api-gateway.yaml``) and ``.env``, read as swarmgate's.
+
+That format has sections ``service``, ``gateway``, ``load_balancer``, ``models`` (one
+``endpoint`` each, with ``weight``, ``max_concurrent``, ``cost_per_request``), ``performance``
+and ``monitoring``, and environment variables such as ``API_GATEWAY_PORT``,
+``MIXTRAL_8X7B_ENDPOINT`` and ``DEFAULT_MODEL``. ``translate`` turns it into the raw document
+swarmgate's loader validates, and says where each value went and what has no equivalent.
+
+The format has no authentication, and its validation commands call the gateway without a key:
+the translation turns on anonymous access (callers without a key are guests, who may list
+models and run text inference) and leaves authentication on, so a bad key is still refused and
+the admin API still needs an admin key. It never opens the admin API.
+
+This module imports nothing of ours: the environment is passed in by the loader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SEED_SECTIONS = frozenset(
+    {"service", "gateway", "load_balancer", "performance", "monitoring", "models"}
+)
+# Present only in seed 004's format (``models`` and ``monitoring`` are in both).
+MARKERS = frozenset({"service", "gateway", "load_balancer", "performance"})
+# swarmgate sections that may sit beside the seed's, taken as they are.
+NATIVE_SECTIONS = frozenset({"store", "redis", "auth", "audit", "timeouts", "server"})
+
+# (section, field) → (swarmgate path, environment variable)
+MAPPED: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
+    ("service", "host"): (("server", "host"), "API_GATEWAY_HOST"),
+    ("service", "port"): (("server", "port"), "API_GATEWAY_PORT"),
+    ("service", "workers"): (("server", "workers"), "API_GATEWAY_WORKERS"),
+    ("gateway", "default_model"): (("default_model",), "DEFAULT_MODEL"),
+    ("performance", "request_timeout_seconds"): (("timeouts", "total"), "REQUEST_TIMEOUT_SECONDS"),
+}
+# (section, field) → (why it is ignored, environment variable)
+IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("service", "name"): ("the gateway has no name setting", None),
+    ("gateway", "model_routing_enabled"): (
+        "requests are always routed by their model",
+        "MODEL_ROUTING_ENABLED",
+    ),
+    ("gateway", "intelligent_routing"): (
+        "swarmgate balances by weight and free capacity",
+        "INTELLIGENT_ROUTING",
+    ),
+    ("gateway", "cost_optimization_enabled"): (
+        "no cost-based routing",
+        "COST_OPTIMIZATION_ENABLED",
+    ),
+    ("load_balancer", "algorithm"): (
+        "swarmgate always uses weighted round-robin",
+        "LOAD_BALANCER_ALGORITHM",
+    ),
+    ("load_balancer", "health_check_interval"): (
+        "no active health checks: a deployment that fails is skipped (failover)",
+        "HEALTH_CHECK_INTERVAL",
+    ),
+    ("load_balancer", "circuit_breaker_threshold"): (
+        "no circuit breaker setting: failed deployments are failed over",
+        "CIRCUIT_BREAKER_THRESHOLD",
+    ),
+    ("load_balancer", "circuit_breaker_timeout"): (
+        "no circuit breaker setting: failed deployments are failed over",
+        "CIRCUIT_BREAKER_TIMEOUT",
+    ),
+    ("performance", "max_concurrent_requests"): (
+        "concurrency is bounded per deployment (models.*.max_concurrent)",
+        "MAX_CONCURRENT_REQUESTS",
+    ),
+    ("performance", "rate_limiting_enabled"): (
+        "swarmgate has no rate limits yet",
+        "RATE_LIMITING_ENABLED",
+    ),
+    ("performance", "rate_limit_rps"): ("swarmgate has no rate limits yet", "RATE_LIMIT_RPS"),
+    ("performance", "memory_limit_gb"): (
+        "a resource limit for the service manager, not the gateway",
+        "API_GATEWAY_MEMORY_GB",
+    ),
+    ("performance", "cpu_cores"): (
+        "a resource limit for the service manager, not the gateway",
+        "API_GATEWAY_CPU_CORES",
+    ),
+    ("monitoring", "prometheus_port"): (
+        "metrics are served on the gateway's own port, at /metrics",
+        "PROMETHEUS_PORT",
+    ),
+    ("monitoring", "log_level"): ("the gateway logs at INFO", None),
+}
+# Fixed paths in swarmgate: the seed's value is accepted only if it names the same one.
+FIXED_PATHS: dict[tuple[str, str], tuple[str, str]] = {
+    ("monitoring", "health_check_endpoint"): ("/health", "HEALTH_CHECK_ENDPOINT"),
+    ("monitoring", "metrics_endpoint"): ("/metrics", "METRICS_ENDPOINT"),
+}
+MODEL_FIELDS: dict[str, str] = {"weight": "weight", "max_concurrent": "max_concurrent"}
+MODEL_IGNORED: dict[str, str] = {
+    "cost_per_request": "swarmgate counts spend per 1k tokens (input_cost_per_1k, "
+    "output_cost_per_1k)",
+}
+
+
+@dataclass
+class Translation:
+    """The swarmgate document, where each seed value went, and what has no equivalent."""
+
+    config: dict[str, Any]
+    mapped: list[str] = field(default_factory=list)  # "service.port → server.port"
+    ignored: list[str] = field(default_factory=list)  # "load_balancer.algorithm: why"
+    problems: list[str] = field(default_factory=list)
+
+
+def is_seed_config(raw: Any) -> bool:
+    """Seed 004's format: one of its own sections, or a model with an ``endpoint``."""
+    if not isinstance(raw, dict):
+        return False
+    if MARKERS & raw.keys():
+        return True
+    models = raw.get("models")
+    return isinstance(models, dict) and any(
+        isinstance(m, dict) and "endpoint" in m and "deployments" not in m for m in models.values()
+    )
+
+
+def endpoint_variable(model: str) -> str:
+    """``mixtral-8x7b`` → ``MIXTRAL_8X7B_ENDPOINT``, as seed 004's ``.env`` names them."""
+    return re.sub(r"[^A-Z0-9]+", "_", model.upper()).strip("_") + "_ENDPOINT"
+
+
+def _scalar(text: str) -> Any:
+    """Environment values as numbers when they look like numbers (``8000``, ``30``)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _set(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = config
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _sections(raw: dict[str, Any], out: Translation) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        if name in NATIVE_SECTIONS:
+            out.config[name] = value
+        elif name not in SEED_SECTIONS:
+            out.ignored.append(f"{name}: not a section of this format")
+        elif value is None:
+            sections[name] = {}
+        elif not isinstance(value, dict):
+            out.problems.append(f"{name}: expected a mapping")
+        else:
+            sections[name] = value
+    return sections
+
+
+def _settings(
+    sections: dict[str, dict[str, Any]], environ: Mapping[str, str], out: Translation
+) -> None:
+    for section, values in sections.items():
+        if section == "models":
+            continue
+        for key, value in values.items():
+            where = (section, key)
+            if where in MAPPED:
+                path, _ = MAPPED[where]
+                _set(out.config, path, value)
+                out.mapped.append(f"{section}.{key} → {'.'.join(path)}")
+            elif where in IGNORED:
+                out.ignored.append(f"{section}.{key}: {IGNORED[where][0]}")
+            elif where in FIXED_PATHS:
+                _fixed_path(f"{section}.{key}", value, FIXED_PATHS[where][0], out)
+            elif section == "monitoring" and key == "active_users_window":
+                _set(out.config, ("monitoring", key), value)
+            else:
+                out.ignored.append(f"{section}.{key}: not a field of this format")
+    _environment(environ, out)
+    if "timeouts" in out.config and isinstance(out.config["timeouts"], dict):
+        # The seed's one request timeout bounds the whole request; the time to the first
+        # byte cannot be longer than that.
+        timeouts = out.config["timeouts"]
+        if "total" in timeouts and "first_byte" not in timeouts:
+            timeouts["first_byte"] = timeouts["total"]
+
+
+def _environment(environ: Mapping[str, str], out: Translation) -> None:
+    """The ``.env`` variables: they override the file, as they would the seed's service."""
+    for path, variable in MAPPED.values():
+        if variable is not None and variable in environ:
+            _set(out.config, path, _scalar(environ[variable]))
+            out.mapped.append(f"${variable} → {'.'.join(path)}")
+    for why, variable in IGNORED.values():
+        if variable is not None and variable in environ:
+            out.ignored.append(f"${variable}: {why}")
+    for fixed, variable in FIXED_PATHS.values():
+        if variable in environ:
+            _fixed_path(f"${variable}", environ[variable], fixed, out)
+
+
+def _fixed_path(where: str, value: Any, fixed: str, out: Translation) -> None:
+    if value == fixed:
+        out.mapped.append(f"{where} → {fixed} (fixed)")
+    else:
+        out.ignored.append(f"{where}: {value!r} cannot be moved: swarmgate serves {fixed}")
+
+
+def _endpoints(value: Any) -> list[Any]:
+    """One endpoint, or several (a list, or ``http://a:1,http://b:1`` in the variable): a
+    model served by replicas gets one deployment per endpoint, balanced between them."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [value]
+
+
+def _models(models: dict[str, Any], environ: Mapping[str, str], out: Translation) -> None:
+    translated: dict[str, Any] = {}
+    for name, model in models.items():
+        if not isinstance(model, dict):
+            out.problems.append(f"models.{name}: expected a mapping")
+            continue
+        if "deployments" in model:
+            # Already swarmgate's shape: taken as it is.
+            translated[name] = model
+            continue
+        deployment: dict[str, Any] = {}
+        variable = endpoint_variable(name)
+        endpoint = environ.get(variable, model.get("endpoint"))
+        if endpoint is None:
+            out.problems.append(f"models.{name}.endpoint: required (or set ${variable})")
+            continue
+        source = f"${variable}" if variable in environ else f"models.{name}.endpoint"
+        out.mapped.append(f"{source} → models.{name}.deployments[*].url")
+        for key, value in model.items():
+            if key == "endpoint":
+                continue
+            if key in MODEL_FIELDS:
+                deployment[MODEL_FIELDS[key]] = value
+                out.mapped.append(
+                    f"models.{name}.{key} → models.{name}.deployments[*].{MODEL_FIELDS[key]}"
+                )
+            elif key in MODEL_IGNORED:
+                out.ignored.append(f"models.{name}.{key}: {MODEL_IGNORED[key]}")
+            else:
+                out.ignored.append(f"models.{name}.{key}: not a field of this format")
+        translated[name] = {
+            "deployments": [{"url": url, **deployment} for url in _endpoints(endpoint)]
+        }
+    out.config["models"] = translated
+
+
+def translate(raw: dict[str, Any], environ: Mapping[str, str]) -> Translation:
+    """Seed 004's document plus its environment variables → swarmgate's raw document.
+
+    Values are not validated here: swarmgate's loader does that, with the paths it reports."""
+    out = Translation(config={})
+    sections = _sections(raw, out)
+    _settings(sections, environ, out)
+    models = sections.get("models", {})
+    _models(models, environ, out)
+    auth = out.config.get("auth")
+    if auth is None:
+        out.config["auth"] = {"anonymous": True}
+        out.mapped.append(
+            "(no authentication in this format) → auth.anonymous: true: callers without a "
+            "key may list models and run inference; bad keys are refused; the admin API "
+            "needs the admin key"
+        )
+    return out
