@@ -122,6 +122,10 @@ class Model(Frozen):
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
+    # When every deployment is at max_concurrent: how long a request may wait for a slot, and
+    # how many may wait at once (past either: 503). 0: refuse at once.
+    queue_timeout: Annotated[float, Field(ge=0)] = 0.0
+    queue_size: Annotated[int, Field(ge=0)] = 100
     deployments: tuple[Deployment, ...]
 
     @field_validator("deployments")

@@ -97,6 +97,7 @@ FIXED_PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("monitoring", "metrics_endpoint"): ("/metrics", "METRICS_ENDPOINT"),
 }
 MODEL_FIELDS: dict[str, str] = {"weight": "weight", "max_concurrent": "max_concurrent"}
+QUEUE_TIMEOUT = 30.0  # seconds a request waits for a free slot (the seed's request timeout)
 MODEL_IGNORED: dict[str, str] = {
     "cost_per_request": "swarmgate counts spend per 1k tokens (input_cost_per_1k, "
     "output_cost_per_1k)",
@@ -258,8 +259,13 @@ def _models(models: dict[str, Any], environ: Mapping[str, str], out: Translation
             else:
                 out.ignored.append(f"models.{name}.{key}: not a field of this format")
         translated[name] = {
-            "deployments": [{"url": url, **deployment} for url in _endpoints(endpoint)]
+            "deployments": [{"url": url, **deployment} for url in _endpoints(endpoint)],
+            # The seed bounds concurrency per model and expects requests past it to be served
+            # (its own load test runs 20 at a time against max_concurrent 10): they wait in
+            # line for a slot, up to the request timeout, instead of being refused.
+            "queue_timeout": QUEUE_TIMEOUT,
         }
+        out.mapped.append(f"(implied) → models.{name}.queue_timeout: {QUEUE_TIMEOUT:g}")
     out.config["models"] = translated
 
 

@@ -243,3 +243,39 @@ async def test_deployment_weights_share_the_traffic() -> None:
         assert (await gw.post(CHAT)).status == 200
     sent = [r.base_url for r in gw.transport.sent]
     assert (sent.count(A), sent.count(B)) == (6, 2)
+
+
+async def test_a_busy_model_queues_for_a_slot_when_allowed() -> None:
+    release = asyncio.Event()
+
+    async def slow(request: SentRequest) -> MemoryResponse:
+        await release.wait()
+        return MemoryResponse.json(COMPLETION)
+
+    gw = Gateway(slow, A, deployment={"max_concurrent": 1}, queue_timeout=5)
+    first = asyncio.create_task(gw.post(CHAT))
+    second = asyncio.create_task(gw.post(CHAT))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waiting in line, not refused
+    release.set()
+    assert [(await first).status, (await second).status] == [200, 200]
+    assert gw.in_flight() == [0]
+
+
+@pytest.mark.parametrize(
+    "model", [{}, {"queue_timeout": 0.1}, {"queue_timeout": 5, "queue_size": 0}]
+)
+async def test_a_busy_model_refuses_past_its_queue(model: dict[str, Any]) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: SentRequest) -> MemoryResponse:
+        await release.wait()
+        return MemoryResponse.json(COMPLETION)
+
+    gw = Gateway(slow, A, deployment={"max_concurrent": 1}, **model)
+    first = asyncio.create_task(gw.post(CHAT))
+    await asyncio.sleep(0.01)
+    refused = await asyncio.wait_for(gw.post(CHAT), 2)
+    assert refused.status == 503 and refused.json()["error"]["code"] == "no_deployment_available"
+    release.set()
+    assert (await first).status == 200

@@ -15,7 +15,13 @@ from typing import Any
 
 import orjson
 
-from swarmgate.errors import GatewayError, UpstreamBroken, UpstreamError, UpstreamTimeout
+from swarmgate.errors import (
+    GatewayError,
+    NoDeployment,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from swarmgate.errors import UpstreamUnreachable as Unreachable
 from swarmgate.pipeline.asgi import SSE_HEADERS, ClientGone, DisconnectWatch, Headers, send_bytes
 from swarmgate.pipeline.exchange import Attempt, Exchange
@@ -48,7 +54,15 @@ class Caller:
         request = x.request
         assert request is not None, "the call stage runs after parse"
         while True:
-            attempt = x.attempt(plan.next())
+            try:
+                state = plan.next()
+            except NoDeployment:
+                # Every deployment busy before the first attempt: wait for a slot if the model
+                # allows (a bounded line), then pick again.
+                if plan.tried or not await self._wait_for_slot(plan):
+                    raise
+                continue
+            attempt = x.attempt(state)
             try:
                 if request.stream:
                     await self._stream(x, request, attempt, receive, send)
@@ -60,6 +74,13 @@ class Caller:
                     raise
             finally:
                 attempt.ended = time.perf_counter()
+
+    @staticmethod
+    async def _wait_for_slot(plan: Plan) -> bool:
+        pool = plan.pool
+        if plan.waited is None:
+            plan.waited = time.perf_counter() + pool.config.queue_timeout
+        return await pool.wait_for_slot(plan.waited - time.perf_counter())
 
     async def _send(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt

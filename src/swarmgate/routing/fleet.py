@@ -11,6 +11,9 @@ state, so its in-flight count stays true. Only a ``Lease`` changes an in-flight 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -73,7 +76,8 @@ class Deployment:
 
 
 class Lease:
-    """One request's hold on a deployment slot; ``release`` is idempotent."""
+    """One request's hold on a deployment slot; ``release`` is idempotent and hands the slot
+    to the longest-waiting request of the pool, if one waits."""
 
     __slots__ = ("_state",)
 
@@ -85,6 +89,12 @@ class Lease:
         state, self._state = self._state, None
         if state is not None:
             state.in_flight -= 1
+            waiters = state.waiters
+            while waiters:  # usually empty: one truth test on the hot path
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +104,8 @@ class DeploymentState:
     deployment: Deployment
     in_flight: int = 0
     failures: int = 0  # consecutive failed attempts, as traffic saw them
+    # Requests waiting for a slot in this deployment's pool (one deque shared by the pool).
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
 
     @property
     def name(self) -> str:
@@ -137,9 +149,35 @@ class Pool:
     def type(self) -> ModelType:
         return self.config.type
 
+    def __post_init__(self) -> None:
+        # One line for the pool; after a fleet replacement, the one its waiters are in.
+        shared = next((m.waiters for m in self.members if m.waiters), deque())
+        for member in self.members:
+            member.waiters = shared
+
     @property
     def usable(self) -> int:
         return sum(1 for m in self.members if m.has_capacity)
+
+    async def wait_for_slot(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s, in line with at most ``config.queue_size`` others)
+        until a lease is released; False if the wait was refused or timed out."""
+        waiters = self.members[0].waiters
+        if timeout <= 0 or len(waiters) >= self.config.queue_size:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
 
 
 def _deployment_name(model: str, dep: DeploymentConfig) -> str:

@@ -16,13 +16,14 @@ MAX_ATTEMPTS = 2
 
 
 class Plan:
-    __slots__ = ("_facts", "_limit", "pool", "tried")
+    __slots__ = ("_facts", "_limit", "pool", "tried", "waited")
 
     def __init__(self, pool: Pool, facts: RoutingFacts, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.pool = pool
         self._facts = facts
         self._limit = min(max_attempts, len(pool.members))
         self.tried: list[DeploymentState] = []
+        self.waited: float | None = None  # the deadline of waiting for a slot, once waiting
 
     def next(self) -> DeploymentState:
         """The deployment for the next attempt; ``NoDeployment`` if none can take it now."""
