@@ -55,6 +55,7 @@ class Gateway:
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
+            settings.server.max_upload_bytes,
         )
         self.ops = Ops(self.fleet, self.metrics, self.authenticator)
         self.routes: dict[str, tuple[str, Handler]] = {
