@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmgate.errors import BadRequest, GatewayError, InvalidJSON, ModelNotFound, Unauthorized
 from swarmgate.sim import failures, media, metrics, text, wire
@@ -309,7 +310,11 @@ class SimServer:
     async def transcriptions(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
         if not request.content_type.startswith("multipart/"):
             raise BadRequest("the request body must be multipart/form-data")
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
+            # aiohttp's multipart reader raises these on a malformed body: the client's 400.
+            raise BadRequest(f"the multipart/form-data body is malformed ({exc})") from None
         upload = form.get("file")
         if not isinstance(upload, web.FileField):
             raise BadRequest("'file' is a required file", param="file")
