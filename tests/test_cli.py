@@ -86,7 +86,7 @@ def test_version() -> None:
 def test_check_config_accepts_the_example() -> None:
     result = run("check-config", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{EXAMPLE}: OK (5 models, 9 deployments)"
+    assert result.stdout.strip() == f"{EXAMPLE}: OK (8 models, 12 deployments)"
 
 
 def test_check_config_prints_every_problem_with_its_path(tmp_path: Path) -> None:

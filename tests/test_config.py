@@ -46,8 +46,14 @@ def test_the_example_configuration_parses() -> None:
         "openchat-3.5",
         "phi-3-mini",
         "embed-small",
+        "image-small",
+        "tts-small",
+        "whisper-small",
     }
     assert settings.default_model == "mixtral-8x7b"
+    assert settings.models["image-small"].type is ModelType.IMAGE
+    assert settings.models["tts-small"].type is ModelType.SPEECH
+    assert settings.models["whisper-small"].type is ModelType.TRANSCRIPTION
     assert settings.models["embed-small"].type is ModelType.EMBEDDING
     assert settings.models["phi-3-mini"].aliases == ("phi3",)
     assert len(settings.models["hermes-2"].deployments) == 2

@@ -144,6 +144,8 @@ class Server(Frozen):
     workers: Annotated[int, Field(ge=1)] = 1
     server: Literal["uvicorn", "granian"] = "uvicorn"
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # multipart/form-data uploads (audio to transcribe): OpenAI's own limit is 25 MB.
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     trusted_hosts: tuple[str, ...] = ()
     shutdown_grace: Seconds = 30.0

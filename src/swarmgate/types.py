@@ -24,6 +24,10 @@ class ModelType(enum.StrEnum):
     COMPLETION = "completion"
     EMBEDDING = "embedding"
     IMAGE = "image"
+    SPEECH = "speech"  # text to speech: /v1/audio/speech
+    TRANSCRIPTION = "transcription"  # speech to text: /v1/audio/transcriptions
+    # Before speech and transcription were told apart: a model serving both routes. Kept so
+    # that configurations written then stay valid.
     AUDIO = "audio"
 
 

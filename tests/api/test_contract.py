@@ -35,6 +35,7 @@ CHECKS = (
 )
 MAX_EXAMPLES = 100  # per operation and phase: about 2,500 cases in all
 MODELS = ("chat", "chatty", "embed")
+MEDIA = {"/v1/images/generations": "painter", "/v1/audio/speech": "voice"}
 MESSAGE = {
     "type": "object",
     "required": ["role", "content"],
@@ -44,12 +45,23 @@ MESSAGE = {
 
 @pytest.fixture(scope="module")
 def gw(procs: Processes) -> Iterator[Gateway]:
-    sim = procs.sim({"chat": FAST, "embed": {**FAST, "embedding_dim": 4}})
+    sim = procs.sim(
+        {
+            "chat": FAST,
+            "embed": {**FAST, "embedding_dim": 4},
+            "painter": {**FAST, "modality": "image"},
+            "voice": {**FAST, "modality": "speech"},
+            "scribe": {**FAST, "modality": "transcription"},
+        }
+    )
     config = {
         "default_model": "chat",
         "models": {
             "chat": {"aliases": ["chatty"], "deployments": [{"url": sim.url}]},
             "embed": {"type": "embedding", "deployments": [{"url": sim.url}]},
+            "painter": {"type": "image", "deployments": [{"url": sim.url}]},
+            "voice": {"type": "speech", "deployments": [{"url": sim.url}]},
+            "scribe": {"type": "transcription", "deployments": [{"url": sim.url}]},
         },
         # The fuzzer sends wrong keys on purpose; being blocked for it would hide the rest.
         "auth": {"ip": {"max_failures": 1_000_000}},
@@ -68,6 +80,11 @@ def _document(gw: Gateway, path: Path) -> Path:
     for route in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         body = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]
         body["schema"]["properties"]["model"] = {"enum": [*MODELS, None]}
+    for route, name in MEDIA.items():
+        body = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]
+        body["schema"]["properties"]["model"] = {"enum": [name]}
+    upload = document["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]
+    upload["multipart/form-data"]["schema"]["properties"]["model"] = {"enum": ["scribe"]}
     chat = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
     chat["application/json"]["schema"]["properties"]["messages"]["items"] = MESSAGE
     model = document["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]
@@ -147,6 +164,13 @@ def test_the_document_describes_every_answer(gw: Gateway, tmp_path: Path) -> Non
     assert run.returncode == 0, run.stdout[-6000:]
     assert cases >= 1500, statuses
     # The run touched the inference path for real, not only its refusals.
-    for route in ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings"):
+    for route in (
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "POST /v1/embeddings",
+        "POST /v1/images/generations",
+        "POST /v1/audio/speech",
+        "POST /v1/audio/transcriptions",
+    ):
         assert per_operation[route][200] > 0, (route, per_operation[route])
     assert call(gw.url + "/admin/keys", key=gw.admin_key).status == 200  # still an admin

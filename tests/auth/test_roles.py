@@ -50,6 +50,8 @@ def test_parse_role_accepts_spellings_and_lists_valid_ones() -> None:
         (ModelType.COMPLETION, "inference:text"),
         (ModelType.EMBEDDING, "inference:text"),
         (ModelType.IMAGE, "inference:image"),
+        (ModelType.SPEECH, "inference:audio"),
+        (ModelType.TRANSCRIPTION, "inference:audio"),
         (ModelType.AUDIO, "inference:audio"),
         ("image", "inference:image"),
     ],

@@ -32,11 +32,17 @@ class Gateway:
     """The inference handler over ``deployments`` (URLs of model ``m``) on ``handler``."""
 
     def __init__(
-        self, handler: Handler, *urls: str, deployment: dict[str, Any] | None = None, **model: Any
+        self,
+        handler: Handler,
+        *urls: str,
+        deployment: dict[str, Any] | None = None,
+        server: dict[str, Any] | None = None,
+        **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
         settings = parse_settings(
-            {"models": {"m": {"deployments": deployments, **model}}}, {"UP_KEY": "up-secret"}
+            {"models": {"m": {"deployments": deployments, **model}}, "server": server or {}},
+            {"UP_KEY": "up-secret"},
         )
         self.transport = MemoryTransport(handler)
         self.metrics = Metrics()
@@ -49,14 +55,16 @@ class Gateway:
             Caller(self.transport),
             Accounting(self.metrics),
             1 << 20,
+            max_upload_bytes=settings.server.max_upload_bytes,
         )
 
     async def post(
         self,
-        body: dict[str, Any],
+        body: dict[str, Any] | bytes,
         path: str = "/v1/chat/completions",
         headers: list[tuple[bytes, bytes]] | None = None,
         receive: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        client: Answer | None = None,
     ) -> Answer:
         scope = {
             "type": "http",
@@ -71,13 +79,14 @@ class Gateway:
             nonlocal sent
             if sent:
                 sent = False
-                return {"type": "http.request", "body": orjson.dumps(body)}
+                raw = body if isinstance(body, bytes) else orjson.dumps(body)
+                return {"type": "http.request", "body": raw}
             if receive is not None:
                 return await receive()
             await _forever()
             raise AssertionError("unreachable")
 
-        answer = Answer()
+        answer = client or Answer()
         await self.inference(scope, first_receive, answer.send)
         return answer
 

@@ -93,7 +93,7 @@ def test_load_reports_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_fleet_profile(bad)
 
 
-def test_demo_fleet_has_two_replicas_of_seed_004_models_and_an_embedder() -> None:
+def test_demo_fleet_has_two_replicas_of_seed_004_models_an_embedder_and_media() -> None:
     profile = load_fleet_profile(DEMO)
     served: dict[str, list[int]] = {}
     for server in profile.servers:
@@ -103,13 +103,15 @@ def test_demo_fleet_has_two_replicas_of_seed_004_models_and_an_embedder() -> Non
     for model in ("mixtral-8x7b", "hermes-2", "openchat-3.5", "phi-3-mini"):
         assert len(served[model]) == 2, model
     assert served["embed-small"] == [11408]
-    ports = sorted(p for ps in served.values() for p in ps)
-    assert ports == list(range(11400, 11409))
+    for model in ("image-small", "tts-small", "whisper-small"):
+        assert served[model] == [11409], model
+    ports = sorted({p for ps in served.values() for p in ps})
+    assert ports == list(range(11400, 11410))
     for server in profile.servers:
         for name, model in server.models.items():
             if name == "embed-small":
                 assert model.embedding_dim == 384
-            else:
+            elif model.modality == "text":
                 assert 50 <= model.ttft_ms <= 300
                 assert 30 <= model.tokens_per_second <= 150
     mixtral = [s.models["mixtral-8x7b"] for s in profile.servers if "mixtral-8x7b" in s.models]

@@ -62,6 +62,7 @@ class Gateway:
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
+            settings.server.max_upload_bytes,
         )
         native = settings.native
         self.results = Results(

@@ -111,6 +111,89 @@ _REQUIRED_FIELD = {
 }
 
 
+_RELAYED_OK = {
+    "description": "The deployment's answer, relayed as it arrives",
+    "headers": {"X-Request-ID": _REQUEST_ID},
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _relayed(
+    summary: str, request: dict[str, Any], answers: dict[str, Any], **errors: Any
+) -> dict[str, Any]:
+    """Images and audio: the answer is the deployment's, with no token usage."""
+    return {
+        "post": {
+            "tags": ["inference"],
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": request},
+            "responses": {
+                "200": {**_RELAYED_OK, "content": answers},
+                **_INFERENCE_ERRORS,
+                **errors,
+            },
+        }
+    }
+
+
+def _json_request(required: str, description: str) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "required": [required],
+        "properties": {
+            "model": _READ_FIELDS["model"],
+            required: {"type": "string", "description": description},
+        },
+        "additionalProperties": True,
+    }
+    return {"application/json": {"schema": schema}}
+
+
+_UPLOAD = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "format": "binary", "description": "The audio"},
+                "model": {"type": "string", "description": "A model id or alias"},
+                "response_format": {"type": "string"},
+            },
+        }
+    }
+}
+
+
+def _modalities() -> dict[str, Any]:
+    return {
+        "/v1/images/generations": _relayed(
+            "Image generation (OpenAI's ImagesResponse)",
+            _json_request("prompt", "What to draw"),
+            {"application/json": {"schema": {"type": "object"}}},
+        ),
+        "/v1/audio/speech": _relayed(
+            "Text to speech: the audio, streamed as the deployment sends it",
+            _json_request("input", "The text to say"),
+            {
+                "audio/wav": _BINARY,
+                "audio/pcm": _BINARY,
+                "audio/mpeg": _BINARY,
+                "application/octet-stream": _BINARY,
+            },
+        ),
+        "/v1/audio/transcriptions": _relayed(
+            "Speech to text, from a multipart/form-data upload",
+            _UPLOAD,
+            {
+                "application/json": {"schema": {"type": "object"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+            **{"413": error("The upload exceeds server.max_upload_bytes")},
+        ),
+    }
+
+
 def _inference(summary: str, required: str, streams: bool) -> dict[str, Any]:
     ok: dict[str, Any] = {
         "description": "The upstream's OpenAI-compatible answer, passed through",
@@ -258,6 +341,7 @@ def hot_path_paths() -> dict[str, Any]:
         "/v1/chat/completions": _inference("Chat completion (JSON or SSE)", "messages", True),
         "/v1/completions": _inference("Text completion (JSON or SSE)", "prompt", True),
         "/v1/embeddings": _inference("Embeddings", "input", False),
+        **_modalities(),
         "/v1/models": _models("List the models this key may use", _json("The models", model_list)),
         "/v1/models/{model_id}": model_get,
         "/": _get("What this is: name, version and links", "operations", _json("OK", root)),

@@ -1,5 +1,6 @@
 """The OpenAI inference routes (``/v1/chat/completions``, ``/v1/completions``,
-``/v1/embeddings``): the hot path, read top to bottom.
+``/v1/embeddings``, ``/v1/images/generations``, ``/v1/audio/speech``,
+``/v1/audio/transcriptions``): the hot path, read top to bottom.
 
 authenticate → read and parse the body → resolve the model → authorize → admit → plan and
 call (retrying another deployment only if the request never reached the first) → answer; and
@@ -19,7 +20,7 @@ from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.exchange import Exchange
-from swarmgate.pipeline.request import ROUTES, InferenceRequest, Route, parse
+from swarmgate.pipeline.request import ROUTES, Body, InferenceRequest, Route, parse, parse_upload
 from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
@@ -43,6 +44,7 @@ class Inference:
         accounting: Accounting,
         max_body_bytes: int,
         body_stall: float | None = None,
+        max_upload_bytes: int | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.fleet = fleet
@@ -52,6 +54,7 @@ class Inference:
         self.accounting = accounting
         self.max_body_bytes = max_body_bytes
         self.body_stall = body_stall
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         x = self.accounting.start(scope, ROUTES[scope["path"]])
@@ -72,10 +75,13 @@ class Inference:
             x.principal = await self.authenticator.authenticate(
                 head.authorization, x.peer, head.forwarded_for, head.request_id
             )
-            body = await read_body(
-                receive, self.max_body_bytes, head.content_length, self.body_stall
-            )
-            x.request = request = parse_body(x.route, body)
+            if x.route.body is Body.JSON:
+                body = await read_body(
+                    receive, self.max_body_bytes, head.content_length, self.body_stall
+                )
+                x.request = request = parse_body(x.route, body)
+            else:
+                x.request = request = await self._upload(receive, x)
             x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
             authorize(x)
             await self.admission.admit(x)
@@ -96,6 +102,16 @@ class Inference:
             await _unless_gone(write_error(send, error, x))
         finally:
             self.accounting.finish(x)
+
+    async def _upload(self, receive: Receive, x: Exchange) -> InferenceRequest:
+        """A multipart body: bounded by its own limit, read off the hot path of JSON routes."""
+        body = await read_body(
+            receive, self.max_upload_bytes, x.head.content_length, self.body_stall
+        )
+        content_type = next(
+            (v.decode("latin-1") for k, v in x.scope["headers"] if k == b"content-type"), None
+        )
+        return parse_upload(x.route, body, content_type)
 
 
 async def _openai_error(send: Send, error: GatewayError, x: Exchange) -> None:

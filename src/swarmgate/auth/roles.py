@@ -40,6 +40,8 @@ _MODEL_TYPE_SCOPES: Mapping[ModelType, str] = MappingProxyType(
         ModelType.COMPLETION: ApiScope.INFERENCE_TEXT.value,
         ModelType.EMBEDDING: ApiScope.INFERENCE_TEXT.value,
         ModelType.IMAGE: ApiScope.INFERENCE_IMAGE.value,
+        ModelType.SPEECH: ApiScope.INFERENCE_AUDIO.value,
+        ModelType.TRANSCRIPTION: ApiScope.INFERENCE_AUDIO.value,
         ModelType.AUDIO: ApiScope.INFERENCE_AUDIO.value,
     }
 )

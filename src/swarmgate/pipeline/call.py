@@ -5,6 +5,10 @@ sent, so nothing can have been generated or billed twice), and only before anyth
 the client. Each attempt records its ``Outcome`` where it ends; the accounting of all of them
 happens once, in ``Accounting.finish``. Nothing here awaits a database or creates a task; the
 watchdog bounds every upstream wait.
+
+Accounted answers (chat, completions, embeddings) are read whole or relayed as SSE chunks, with
+their usage counted; relayed answers (images, speech, transcripts: ``Answer.RELAYED``) pass
+through byte for byte as they arrive, whatever their content type, and carry no usage.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from swarmgate.errors import (
 from swarmgate.errors import UpstreamUnreachable as Unreachable
 from swarmgate.pipeline.asgi import SSE_HEADERS, ClientGone, DisconnectWatch, Headers, send_bytes
 from swarmgate.pipeline.exchange import Attempt, Exchange
-from swarmgate.pipeline.request import InferenceRequest
+from swarmgate.pipeline.request import Answer, InferenceRequest
 from swarmgate.routing.fleet import Deployment
 from swarmgate.routing.plan import Plan
 from swarmgate.types import Outcome, Receive, Send, Transport, UpstreamResponse, Usage
@@ -66,6 +70,8 @@ class Caller:
             try:
                 if request.stream:
                     await self._stream(x, request, attempt, receive, send)
+                elif x.route.answer is Answer.RELAYED:
+                    await self._relay(x, request, attempt, receive, send)
                 else:
                     await self._unary(x, request, attempt, send)
                 return
@@ -88,7 +94,7 @@ class Caller:
         d = attempt.deployment
         body = request.body_for(d.upstream_model)
         headers = dict(x.head.forward)
-        headers["content-type"] = "application/json"
+        headers["content-type"] = request.content_type
         headers["x-request-id"] = x.head.request_id
         if d.api_key:
             headers["authorization"] = "Bearer " + d.api_key
@@ -182,6 +188,71 @@ class Caller:
             },
         )
 
+    async def _relay(
+        self, x: Exchange, request: InferenceRequest, attempt: Attempt, receive: Receive, send: Send
+    ) -> None:
+        """A relayed answer: the head decides (a 2xx is relayed, anything else answered as
+        ``_answer`` does), then each chunk goes on as it arrives, never buffered whole."""
+        d = attempt.deployment
+        # The head of a generated image comes once it is generated: bounded by the total
+        # timeout; then the idle bound holds between chunks (of speech, say).
+        watchdog = Watchdog(d.unary_timeouts)
+        client = DisconnectWatch(receive)
+        response: UpstreamResponse | None = None
+        started = False
+        try:
+            response = await self._send(x, request, attempt)
+            watchdog.first_byte()
+            if not 200 <= response.status < 300:
+                data = await response.read()
+                await self._answer(x, attempt, response, data, send)
+                return
+            headers = _response_headers(x, d)
+            content_type = response.headers.get("content-type", "application/octet-stream")
+            headers.append((b"content-type", content_type.encode("latin-1")))
+            start = {"type": "http.response.start", "status": response.status, "headers": headers}
+            async for chunk in response.chunks():
+                watchdog.touch()
+                if not started:
+                    await _send_or_gone(send, start)
+                    started = True
+                    attempt.first_byte = time.perf_counter()
+                await _send_or_gone(
+                    send, {"type": "http.response.body", "body": chunk, "more_body": True}
+                )
+            if not started:
+                await _send_or_gone(send, start)
+            await _send_or_gone(send, {"type": "http.response.body", "body": b""})
+            client.finish()
+            attempt.outcome = Outcome.OK
+            x.status = response.status
+            return
+        except asyncio.CancelledError:
+            if client.absorb():
+                attempt.outcome = Outcome.CLIENT_GONE
+                raise ClientGone from None
+            if not watchdog.absorb():
+                raise
+            attempt.outcome = Outcome.TIMEOUT
+            error: GatewayError = UpstreamTimeout(watchdog.describe())
+        except UpstreamError as exc:
+            if attempt.outcome is None:  # the body broke off while being read
+                attempt.outcome = Outcome.BROKEN
+                exc = _about(exc, d)
+            error = exc
+        finally:
+            client.finish()
+            watchdog.disarm()
+            if response is not None:
+                response.close()
+        if not started:
+            raise error
+        # Part of a binary body went out, and it has no error event: the response is left
+        # incomplete, so that the server drops the connection and the client sees a broken
+        # body rather than a short one that looks whole.
+        x.status = error.status
+        x.error = error.message
+
     async def _pump(
         self,
         x: Exchange,
@@ -236,8 +307,9 @@ class Caller:
             raise UpstreamError(f"deployment {d.name} rejected the gateway's credentials")
         if status < 300:
             attempt.outcome = Outcome.PROTOCOL  # until the body proves to be JSON
-            # A byte answer (audio) carries no usage object to count.
-            x.usage = _usage_of_body(data, d) if x.route.answers_json else Usage()
+            # A whole byte answer (audio for the native face) carries no usage to count.
+            accounted = x.route.answer is Answer.ACCOUNTED
+            x.usage = _usage_of_body(data, d) if accounted else Usage()
             attempt.outcome = Outcome.OK
         else:
             attempt.outcome = Outcome.REFUSED

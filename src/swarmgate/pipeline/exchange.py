@@ -33,6 +33,7 @@ class Attempt:
 @dataclass(eq=False, slots=True)
 class Exchange:
     route: Route
+    scope: ASGIScope  # the server's, for what the head does not keep (an upload's boundary)
     head: RequestHead
     peer: str | None
     started: float
@@ -47,7 +48,7 @@ class Exchange:
     @classmethod
     def start(cls, scope: ASGIScope, route: Route) -> Exchange:
         peer = scope.get("client")
-        return cls(route, read_head(scope), peer[0] if peer else None, time.perf_counter())
+        return cls(route, scope, read_head(scope), peer[0] if peer else None, time.perf_counter())
 
     def attempt(self, state: DeploymentState) -> Attempt:
         attempt = Attempt(state.deployment, state, state.lease(), time.perf_counter())

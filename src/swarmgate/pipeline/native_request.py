@@ -19,7 +19,7 @@ import orjson
 
 from swarmgate.errors import BadRequest
 from swarmgate.pipeline.asgi import parse_json_object
-from swarmgate.pipeline.request import InferenceRequest, Route
+from swarmgate.pipeline.request import Answer, InferenceRequest, Route
 from swarmgate.types import ApiScope, ModelType
 
 PREFIX = "/api/v1/inference/"
@@ -40,10 +40,10 @@ IMAGE = Route(
 SPEECH = Route(
     "text-to-speech",
     "/v1/audio/speech",
-    frozenset({ModelType.AUDIO}),
+    frozenset({ModelType.SPEECH, ModelType.AUDIO}),
     "text",
+    answer=Answer.WHOLE,  # the face turns it into base64 in its InferenceResponse
     endpoint=PREFIX + "text-to-speech",
-    answers_json=False,
 )
 # The scope a route's results are read back with (the model's own scope is checked on the way in).
 SCOPES = {

@@ -8,7 +8,7 @@ can serve many servers, each on its own port; each server serves one or more mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -59,6 +59,10 @@ class ModelProfile(_Frozen):
     max_model_len: Annotated[int, Field(ge=1)] = 32768
     # > 0: an embedding model (serves /v1/embeddings only, like vLLM started with --task embed).
     embedding_dim: Annotated[int, Field(ge=0)] = 0
+    # What it generates: text (chat, completions; embeddings with embedding_dim), images
+    # (/v1/images/generations), speech (/v1/audio/speech) or transcripts (/v1/audio/
+    # transcriptions). Time to first token is the time to the answer's first byte.
+    modality: Literal["text", "image", "speech", "transcription"] = "text"
     prefix_cache: PrefixCacheProfile = PrefixCacheProfile()
     failures: FailureProfile = FailureProfile()
     api_key: str | None = Field(default=None, repr=False)
@@ -66,6 +70,12 @@ class ModelProfile(_Frozen):
     @property
     def is_embedding(self) -> bool:
         return self.embedding_dim > 0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelProfile:
+        if self.embedding_dim and self.modality != "text":
+            raise ValueError("embedding_dim is for text models only")
+        return self
 
 
 class ServerProfile(_Frozen):

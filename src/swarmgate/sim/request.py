@@ -32,6 +32,22 @@ class EmbeddingRequest:
     dimensions: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    model: str
+    prompt: str
+    n: int
+    size: str | None
+    response_format: Literal["b64_json", "url"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechRequest:
+    model: str
+    input: str
+    response_format: Literal["wav", "pcm"]
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -98,3 +114,49 @@ def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:
             )
     dimensions = _optional_int(body, "dimensions", 1)
     return EmbeddingRequest(model, inputs, encoding, dimensions)
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string", param=name)
+    return value
+
+
+def parse_image(body: dict[str, Any]) -> ImageRequest:
+    model = model_of(body)
+    prompt = _text(body, "prompt")
+    n = _optional_int(body, "n", 1) or 1
+    if n > 10:
+        raise BadRequest("'n' must be at most 10", param="n")
+    size = body.get("size")
+    if size is not None and not isinstance(size, str):
+        raise BadRequest("'size' must be a string", param="size")
+    fmt: Literal["b64_json", "url"]
+    match body.get("response_format"):
+        case None | "b64_json":
+            fmt = "b64_json"
+        case "url":
+            fmt = "url"
+        case _:
+            raise BadRequest(
+                "'response_format' must be 'b64_json' or 'url'", param="response_format"
+            )
+    return ImageRequest(model, prompt, n, size, fmt)
+
+
+def parse_speech(body: dict[str, Any]) -> SpeechRequest:
+    model = model_of(body)
+    spoken = _text(body, "input")
+    if len(spoken) > 4096:
+        raise BadRequest("'input' must be at most 4096 characters", param="input")
+    fmt: Literal["wav", "pcm"]
+    match body.get("response_format"):
+        case None | "wav":
+            fmt = "wav"
+        case "pcm":
+            fmt = "pcm"
+        case _:
+            # The simulator writes no compressed audio (mp3, opus, aac, flac).
+            raise BadRequest("'response_format' must be 'wav' or 'pcm'", param="response_format")
+    return SpeechRequest(model, spoken, fmt)

@@ -19,17 +19,21 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmgate.errors import BadRequest, GatewayError, InvalidJSON, ModelNotFound, Unauthorized
-from swarmgate.sim import failures, metrics, pull, text, wire
+from swarmgate.sim import failures, media, metrics, pull, text, wire
 from swarmgate.sim.engine import ModelEngine
 from swarmgate.sim.failures import NO_FAILURE, FailurePlan
 from swarmgate.sim.profile import ServerProfile
 from swarmgate.sim.request import (
     EmbeddingRequest,
     GenerationRequest,
+    model_of,
     parse_embedding,
     parse_generation,
+    parse_image,
+    parse_speech,
 )
 from swarmgate.sim.stream import abort, stream_tokens
 from swarmgate.types import Usage
@@ -71,6 +75,9 @@ class SimServer:
         route.add_post("/v1/chat/completions", self._injecting(self.chat_completions))
         route.add_post("/v1/completions", self._injecting(self.completions))
         route.add_post("/v1/embeddings", self._injecting(self.embeddings))
+        route.add_post("/v1/images/generations", self._injecting(self.images))
+        route.add_post("/v1/audio/speech", self._injecting(self.speech))
+        route.add_post("/v1/audio/transcriptions", self._injecting(self.transcriptions))
         route.add_get("/v1/models", self._injecting(self.models))
         route.add_get("/v1/models/{model:.+}", self._injecting(self.model))
         route.add_get("/health", self._injecting(self.health))
@@ -149,7 +156,7 @@ class SimServer:
             raise InvalidJSON("request body must be a JSON object")
         return body
 
-    def _engine(self, request: web.Request, model: str) -> ModelEngine:
+    def _engine(self, request: web.Request, model: str, modality: str | None = None) -> ModelEngine:
         engine = self.engines.get(model)
         if engine is None:
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
@@ -158,6 +165,10 @@ class SimServer:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
                 raise Unauthorized("Incorrect API key provided.")
+        if modality is not None and engine.profile.modality != modality:
+            raise BadRequest(
+                f"The model `{model}` is a {engine.profile.modality} model.", param="model"
+            )
         return engine
 
     async def _profile_failures(
@@ -179,7 +190,7 @@ class SimServer:
         self, request: web.Request, plan: FailurePlan, *, chat: bool
     ) -> web.StreamResponse:
         gen = parse_generation(await self._body(request), chat=chat)
-        engine = self._engine(request, gen.model)
+        engine = self._engine(request, gen.model, "text")
         if engine.profile.is_embedding:
             raise BadRequest(f"The model `{gen.model}` does not support generation.", param="model")
         tokens = text.tokenize(gen.prompt)
@@ -234,7 +245,7 @@ class SimServer:
 
     async def embeddings(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
         req = parse_embedding(await self._body(request))
-        engine = self._engine(request, req.model)
+        engine = self._engine(request, req.model, "text")
         dim = engine.profile.embedding_dim
         if not dim:
             raise BadRequest(f"The model `{req.model}` does not support embeddings.", param="model")
@@ -249,6 +260,84 @@ class SimServer:
             await asyncio.sleep(engine.prefill(flat))
             body = wire.embedding_list(req.model, self._vectors(req, dim), len(flat))
             engine.counters.requests_finished += 1
+        return await self._respond(request, plan, body)
+
+    async def images(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
+        req = parse_image(await self._body(request))
+        engine = self._engine(request, req.model, "image")
+        size = media.size_of(req.size)
+        if size is None:
+            raise BadRequest(
+                f"'size' must be WIDTHxHEIGHT, each side at most {media.MAX_SIDE}", param="size"
+            )
+        plan, early = await self._profile_failures(request, engine, plan)
+        if early is not None:
+            return early
+        async with engine.slot(1):
+            await asyncio.sleep(engine.prefill(text.tokenize(req.prompt)))
+            images = [media.png(f"{req.prompt}#{i}", *size) for i in range(req.n)]
+            engine.counters.requests_finished += 1
+        body = wire.images_response(int(time.time()), images, req.response_format)
+        return await self._respond(request, plan, body)
+
+    async def speech(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
+        """A tone as long as the text takes to say, streamed a tenth of a second at a time:
+        ``tokens_per_second`` / 10 times faster than real time (60: 6x; a test's 2000: 200x)."""
+        req = parse_speech(await self._body(request))
+        engine = self._engine(request, req.model, "speech")
+        plan, early = await self._profile_failures(request, engine, plan)
+        if early is not None:
+            return early
+        async with engine.slot(1):
+            await asyncio.sleep(engine.prefill(text.tokenize(req.input)))
+            audio = media.pcm(media.speech_seconds(req.input))
+            content_type = "audio/wav" if req.response_format == "wav" else "audio/pcm"
+            response = web.StreamResponse(headers={"Content-Type": content_type})
+            await response.prepare(request)
+            if req.response_format == "wav":
+                await response.write(media.wav_header(len(audio)))
+            step = media.SAMPLE_RATE // 5  # 0.1 s of 16-bit samples
+            pause = 0.1 * 10 / engine.profile.tokens_per_second
+            for i, at in enumerate(range(0, len(audio), step)):
+                if plan.reset_after is not None and i >= plan.reset_after:
+                    abort(request)
+                    return response
+                await response.write(audio[at : at + step])
+                await asyncio.sleep(pause)
+            await response.write_eof()
+            engine.counters.requests_finished += 1
+        return response
+
+    async def transcriptions(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
+        if not request.content_type.startswith("multipart/"):
+            raise BadRequest("the request body must be multipart/form-data")
+        try:
+            form = await request.post()
+        except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
+            # aiohttp's multipart reader raises these on a malformed body: the client's 400.
+            raise BadRequest(f"the multipart/form-data body is malformed ({exc})") from None
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            raise BadRequest("'file' is a required file", param="file")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        engine = self._engine(request, model_of(fields), "transcription")
+        fmt = fields.get("response_format", "json")
+        if fmt not in ("json", "text", "verbose_json"):
+            raise BadRequest(
+                "'response_format' must be 'json', 'text' or 'verbose_json'",
+                param="response_format",
+            )
+        plan, early = await self._profile_failures(request, engine, plan)
+        if early is not None:
+            return early
+        audio = upload.file.read()
+        async with engine.slot(1):
+            await asyncio.sleep(engine.prefill([]))
+            said = media.transcript(audio)
+            engine.counters.requests_finished += 1
+        if fmt == "text":
+            return web.Response(text=said, content_type="text/plain")
+        body = wire.transcription(said, media.audio_seconds(audio), verbose=fmt == "verbose_json")
         return await self._respond(request, plan, body)
 
     @staticmethod

@@ -6,6 +6,7 @@ serialising a dict per token: a thousand concurrent streams spend their CPU here
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
 
@@ -44,7 +45,13 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                # OpenAI's schema requires "refusal" (null when the model did not refuse).
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "tool_calls": [],
+                },
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
@@ -152,3 +159,21 @@ def embedding_list(
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+def images_response(created: int, images: list[bytes], response_format: str) -> JSON:
+    """``POST /v1/images/generations``: each PNG as base64, or as a data URL."""
+    encoded = [base64.b64encode(image).decode("ascii") for image in images]
+    if response_format == "url":
+        data = [{"url": "data:image/png;base64," + e} for e in encoded]
+    else:
+        data = [{"b64_json": e} for e in encoded]
+    return {"created": created, "data": data, "output_format": "png"}
+
+
+def transcription(text: str, seconds: float, *, verbose: bool) -> JSON:
+    """``POST /v1/audio/transcriptions`` as ``json`` or ``verbose_json``."""
+    usage = {"type": "duration", "seconds": seconds}
+    if verbose:
+        return {"language": "english", "duration": seconds, "text": text, "usage": usage}
+    return {"text": text, "usage": usage}
