@@ -1,4 +1,5 @@
-"""``swarmgate keys ...`` and ``swarmgate migrate``: operating on the store from a shell.
+"""``swarmgate keys ...``, ``swarmgate ip-blocks ...`` and ``swarmgate migrate``: operating on
+the store from a shell.
 
 The commands talk to the same SQL store as the running gateways, through the same
 ``store.open`` and (for keys) the same ``auth.keyadmin.KeyAdmin`` as the admin API, with actor
@@ -21,12 +22,15 @@ import click
 
 from swarmgate import store as stores
 from swarmgate.api.admin import key_view
+from swarmgate.auth.ip import Networks
 from swarmgate.auth.keyadmin import Actor, KeyAdmin, immediate, model_names
-from swarmgate.auth.keys import KeyService
+from swarmgate.auth.keys import NEVER, ExpiresAt, KeyService
 from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes
 from swarmgate.auth.security import server_hasher
 from swarmgate.config import Settings, load_settings, parse_duration
 from swarmgate.errors import ConfigError, GatewayError, StoreError
+from swarmgate.store import names
+from swarmgate.store.ipblocks import StoredBlock
 from swarmgate.store.migrate import current_revision
 
 T = TypeVar("T")
@@ -60,7 +64,9 @@ async def key_admin(config_path: str) -> AsyncIterator[KeyAdmin]:
                 "your gateway uses (same --config, same SWARMGATE_STORE__URL)?",
                 err=True,
             )
-        keys = KeyService(store.keys, server_hasher(settings))
+        keys = KeyService(
+            store.keys, server_hasher(settings), default_expiry=settings.auth.default_key_expiry
+        )
         yield KeyAdmin(
             keys,
             store.keys,
@@ -68,6 +74,7 @@ async def key_admin(config_path: str) -> AsyncIterator[KeyAdmin]:
             immediate(store.audit),
             settings.auth.rotation_grace,
             models=model_names(settings),
+            rotation_period=settings.auth.rotation_period,
         )
     finally:
         await store.close()
@@ -112,7 +119,11 @@ def keys() -> None:
 @click.option("--scopes", default=None, help="Comma-separated scopes (default: the role's).")
 @click.option("--tier", default="default", show_default=True, help="Rate-limit tier.")
 @click.option("--models", default=None, help="Comma-separated allowed models (default: all).")
-@click.option("--expires", default=None, help="Lifetime, e.g. 30d, 12h (default: never).")
+@click.option(
+    "--expires",
+    default=None,
+    help="Lifetime, e.g. 30d, 12h, or never (default: auth.default_key_expiry, else never).",
+)
 def create(
     config_path: str,
     name: str | None,
@@ -127,7 +138,7 @@ def create(
     try:
         the_role = parse_role(role)
         the_scopes = default_scopes(the_role) if scopes is None else parse_scopes(scopes.split(","))
-        expires_at = None if expires is None else time.time() + parse_duration(expires)
+        expires_at = _expiry(expires)
     except ValueError as exc:
         click.echo(f"swarmgate: {exc}", err=True)
         sys.exit(2)
@@ -149,19 +160,36 @@ def create(
     emit(run(config_path, work))
 
 
+def _expiry(expires: str | None) -> ExpiresAt:
+    if expires is None:
+        return None
+    if expires.strip().lower() == "never":
+        return NEVER
+    return time.time() + parse_duration(expires)
+
+
 @keys.command("list")
 @CONFIG
 @click.option("--owner", default=None, help="Only this owner's keys.")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@click.option(
+    "--due-for-rotation",
+    "due",
+    is_flag=True,
+    help="Only active keys not rotated within auth.rotation_period, least recently first.",
+)
 @click.option("--limit", default=100, show_default=True)
 @click.option("--offset", default=0, show_default=True)
 def list_keys(
-    config_path: str, owner: str | None, include_revoked: bool, limit: int, offset: int
+    config_path: str, owner: str | None, include_revoked: bool, due: bool, limit: int, offset: int
 ) -> None:
     """List keys (never their secrets)."""
 
     async def work(admin: KeyAdmin) -> dict[str, Any]:
-        records = await admin.list(owner, include_revoked, limit, offset)
+        if due:
+            records = await admin.due_for_rotation(owner, limit, offset)
+        else:
+            records = await admin.list(owner, include_revoked, limit, offset)
         return {"data": [key_view(r) for r in records]}
 
     emit(run(config_path, work))
@@ -223,6 +251,76 @@ def expire(config_path: str, key_id: str, after: str | None) -> None:
         return key_view(await admin.expire(CLI, key_id, at))
 
     emit(run(config_path, work))
+
+
+@asynccontextmanager
+async def opened(config_path: str) -> AsyncIterator[stores.Store]:
+    """The store of this configuration, migrated if the gateway would migrate it."""
+    settings = store_settings(config_path)
+    store = stores.open(settings)
+    try:
+        if settings.store.migrate_on_start:
+            await store.migrate()
+        yield store
+    finally:
+        await store.close()
+
+
+@click.group("ip-blocks")
+def ip_blocks() -> None:
+    """List and lift the IP blocks kept in the store: operators' and automatic ones."""
+
+
+@ip_blocks.command("list")
+@CONFIG
+def list_blocks(config_path: str) -> None:
+    """Blocks in force in the store (``source``: operator, or failures for automatic ones).
+    Blocks in the configuration file (auth.ip.block) are not listed: change the file."""
+
+    async def main() -> dict[str, Any]:
+        async with opened(config_path) as store:
+            blocks = await store.ip_blocks.active(time.time())
+        return {"data": [block_view(b) for b in blocks]}
+
+    emit(_exit_on_error(main))
+
+
+@ip_blocks.command("delete")
+@CONFIG
+@click.argument("cidr")
+def delete_block(config_path: str, cidr: str) -> None:
+    """Lift a block on every replica: deleted from the store (replicas reload it within
+    seconds) and announced on Redis when redis.url is set (at once)."""
+    try:
+        normalized = Networks([cidr]).cidrs[0]
+    except ValueError as exc:
+        click.echo(f"swarmgate: {exc}", err=True)
+        sys.exit(2)
+
+    async def main() -> bool:
+        async with opened(config_path) as store:
+            removed = await store.ip_blocks.remove(normalized)
+            # Published even with no row: a replica may hold a block it could not store.
+            await store.events.publish(names.IP_EVENTS, "unblock " + normalized)
+            await immediate(store.audit)(CLI, "ip.unblock", normalized, {"stored": removed})
+        return removed
+
+    removed = _exit_on_error(main)
+    emit({"cidr": normalized, "unblocked": removed})
+    if not removed:
+        click.echo(f"swarmgate: {normalized} was not blocked in the store", err=True)
+        sys.exit(1)
+
+
+def block_view(block: StoredBlock) -> dict[str, Any]:
+    return {
+        "cidr": block.cidr,
+        "until": block.expires_at,
+        "reason": block.reason,
+        "source": block.source,
+        "created_at": block.created_at,
+        "created_by": block.created_by,
+    }
 
 
 @click.command("migrate")

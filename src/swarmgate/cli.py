@@ -1,4 +1,5 @@
-"""The ``swarmgate`` command: serve, sim, demo, check-config, check, version (keys, migrate)."""
+"""The ``swarmgate`` command: serve, sim, demo, check-config, check, version (keys, ip-blocks
+and migrate: the store)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def _load(path: str | None) -> Settings:
 class Commands(click.Group):
     """The store commands load SQLAlchemy and Alembic; import them only when they are used."""
 
-    LAZY: ClassVar[dict[str, str]] = {"keys": "keys", "migrate": "migrate_command"}
+    LAZY: ClassVar[dict[str, str]] = {
+        "keys": "keys",
+        "ip-blocks": "ip_blocks",
+        "migrate": "migrate_command",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])

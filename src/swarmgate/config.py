@@ -83,6 +83,10 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 SecureUrl = Annotated[str, AfterValidator(_secure_url)]
 Seconds = Annotated[float, Field(gt=0)]
+# The longest lifetime an operator may give a key, a rotation grace or an IP block. Longer is
+# a typo (``99999999999d``), and "forever" is said by giving none.
+MAX_DURATION = 10 * 365 * 86400.0
+Lifetime = Annotated[float, Field(gt=0, le=MAX_DURATION)]
 
 
 class Frozen(BaseModel):
@@ -207,6 +211,9 @@ class IPProtection(Frozen):
     allow: tuple[str, ...] = ()  # CIDRs; empty: everyone not blocked
     block: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    # Never blocked after failures (operators' own networks): the way out of a lock-out that
+    # no failure can close. The allow and block lists and operator blocks still apply.
+    never_block: tuple[str, ...] = ()
     max_failures: Annotated[int, Field(ge=1)] = 10
     failure_window: Seconds = 60.0
     block_seconds: Seconds = 300.0
@@ -225,6 +232,13 @@ class Auth(Frozen):
     # (still dropped by revocation events and never past its expiry); 0: never.
     stale_max_age: Annotated[float, Field(ge=0)] = 3600.0
     rotation_grace: Annotated[float, Field(ge=0)] = 86400.0
+    # Key lifecycle (seeds 001 and 002), each off unless set: the lifetime of a key created
+    # without an expiry; how long an expired or revoked key is kept before it is deleted; the
+    # age (since its last rotation, or creation) at which a key is due for rotation.
+    default_key_expiry: Lifetime | None = None
+    key_retention: Annotated[float, Field(ge=0, le=MAX_DURATION)] | None = None
+    rotation_period: Lifetime | None = None
+    lifecycle_interval: Seconds = 60.0  # how often retention and the rotation count run
     # With ``enabled: false`` every caller is the system principal; the admin API stays closed
     # to them unless this is set too (for a sealed-off test box, never for a shared network).
     open_admin_without_auth: bool = False
@@ -574,9 +588,6 @@ def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-# The longest lifetime an operator may give a key, a rotation grace or an IP block. Longer is
-# a typo (``99999999999d``), and "forever" is said by giving none.
-MAX_DURATION = 10 * 365 * 86400.0
 
 
 def parse_duration(text: str | float, *, allow_zero: bool = False) -> float:

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarmgate.auth.ip import IPPolicy, Networks, client_ip, forwarded_client, parse_ip
+from swarmgate.auth.ip import (
+    IPBlock,
+    IPPolicy,
+    Networks,
+    client_ip,
+    forwarded_client,
+    parse_ip,
+)
 from swarmgate.config import IPProtection
 from swarmgate.errors import ConfigError, IPBlocked
 
@@ -388,3 +395,63 @@ def test_a_trusted_proxy_is_never_blocked_for_failures() -> None:
     p.block("10.0.0.0/8", reason="an operator may still block a proxy")
     with pytest.raises(IPBlocked):
         p.check("10.0.0.2")
+
+
+def test_never_block_addresses_are_never_counted() -> None:
+    p = policy(max_failures=2, never_block=["10.0.0.0/8", "2001:db8::/32"])
+    for _ in range(10):
+        assert p.record_failure("10.1.2.3") is False
+        assert p.record_failure("2001:db8::7") is False
+    p.check("10.1.2.3")
+    p.check("2001:db8::7")
+    assert p.blocked() == []
+    assert p.record_failure("198.51.100.1") is False
+    assert p.record_failure("198.51.100.1") is True  # everyone else still is
+
+
+def test_never_block_does_not_override_an_operator_block() -> None:
+    p = policy(never_block=["10.0.0.0/8"])
+    p.block("10.0.0.0/24", None, "compromised")
+    with pytest.raises(IPBlocked):
+        p.check("10.0.0.5")
+
+
+def test_sync_makes_the_stored_blocks_the_dynamic_ones() -> None:
+    clock = FakeClock()
+    p = policy(clock)
+    p.block("192.0.2.0/24", None, "old")
+    p.sync([IPBlock("198.51.100.0/24", clock.now + 60, "new", "admin")])
+    p.check("192.0.2.1")  # gone from the store: lifted here
+    with pytest.raises(IPBlocked) as info:
+        p.check("198.51.100.7")
+    assert info.value.headers == {"Retry-After": "60"}
+    p.sync([])
+    p.check("198.51.100.7")
+
+
+def test_an_automatic_block_once_stored_is_lifted_by_sync() -> None:
+    clock = FakeClock()
+    p = policy(clock, max_failures=2, block_seconds=300)
+    ip = "198.51.100.9"
+    p.record_failure(ip)
+    assert p.record_failure(ip) is True
+    until = p.failure_block(ip)
+    assert until == clock.now + 300
+    # Stored: the failure block becomes the stored one (same end, same message).
+    p.block(f"{ip}/32", until, "too many failed attempts", source="failures")
+    assert p.failure_block(ip) is None
+    with pytest.raises(IPBlocked, match="too many failed attempts"):
+        p.check(ip)
+    assert [b.source for b in p.blocked()] == ["failures"]
+    p.sync([])  # deleted from the store (swarmgate ip-blocks delete)
+    p.check(ip)
+
+
+def test_sync_keeps_cached_decisions_when_nothing_changed() -> None:
+    p = policy()
+    blocks = [IPBlock("192.0.2.0/24", None, "", "admin")]
+    p.sync(blocks)
+    p.check("198.51.100.1")
+    cached = dict(p._decisions)
+    p.sync(blocks)
+    assert p._decisions == cached and cached

@@ -51,10 +51,10 @@ async def test_migrating_twice_changes_nothing(database_url: str) -> None:
         assert await current_revision(db) is None
         assert await _tables(db) == set()
         await migrate(db)
-        assert await current_revision(db) == head_revision() == "0001"
+        assert await current_revision(db) == head_revision() == "0002"
         assert await _tables(db) == set(metadata.tables)
         await migrate(db)
-        assert await current_revision(db) == "0001"
+        assert await current_revision(db) == "0002"
     finally:
         await db.close()
 

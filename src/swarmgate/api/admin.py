@@ -19,6 +19,7 @@ from swarmgate.api import openapi
 from swarmgate.api.management import request_id_of
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.keyadmin import Actor
+from swarmgate.auth.keys import NEVER, ExpiresAt
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
@@ -41,8 +42,12 @@ class KeyCreate(BaseModel):
     scopes: list[str] | None = Field(None, description="Default: the role's scopes")
     tier: str = Field("default", min_length=1, max_length=64)
     models: list[str] | None = Field(None, description="Allowed models; default: all")
-    expires_in: str | None = Field(None, description="Duration such as 30d, 12h, 3600")
-    expires_at: float | None = Field(None, description="Epoch seconds")
+    expires_in: str | None = Field(
+        None,
+        description="Duration such as 30d, 12h, 3600, or never; "
+        "default: auth.default_key_expiry (none if unset)",
+    )
+    expires_at: float | None = Field(None, description="Epoch seconds", allow_inf_nan=False)
 
 
 class KeyRotate(BaseModel):
@@ -68,6 +73,14 @@ def key_view(record: KeyRecord, prefixes: list[str] | None = None) -> dict[str, 
     if prefixes is not None:
         view["prefixes"] = prefixes
     return view
+
+
+def _creation_expiry(body: KeyCreate) -> ExpiresAt:
+    """``expires_in`` (a duration or ``never``) wins over ``expires_at``; neither: the default."""
+    if body.expires_in is not None and body.expires_in.strip().lower() == "never":
+        return NEVER
+    seconds = _duration(body.expires_in, "expires_in")
+    return body.expires_at if seconds is None else time.time() + seconds
 
 
 def _duration(value: str | None, param: str, *, allow_zero: bool = False) -> float | None:
@@ -152,10 +165,7 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
 
     @router.post("/keys", status_code=201, summary="Create a key (its secret is shown once)")
     async def create_key(body: KeyCreate, request: Request, who: Admin) -> dict[str, Any]:
-        expires_at = body.expires_at
-        seconds = _duration(body.expires_in, "expires_in")
-        if seconds is not None:
-            expires_at = time.time() + seconds
+        expires_at = _creation_expiry(body)
         record, secret = await keys.create(
             actor(request, who),
             body.name,
@@ -168,15 +178,29 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
         )
         return {"key": key_view(record), "secret": secret}
 
-    @router.get("/keys", summary="List keys (never their secrets)")
+    @router.get(
+        "/keys",
+        summary="List keys (never their secrets)",
+        responses={400: openapi.error("Bad parameters, or no auth.rotation_period is set")},
+    )
     async def list_keys(
         who: Admin,
         owner: str | None = None,
         include_revoked: bool = False,
+        due_for_rotation: Annotated[
+            bool,
+            Query(
+                description="Only active keys not rotated within auth.rotation_period, "
+                "least recently rotated first (include_revoked is then ignored)"
+            ),
+        ] = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
-        records = await keys.list(owner, include_revoked, limit, offset)
+        if due_for_rotation:
+            records = await keys.due_for_rotation(owner, limit, offset)
+        else:
+            records = await keys.list(owner, include_revoked, limit, offset)
         return {"data": [key_view(r) for r in records], "limit": limit, "offset": offset}
 
     @router.get("/keys/{key_id}", summary="Show one key", responses=_UNKNOWN_KEY)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
@@ -73,6 +74,8 @@ class KeyAuthenticator:
         metrics: Metrics,
         jwt: JWTVerifier | None = None,
         clock: Clock = time.time,
+        *,
+        on_block: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
         self._keys = keys
@@ -83,6 +86,7 @@ class KeyAuthenticator:
         self._metrics = metrics
         self._jwt = jwt
         self._clock = clock
+        self._on_block = on_block  # told of each automatic block (it stores it); must not await
         self._cache: dict[str, _Verified] = {}
         self._lookups: dict[str, asyncio.Future[tuple[KeyRecord, float] | None]] = {}
         self._hashes_of: dict[str, set[str]] = {}  # key id → cached hashes, for invalidation
@@ -258,6 +262,8 @@ class KeyAuthenticator:
                     "block_seconds": self._config.ip.block_seconds,
                 },
             )
+            if self._on_block is not None:
+                self._on_block(ip)
         raise Unauthorized(message)
 
     def _audit_failure(

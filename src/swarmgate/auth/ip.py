@@ -28,8 +28,12 @@ address string, so an address that is neither listed nor failing costs one dict 
 its first request. Every table is bounded: the decision cache and the failure tracker evict
 their oldest entries.
 
-Dynamic blocks live in this process only; the admin API persists them (``ip_blocks`` table) and
-replays them into each replica's policy.
+An address in ``never_block`` (like a trusted proxy) is never counted: the operators' own
+networks keep a way in that no run of failures can close.
+
+The policy itself does no I/O. ``auth.blocklist.SharedBlocks`` keeps operator and automatic
+blocks in the store (``ip_blocks``) and mirrors them into every replica's policy with ``sync``,
+so that ``swarmgate ip-blocks delete`` lifts a block everywhere.
 """
 
 from __future__ import annotations
@@ -192,6 +196,14 @@ class IPBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class _Dynamic:
+    net: Networks
+    until: float | None
+    reason: str
+    source: Literal["admin", "failures"]
+
+
+@dataclass(frozen=True, slots=True)
 class _Refusal:
     until: float  # math.inf: permanent
     message: str
@@ -199,6 +211,8 @@ class _Refusal:
 
 _ALLOWED: Final = _Refusal(0.0, "")  # a sentinel compared by identity on the hot path
 _FAILURES_REASON: Final = "too many failed attempts"
+_FAILURES_MESSAGE: Final = f"{_FAILURES_REASON} from your IP address; try again later"
+_BLOCKED_MESSAGE: Final = "requests from your IP address are blocked"
 
 
 class _Failures:
@@ -230,6 +244,7 @@ class IPPolicy:
         self._allow = _networks(config.allow, "auth.ip.allow", problems)
         self._block = _networks(config.block, "auth.ip.block", problems)
         self._trusted = _networks(config.trusted_proxies, "auth.ip.trusted_proxies", problems)
+        self._exempt = _networks(config.never_block, "auth.ip.never_block", problems)
         if problems:
             raise ConfigError(problems)
         self._config = config
@@ -238,7 +253,7 @@ class IPPolicy:
         self._max_cached = max_cached
         self._decisions: dict[str, _Refusal] = {}
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
-        self._dynamic: dict[str, tuple[Networks, float | None, str]] = {}
+        self._dynamic: dict[str, _Dynamic] = {}
 
     def check(self, ip: str) -> None:
         """Raise ``IPBlocked`` (403) if ``ip`` may not call; a temporary block has Retry-After."""
@@ -261,28 +276,28 @@ class IPPolicy:
     def _decide(self, ip: str, now: float) -> _Refusal:
         addr = parse_ip(ip)
         if addr is not None and self._block.contains_address(addr):
-            return _Refusal(math.inf, "requests from your IP address are blocked")
+            return _Refusal(math.inf, _BLOCKED_MESSAGE)
         if self._allow and (addr is None or not self._allow.contains_address(addr)):
             return _Refusal(math.inf, "your IP address is not allowed to use this service")
-        until = 0.0
+        refusal = _ALLOWED
         if addr is not None:
-            for cidr, (net, expires, _) in list(self._dynamic.items()):
-                if expires is not None and expires <= now:
+            for cidr, entry in list(self._dynamic.items()):
+                end = math.inf if entry.until is None else entry.until
+                if end <= now:
                     del self._dynamic[cidr]
-                elif net.contains_address(addr):
-                    until = max(until, math.inf if expires is None else expires)
+                elif end > refusal.until and entry.net.contains_address(addr):
+                    message = _FAILURES_MESSAGE if entry.source == "failures" else _BLOCKED_MESSAGE
+                    refusal = _Refusal(end, message)
         failures = self._failures.get(ip)
-        if failures is not None and failures.blocked_until > max(now, until):
-            message = f"{_FAILURES_REASON} from your IP address; try again later"
-            return _Refusal(failures.blocked_until, message)
-        if until > now:
-            return _Refusal(until, "requests from your IP address are blocked")
-        return _ALLOWED
+        if failures is not None and failures.blocked_until > max(now, refusal.until):
+            return _Refusal(failures.blocked_until, _FAILURES_MESSAGE)
+        return refusal
 
     def record_failure(self, ip: str) -> bool:
         """Count one failed attempt (e.g. a bad key); True when it starts a temporary block.
-        A trusted proxy's address is never counted (its clients are, when it names them)."""
-        if self._trusted and ip in self._trusted:
+        A trusted proxy's address is never counted (its clients are, when it names them), nor
+        is one in ``never_block``."""
+        if (self._trusted and ip in self._trusted) or (self._exempt and ip in self._exempt):
             return False
         now = self._clock()
         failures = self._failures.get(ip)
@@ -308,34 +323,68 @@ class IPPolicy:
         self._decisions.pop(ip, None)
         return True
 
+    def failure_block(self, ip: str) -> float | None:
+        """When the temporary block of ``ip`` after failures ends, if one is in force."""
+        failures = self._failures.get(ip)
+        if failures is None or failures.blocked_until <= self._clock():
+            return None
+        return failures.blocked_until
+
     def record_success(self, ip: str) -> None:
         """Forget the failures of ``ip`` (a block in force stays in force)."""
         failures = self._failures.get(ip)
         if failures is not None and failures.blocked_until <= self._clock():
             del self._failures[ip]
 
-    def block(self, cidr: str, until: float | None = None, reason: str = "") -> IPBlock:
-        """Block an address or CIDR until ``until`` (None: until ``unblock``)."""
+    def block(
+        self,
+        cidr: str,
+        until: float | None = None,
+        reason: str = "",
+        source: Literal["admin", "failures"] = "admin",
+    ) -> IPBlock:
+        """Block an address or CIDR until ``until`` (None: until ``unblock``). A ``failures``
+        block is an automatic one now kept in the store: it replaces the in-process failure
+        blocks inside it, so that lifting it from the store (``sync``) lifts them too."""
         net = Networks([cidr], cache_size=0)
         key = net.cidrs[0]
-        self._dynamic[key] = (net, until, reason)
+        self._dynamic[key] = _Dynamic(net, until, reason, source)
+        if source == "failures":
+            self._forget_failures(net)
         self._decisions.clear()
-        return IPBlock(key, until, reason, "admin")
+        return IPBlock(key, until, reason, source)
+
+    def sync(self, blocks: Iterable[IPBlock]) -> None:
+        """Make the dynamic blocks exactly ``blocks`` (the store's): a block gone from the
+        store is lifted here. Cached decisions are dropped only if something changed."""
+        fresh = {}
+        for b in blocks:
+            net = Networks([b.cidr], cache_size=0)
+            source: Literal["admin", "failures"] = "failures" if b.source == "failures" else "admin"
+            fresh[net.cidrs[0]] = _Dynamic(net, b.until, b.reason, source)
+        if _views(fresh) != _views(self._dynamic):
+            self._dynamic = fresh
+            self._decisions.clear()
 
     def unblock(self, cidr: str) -> bool:
-        """Lift an admin block of exactly ``cidr`` and failure blocks inside it.
+        """Lift a dynamic block of exactly ``cidr`` and failure blocks inside it.
 
         Blocks from the configuration file stay: change the file to lift them. Returns whether
         anything was lifted.
         """
         net = Networks([cidr], cache_size=0)
         lifted = self._dynamic.pop(net.cidrs[0], None) is not None
+        lifted = self._forget_failures(net) or lifted
+        self._decisions.clear()
+        return lifted
+
+    def _forget_failures(self, net: Networks) -> bool:
         now = self._clock()
+        lifted = False
         for ip, failures in list(self._failures.items()):
             if failures.blocked_until > now and ip in net:
                 del self._failures[ip]
                 lifted = True
-        self._decisions.clear()
         return lifted
 
     def blocked(self) -> list[IPBlock]:
@@ -343,16 +392,25 @@ class IPPolicy:
         now = self._clock()
         out = [IPBlock(cidr, None, "configured", "config") for cidr in self._block.cidrs]
         out.extend(
-            IPBlock(cidr, expires, reason, "admin")
-            for cidr, (_, expires, reason) in self._dynamic.items()
-            if expires is None or expires > now
+            IPBlock(cidr, d.until, d.reason, d.source)
+            for cidr, d in self._dynamic.items()
+            if d.until is None or d.until > now
         )
         for ip, failures in self._failures.items():
             if failures.blocked_until > now:
-                addr = parse_ip(ip)
-                cidr = f"{addr}/{addr.max_prefixlen}" if addr is not None else ip
+                cidr = host_cidr(ip) or ip
                 out.append(IPBlock(cidr, failures.blocked_until, _FAILURES_REASON, "failures"))
         return out
+
+
+def host_cidr(ip: str) -> str | None:
+    """``1.2.3.4`` → ``1.2.3.4/32`` (how one address is stored and listed as a block)."""
+    addr = parse_ip(ip)
+    return None if addr is None else f"{addr}/{addr.max_prefixlen}"
+
+
+def _views(dynamic: dict[str, _Dynamic]) -> dict[str, tuple[float | None, str, str]]:
+    return {cidr: (d.until, d.reason, d.source) for cidr, d in dynamic.items()}
 
 
 def _networks(cidrs: Iterable[str], path: str, problems: list[str]) -> Networks:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarmgate.auth.audit import AuditLog
-from swarmgate.auth.keys import KeyService
+from swarmgate.auth.keys import ExpiresAt, KeyService
 from swarmgate.config import Settings
 from swarmgate.errors import BadRequest, NotFound
 from swarmgate.store import names
@@ -83,6 +83,13 @@ def immediate(store: AuditStore, clock: Clock = time.time) -> AuditTrail:
     return write
 
 
+def _page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= MAX_OFFSET:
+        raise BadRequest("limit must be a positive integer", param="limit")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}", param="offset")
+
+
 class KeyAdmin:
     """The operator's actions on keys, each audited and (if it must be) published."""
 
@@ -95,6 +102,8 @@ class KeyAdmin:
         rotation_grace: float,
         *,
         models: Mapping[str, str] | None = None,
+        rotation_period: float | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self._keys = keys
         self._store = store
@@ -103,6 +112,8 @@ class KeyAdmin:
         self.rotation_grace = rotation_grace
         # Model id or alias → model id (``model_names``); None: no models to check against.
         self._models = models
+        self.rotation_period = rotation_period  # auth.rotation_period; None: nothing is due
+        self._clock = clock
 
     def _allowed_models(self, models: Iterable[str] | None) -> builtins.list[str] | None:
         """The model ids a key may use: each name must be a configured model or alias (a typo
@@ -131,9 +142,10 @@ class KeyAdmin:
         scopes: Iterable[str] | None = None,
         tier: str = "default",
         models: Iterable[str] | None = None,
-        expires_at: float | None = None,
+        expires_at: ExpiresAt = None,
     ) -> tuple[KeyRecord, str]:
-        """A new key and its secret (shown once). Without ``scopes``: the role's defaults."""
+        """A new key and its secret (shown once). Without ``scopes``: the role's defaults;
+        without ``expires_at``: ``auth.default_key_expiry``; ``NEVER``: no expiry."""
         record, secret = await self._keys.create(
             name, owner, role, scopes, tier, self._allowed_models(models), expires_at
         )
@@ -171,11 +183,24 @@ class KeyAdmin:
         offset: int = 0,
     ) -> builtins.list[KeyRecord]:
         """Keys, oldest first (never their secrets)."""
-        if not 1 <= limit <= MAX_OFFSET:
-            raise BadRequest("limit must be a positive integer", param="limit")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}", param="offset")
+        _page(limit, offset)
         return await self._store.list(owner, include_revoked, limit, offset)
+
+    async def due_for_rotation(
+        self, owner: str | None = None, limit: int = 50, offset: int = 0
+    ) -> builtins.list[KeyRecord]:
+        """Active keys whose current secret is older than ``auth.rotation_period`` (made when
+        the key was created or last rotated), least recently rotated first."""
+        if self.rotation_period is None:
+            raise BadRequest(
+                "no rotation period is configured (auth.rotation_period)",
+                param="due_for_rotation",
+            )
+        _page(limit, offset)
+        now = self._clock()
+        return await self._store.due_for_rotation(
+            now - self.rotation_period, now, owner, limit, offset
+        )
 
     async def show(self, key_id: str) -> tuple[KeyRecord, builtins.list[str]]:
         """One key and the visible prefixes of its secrets, current first."""

@@ -16,6 +16,7 @@ first admin key); ``store.keys.KeyStore`` only reads and writes rows.
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import hmac
 import math
@@ -25,6 +26,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Final, Literal
 
 from swarmgate.auth.roles import ALL_SCOPES, default_scopes, parse_role, parse_scopes
 from swarmgate.config import MAX_DURATION
@@ -40,6 +42,18 @@ MIN_SERVER_SECRET = 32
 BOOTSTRAP_NAME = "bootstrap-admin"
 LAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL and C1
+
+
+class Expiry(enum.Enum):
+    """``create(expires_at=NEVER)``: a key that never expires, whatever
+    ``auth.default_key_expiry`` says (``expires_at=None`` means "the default")."""
+
+    NEVER = "never"
+
+
+NEVER: Final = Expiry.NEVER
+# What a new key's expiry may be given as: epoch seconds, NEVER, or None for the default.
+ExpiresAt = float | Literal[Expiry.NEVER] | None
 
 
 def generate_secret() -> str:
@@ -170,10 +184,18 @@ def _scopes(role: Role, values: Iterable[str] | None) -> frozenset[str]:
 class KeyService:
     """Create, rotate, revoke, expire and check API keys."""
 
-    def __init__(self, store: KeyStore, hasher: KeyHasher, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        hasher: KeyHasher,
+        clock: Clock = time.time,
+        *,
+        default_expiry: float | None = None,
+    ) -> None:
         self._store = store
         self._hasher = hasher
         self._clock = clock
+        self.default_expiry = default_expiry  # auth.default_key_expiry, seconds
 
     async def create(
         self,
@@ -183,11 +205,17 @@ class KeyService:
         scopes: Iterable[str] | None = None,
         tier: str = "default",
         models: Iterable[str] | None = None,
-        expires_at: float | None = None,
+        expires_at: ExpiresAt = None,
     ) -> tuple[KeyRecord, str]:
         """A new key and its secret. The secret is returned here once and never again.
-        Without ``scopes`` the key gets its role's default scopes (``auth.roles``)."""
-        record = self._new_record(name, owner, role, scopes, tier, models, expires_at)
+        Without ``scopes`` the key gets its role's default scopes (``auth.roles``). Without
+        ``expires_at`` it expires after ``default_expiry`` (if set); ``NEVER``: it does not."""
+        at = expires_at
+        if at is None and self.default_expiry is not None:
+            at = self._clock() + self.default_expiry
+        elif at is NEVER:
+            at = None
+        record = self._new_record(name, owner, role, scopes, tier, models, at)
         secret = generate_secret()
         await self._store.create(record, self._hasher.hash(secret), self._hasher.prefix(secret))
         return record, secret

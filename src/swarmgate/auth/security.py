@@ -1,11 +1,13 @@
 """The identity-and-access parts of one gateway process, built together and run together.
 
 Built once by ``create_app`` over the ``store.Store`` it is given (database, event bus,
-repositories): the key service, the IP policy, the JWT verifier, the audit log writer, the key
-administration service and the last-use recorder, wired into the ``KeyAuthenticator`` the hot
-path calls. ``start`` prepares the store (migrating it if configured, making sure an admin key
-exists), replays operator IP blocks and subscribes to revocation events; a background loop
-records keys' last use off the hot path; ``close`` flushes what is queued. The store itself is
+repositories): the key service, the IP policy and the blocks it shares with the other replicas,
+the JWT verifier, the audit log writer, the key administration service, the last-use recorder
+and the key lifecycle, wired into the ``KeyAuthenticator`` the hot path calls. ``start``
+prepares the store (migrating it if configured, making sure an admin key exists), replays the
+stored IP blocks and subscribes to revocation events; background loops record keys' last use
+and run the key lifecycle (retention, rotation due) off the hot path; ``close`` flushes what is
+queued. The store itself is
 closed by whoever opened it.
 """
 
@@ -15,16 +17,17 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swarmgate.auth.audit import AuditLog
 from swarmgate.auth.authenticator import KeyAuthenticator
+from swarmgate.auth.blocklist import SharedBlocks
 from swarmgate.auth.ip import IPPolicy
 from swarmgate.auth.keyadmin import KeyAdmin, model_names, queued
 from swarmgate.auth.keys import KeyHasher, KeyService, load_or_create_server_secret
 from swarmgate.auth.lastused import LastUsed
+from swarmgate.auth.lifecycle import KeyLifecycle
 from swarmgate.config import Settings
 from swarmgate.errors import StoreError
 from swarmgate.observability.metrics import Metrics
@@ -64,9 +67,10 @@ class Security:
         self.store = store
         auth = settings.auth
         self.hasher = server_hasher(settings)
-        self.keys = KeyService(store.keys, self.hasher)
+        self.keys = KeyService(store.keys, self.hasher, default_expiry=auth.default_key_expiry)
         self.audit = AuditLog(store.audit, settings.audit)
         self.ip_policy = IPPolicy(auth.ip)
+        self.blocks = SharedBlocks(self.ip_policy, store.ip_blocks, store.events)
         self.jwt: JWTVerifier | None = None
         if auth.jwt.enabled:
             from swarmgate.auth.jwt import JWTVerifier
@@ -74,7 +78,14 @@ class Security:
             self.jwt = JWTVerifier(auth.jwt)
         # With auth.enabled false, every caller the IP policy admits is the system principal.
         self.authenticator = KeyAuthenticator(
-            auth, self.keys, self.hasher, self.ip_policy, self.audit, metrics, self.jwt
+            auth,
+            self.keys,
+            self.hasher,
+            self.ip_policy,
+            self.audit,
+            metrics,
+            self.jwt,
+            on_block=self.blocks.autoblocked,
         )
         self.admin = KeyAdmin(
             self.keys,
@@ -83,10 +94,14 @@ class Security:
             queued(self.audit),
             auth.rotation_grace,
             models=model_names(settings),
+            rotation_period=auth.rotation_period,
+        )
+        self.lifecycle = KeyLifecycle(
+            auth, store.keys, store.ip_blocks, self.audit, metrics.registry
         )
         self.last_used = LastUsed(self.authenticator.last_used, store.keys, settings.audit)
         store.events.subscribe(names.KEY_EVENTS, self.authenticator.invalidate)
-        store.events.subscribe(names.IP_EVENTS, self._ip_event)
+        store.events.subscribe(names.IP_EVENTS, self.blocks.on_event)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -96,6 +111,7 @@ class Security:
         await self.audit.start()
         await self.store.events.start()
         self._tasks.append(asyncio.create_task(self._background(), name="key-last-used"))
+        self._tasks.append(asyncio.create_task(self.lifecycle.run(), name="key-lifecycle"))
 
     def _warn_if_open(self) -> None:
         auth = self.settings.auth
@@ -117,26 +133,11 @@ class Security:
             )
 
     async def reload_ip_blocks(self) -> None:
-        for block in await self.store.ip_blocks.active(time.time()):
-            self.ip_policy.block(block.cidr, block.expires_at, block.reason)
-
-    def _ip_event(self, message: str) -> None:
-        action, _, cidr = message.partition(" ")
-        if action == "unblock":
-            self.ip_policy.unblock(cidr)
-        else:
-            task = asyncio.get_running_loop().create_task(self.reload_ip_blocks())
-            self._tasks.append(task)
-            task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("reloading IP blocks failed: %s", task.exception())
+        await self.blocks.reload()
 
     async def _background(self) -> None:
-        """Every few seconds: keys' last use to the store, and operator IP blocks from it (so
-        they reach every worker and replica even without Redis, or if an event was lost)."""
+        """Every few seconds: keys' last use to the store, and IP blocks from it (so they reach,
+        and their removal lifts, every worker and replica even without Redis or an event)."""
         while True:
             await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
             try:
@@ -154,6 +155,7 @@ class Security:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.blocks.close()
         with contextlib.suppress(Exception):
             await self.last_used.stop()
         await self.audit.stop()

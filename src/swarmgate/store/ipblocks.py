@@ -1,4 +1,6 @@
-"""Operator-managed IP blocks in the SQL store (``ip_blocks``), replayed into every replica."""
+"""IP blocks in the SQL store (``ip_blocks``), replayed into every replica: operators' blocks
+(``source`` ``operator``) and automatic blocks after repeated failures (``failures``), so that
+the CLI can list and lift both from outside any gateway."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ class StoredBlock:
     created_at: float
     expires_at: float | None
     created_by: str
+    source: str = "operator"  # or "failures": blocked automatically
 
 
 class IPBlockStore:
@@ -33,6 +36,7 @@ class IPBlockStore:
                     created_at=block.created_at,
                     expires_at=block.expires_at,
                     created_by=block.created_by,
+                    source=block.source,
                 )
             )
 
@@ -48,6 +52,19 @@ class IPBlockStore:
         async with self._db.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [
-            StoredBlock(r["cidr"], r["reason"], r["created_at"], r["expires_at"], r["created_by"])
+            StoredBlock(
+                r["cidr"],
+                r["reason"],
+                r["created_at"],
+                r["expires_at"],
+                r["created_by"],
+                r["source"],
+            )
             for r in rows
         ]
+
+    async def purge(self, now: float) -> int:
+        """Delete blocks that have ended (idempotent, safe on every replica at once)."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(sa.delete(ip_blocks).where(ip_blocks.c.expires_at <= now))
+            return int(result.rowcount)

@@ -19,6 +19,9 @@ from swarmgate.store.schema import api_key_secrets, api_keys
 from swarmgate.store.sql import Database
 from swarmgate.types import Principal, Role
 
+# Advisory lock held by the replica purging old keys on PostgreSQL (fixed, like migrate's).
+_PURGE = 0x5357_4B45_5950  # "SWKEYP"
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
@@ -174,6 +177,55 @@ class KeyStore:
         query = query.limit(limit).offset(offset)
         async with self._db.connect() as conn:
             return [_record(row) for row in (await conn.execute(query)).mappings()]
+
+    def _due(self, rotated_before: float, now: float) -> sa.Select[Any]:
+        """Active keys whose current secret (the one without an end) was made before
+        ``rotated_before``: at creation, or at the key's last rotation."""
+        current = api_key_secrets.c
+        return (
+            sa.select(api_keys)
+            .join(api_key_secrets, current.key_id == api_keys.c.id)
+            .where(current.valid_until.is_(None), current.created_at <= rotated_before)
+            .where(api_keys.c.revoked_at.is_(None))
+            .where(sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now))
+        )
+
+    async def due_for_rotation(
+        self,
+        rotated_before: float,
+        now: float,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> builtins.list[KeyRecord]:
+        """Active keys not rotated since ``rotated_before``, least recently rotated first."""
+        query = self._due(rotated_before, now).order_by(api_key_secrets.c.created_at, api_keys.c.id)
+        if owner is not None:
+            query = query.where(api_keys.c.owner == owner)
+        query = query.limit(limit).offset(offset)
+        async with self._db.connect() as conn:
+            return [_record(row) for row in (await conn.execute(query)).mappings()]
+
+    async def count_due_for_rotation(self, rotated_before: float, now: float) -> int:
+        query = sa.select(sa.func.count()).select_from(self._due(rotated_before, now).subquery())
+        async with self._db.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def purge(self, ended_before: float) -> builtins.list[str]:
+        """Delete the keys revoked or expired before ``ended_before``, with their secrets (the
+        foreign key cascades); return their ids. Idempotent: replicas may all run it, and
+        concurrent runs delete each key once (the second finds nothing left)."""
+        c = api_keys.c
+        ended = sa.or_(c.revoked_at <= ended_before, c.expires_at <= ended_before)
+        async with self._db.begin() as conn:
+            if self._db.dialect == "postgresql":
+                # One replica at a time; the others skip this round (SQLite's write transaction
+                # already serialises them with BEGIN IMMEDIATE).
+                locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(_PURGE)))
+                if not locked:
+                    return []
+            result = await conn.execute(api_keys.delete().where(ended).returning(c.id))
+            return sorted(result.scalars())
 
     async def add_secret(self, key_id: str, secret_hash: str, prefix: str, now: float) -> None:
         async with self._db.begin() as conn:

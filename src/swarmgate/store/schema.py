@@ -84,4 +84,6 @@ ip_blocks = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=True),
     sa.Column("created_by", sa.String(200), nullable=False),
+    # "operator" (admin API, CLI) or "failures" (automatic, after repeated failed attempts).
+    sa.Column("source", sa.String(16), nullable=False, server_default="operator"),
 )
