@@ -73,3 +73,11 @@ def test_needs_models_read_and_lists_only_the_keys_models(gw: Gateway) -> None:
     assert_native_error(hidden, 404, "NOT_FOUND")
     _, no_read = create_key(gw, role="user", scopes=["inference:text"])
     assert_native_error(call(f"{gw.url}/api/v1/models", key=no_read), 403, "FORBIDDEN")
+
+
+def test_every_model_type_has_a_native_type() -> None:
+    # A model type without one answered /api/v1/models with a 500 (found by the contract run).
+    from swarmgate.api.native_models import NATIVE_TYPES
+    from swarmgate.types import ModelType
+
+    assert set(NATIVE_TYPES) == set(ModelType)

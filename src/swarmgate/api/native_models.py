@@ -27,6 +27,8 @@ NATIVE_TYPES: dict[ModelType, str] = {
     ModelType.EMBEDDING: "text",
     ModelType.IMAGE: "image",
     ModelType.AUDIO: "audio",
+    ModelType.SPEECH: "audio",
+    ModelType.TRANSCRIPTION: "audio",
 }
 STATUSES = ("available", "busy")
 DEFAULT_LIMIT = 50

@@ -18,7 +18,7 @@ def authorize(x: Exchange) -> None:
     assert pool is not None and principal is not None, "authorize runs after resolve"
     if pool.type not in x.route.types:
         raise BadRequest(
-            f"model {pool.model!r} is a {pool.type} model and cannot serve {x.route.client_path}",
+            f"model {pool.model!r} ({pool.type}) cannot serve {x.route.client_path}",
             param="model",
         )
     require(principal, scope_for_model_type(pool.type))
