@@ -56,6 +56,7 @@ class Gateway:
     url: str
     key: str | None
     models: list[str] = field(default_factory=list)
+    chat_models: list[str] = field(default_factory=list)  # those whose type is chat
 
     def request(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> Reply:
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -116,13 +117,18 @@ def check_models(gw: Gateway) -> str:
     data = reply.json().get("data")
     if not isinstance(data, list) or not data:
         raise Failed("GET /v1/models listed no models")
-    gw.models = [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+    listed = [m for m in data if isinstance(m, dict) and "id" in m]
+    gw.models = [str(m["id"]) for m in listed]
+    # swarmgate says each model's type; another gateway may not (then every model is tried).
+    gw.chat_models = [str(m["id"]) for m in listed if m.get("type", "chat") == "chat"]
     return f"{len(gw.models)} models: {', '.join(gw.models)}"
 
 
 def _chat_models(gw: Gateway) -> list[str]:
     if not gw.models:
         raise Failed("no model to call (the models check failed)")
+    if gw.chat_models:
+        return gw.chat_models
     # Embedding models refuse chat; their names usually say what they are.
     chat = [m for m in gw.models if "embed" not in m]
     return chat or gw.models
