@@ -51,6 +51,8 @@ def gw(procs: Processes) -> Iterator[Gateway]:
             "chat": {"aliases": ["chatty"], "deployments": [{"url": sim.url}]},
             "embed": {"type": "embedding", "deployments": [{"url": sim.url}]},
         },
+        # Downloads pulled from the simulator's /api/pull (without one they are a 503).
+        "native": {"ollama_url": sim.url},
         # The fuzzer sends wrong keys on purpose; being blocked for it would hide the rest.
         "auth": {"ip": {"max_failures": 1_000_000}},
     }

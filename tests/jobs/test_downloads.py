@@ -86,8 +86,13 @@ async def test_a_pull_ends_done_with_every_byte(store: RecordingStore) -> None:
     assert done.status is DownloadStatus.DONE and done.error is None
     assert done.total_bytes == done.completed_bytes == SIZE
     assert done.last_status == "success"
-    # Throttled: the "running" mark and the end; no write per line.
-    assert [p.status for _, p in store.updates] == [DownloadStatus.RUNNING, DownloadStatus.DONE]
+    # Throttled: the "running" mark, the first line, the end; no write per line.
+    statuses = [(p.status, p.last_status) for _, p in store.updates]
+    assert statuses == [
+        (DownloadStatus.RUNNING, None),
+        (DownloadStatus.RUNNING, "pulling manifest"),
+        (DownloadStatus.DONE, "success"),
+    ]
 
 
 async def test_progress_is_written_as_it_streams_without_a_throttle(
@@ -159,22 +164,39 @@ def gated(gate: asyncio.Event, pulled: list[str]) -> MemoryTransport:
     return MemoryTransport(handler)
 
 
-async def test_queued_jobs_run_by_priority_within_the_bound(store: RecordingStore) -> None:
+async def test_at_most_concurrency_pulls_run_at_once(store: RecordingStore) -> None:
     gate, pulled = asyncio.Event(), []
     downloads = Downloads(store, gated(gate, pulled), ORIGIN, concurrency=2)
     downloads.start()
     try:
-        for job_id, priority in [("a", "low"), ("b", "low"), ("c", "low"), ("d", "normal")]:
-            await downloads.submit(job(job_id, priority))
+        for job_id in "abcd":
+            await downloads.submit(job(job_id))
         await asyncio.sleep(0.05)
         assert sorted(pulled) == ["a", "b"]  # two at once, the rest wait
-        await downloads.submit(job("e", "high"))
+        waiting = await store.get("c")
+        assert waiting is not None and waiting.status is DownloadStatus.QUEUED
         gate.set()
-        for job_id in "abcde":
+        for job_id in "abcd":
             assert (await finished(store, job_id)).status is DownloadStatus.DONE
     finally:
         await downloads.stop()
-    assert pulled[2:] == ["e", "d", "c"]
+
+
+async def test_queued_jobs_run_by_priority_then_in_order(store: RecordingStore) -> None:
+    gate, pulled = asyncio.Event(), []
+    downloads = Downloads(store, gated(gate, pulled), ORIGIN, concurrency=1)
+    downloads.start()
+    try:
+        await downloads.submit(job("first", "low"))
+        await asyncio.sleep(0.05)  # "first" holds the only worker
+        for job_id, priority in [("c", "low"), ("d", "normal"), ("e", "high"), ("f", "normal")]:
+            await downloads.submit(job(job_id, priority))
+        gate.set()
+        for job_id in "cdef":
+            assert (await finished(store, job_id)).status is DownloadStatus.DONE
+    finally:
+        await downloads.stop()
+    assert pulled == ["first", "e", "d", "f", "c"]
 
 
 async def test_shutdown_fails_running_and_queued_jobs(store: RecordingStore) -> None:

@@ -169,14 +169,15 @@ class Downloads:
     async def _pull(self, job: Download, tally: _Tally) -> None:
         assert self.origin is not None  # submit refuses jobs without one
         name = pull_name(job.source, job.model_name)
-        written = self.monotonic()
+        written: float | None = None  # the first line is written at once: the job has begun
         try:
             async with asyncio.timeout(self.idle_timeout) as idle:
                 async for line in pull(self.transport, self.origin, name):
                     idle.reschedule(asyncio.get_running_loop().time() + self.idle_timeout)
                     tally.add(line)
-                    if self.monotonic() - written >= self.throttle:
-                        written = self.monotonic()
+                    now = self.monotonic()
+                    if written is None or now - written >= self.throttle:
+                        written = now
                         running = tally.progress(DownloadStatus.RUNNING, self.clock())
                         await self._write(job.id, running)
         except TimeoutError:
