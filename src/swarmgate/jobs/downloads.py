@@ -144,8 +144,9 @@ class Downloads:
 
     async def _run(self, job: Download) -> None:
         tally = _Tally()
-        await self._write(job.id, tally.progress(DownloadStatus.RUNNING, self.clock()))
         try:
+            # Inside the try: a shutdown that lands on this first write must fail the job too.
+            await self._write(job.id, tally.progress(DownloadStatus.RUNNING, self.clock()))
             await self._pull(job, tally)
         except asyncio.CancelledError:
             # Shutdown: the row must not stay "running" for ever. The write is awaited inside
