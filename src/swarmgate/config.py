@@ -263,6 +263,11 @@ class Native(Frozen):
     # The Ollama server ``POST /api/v1/models/download`` pulls onto (its base URL, no /api);
     # None: downloads are refused (503).
     ollama_url: BaseUrl | None = None
+    # Per process: pulls run at once, jobs waiting behind them (more are refused with a 429),
+    # and how long a pull may go without a progress line before it is failed.
+    download_concurrency: Annotated[int, Field(ge=1, le=32)] = 2
+    download_queue: Annotated[int, Field(ge=1)] = 100
+    download_idle_timeout: Seconds = 300.0
 
 
 class Settings(Frozen):

@@ -63,6 +63,8 @@ def gw(procs: Processes) -> Iterator[Gateway]:
             "voice": {"type": "speech", "deployments": [{"url": sim.url}]},
             "scribe": {"type": "transcription", "deployments": [{"url": sim.url}]},
         },
+        # Downloads pulled from the simulator's /api/pull (without one they are a 503).
+        "native": {"ollama_url": sim.url},
         # The fuzzer sends wrong keys on purpose; being blocked for it would hide the rest.
         "auth": {"ip": {"max_failures": 1_000_000}},
     }

@@ -79,3 +79,28 @@ async def test_downgrade_removes_everything(database: Database) -> None:
         await conn.run_sync(downgrade)
     assert await _tables(database) == set()
     assert await current_revision(database) is None
+
+
+async def test_a_database_at_0001_upgrades_to_head_keeping_its_rows(database_url: str) -> None:
+    def to_0001(connection: Connection) -> None:
+        command.upgrade(alembic_config(connection), "0001")
+
+    db = Database.from_url(database_url)
+    try:
+        async with db.begin() as conn:
+            await conn.run_sync(to_0001)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO ip_blocks (cidr, reason, created_at, created_by) "
+                    "VALUES ('192.0.2.0/24', 'r', 1.0, 'op')"
+                )
+            )
+        assert "model_downloads" not in await _tables(db)
+        await migrate(db)
+        assert await current_revision(db) == "0002"
+        assert await _tables(db) == set(metadata.tables)
+        async with db.connect() as conn:
+            count = (await conn.execute(sa.text("SELECT count(*) FROM ip_blocks"))).scalar()
+        assert count == 1
+    finally:
+        await db.close()

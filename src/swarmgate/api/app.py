@@ -17,12 +17,15 @@ from swarmgate.api.health import Health
 from swarmgate.api.hosts import TrustedHosts
 from swarmgate.api.management import build_management_app
 from swarmgate.api.native import NativeInference
+from swarmgate.api.native_downloads import PATH as DOWNLOADS
+from swarmgate.api.native_downloads import NativeDownloads
 from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
 from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound
+from swarmgate.jobs.downloads import Downloads
 from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
@@ -35,7 +38,7 @@ from swarmgate.pipeline.results import Results
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
-from swarmgate.types import ASGIApp, ASGIScope, Message, Receive, Send, Transport
+from swarmgate.types import ASGIApp, ASGIScope, Message, Origin, Receive, Send, Transport
 from swarmgate.upstream.transport import HttpTransport
 
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
@@ -91,11 +94,34 @@ class Gateway:
         self.routes |= {path: ("POST", self.native) for path in PARSERS}
         self.native_models = NativeModels(self.fleet, self.authenticator)
         self.routes["/api/v1/models"] = ("GET", self.native_models)
+        self.downloads = Downloads(
+            self.store.downloads,
+            self.transport,
+            Origin(native.ollama_url) if native.ollama_url else None,
+            concurrency=native.download_concurrency,
+            queue_size=native.download_queue,
+            idle_timeout=native.download_idle_timeout,
+        )
+        self.native_downloads = NativeDownloads(
+            self.downloads,
+            self.store.downloads,
+            self.authenticator,
+            settings.server.max_body_bytes,
+            time.time,
+        )
+        self.routes[DOWNLOADS] = ("POST", self.native_downloads.create)
         # Paths with an id at the end: (prefix, method, handler, the metrics endpoint label),
         # the longest prefix first.
         self.prefixes: tuple[tuple[str, str, Handler, str], ...] = (
             ("/v1/models/", "GET", self.ops.models, "/v1/models/{model}"),
             ("/api/v1/inference/", "GET", self.native.task, "/api/v1/inference/{task_id}"),
+            # Ahead of /api/v1/models/{model_id}, which would take "download" for a model.
+            (
+                DOWNLOADS + "/",
+                "GET",
+                self.native_downloads.status,
+                "/api/v1/models/download/{id}",
+            ),
             ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
         )
         self.management = build_management_app([build_admin_router(self.security)])
@@ -168,6 +194,7 @@ class Gateway:
         await self.security.start()
         self.metrics.start()
         await self.health.start()
+        self.downloads.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short.
         gc.collect()
@@ -177,6 +204,8 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ops.ready = False
         await self.health.stop()
+        # Before the transport and the store: interrupted jobs are marked failed in the store.
+        await self.downloads.stop()
         await self.transport.close()
         await self.metrics.stop()
         await self.security.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swarmgate.api import openapi_native
+from swarmgate.api import openapi_downloads, openapi_native
 
 ERROR = {
     "type": "object",
@@ -379,9 +379,11 @@ def merge(document: dict[str, Any]) -> dict[str, Any]:
     document.setdefault("paths", {}).update(hot_path_paths())
     document["paths"].update(openapi_native.native_paths())
     document["paths"].update(openapi_native.model_paths())
+    document["paths"].update(openapi_downloads.download_paths())
     components = document.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR
     components["schemas"].update(openapi_native.components())
+    components["schemas"].update(openapi_downloads.components())
     components.setdefault("responses", {})["MethodNotAllowed"] = METHOD_NOT_ALLOWED
     components.setdefault("securitySchemes", {})["bearer"] = {
         "type": "http",

@@ -1,10 +1,11 @@
 """State that outlives a request: the SQL store (SQLite or PostgreSQL), its schema and migrations,
-the repositories over it (API keys, audit log, IP blocks), cross-replica events, and the
-write-behind queue that stores records off the hot path.
+the repositories over it (API keys, audit log, IP blocks, model downloads), cross-replica
+events, and the write-behind queue that stores records off the hot path.
 
 ``sql.Database`` is the seam; the repositories (``keys.KeyStore``, ``audit.AuditStore``,
-``ipblocks.IPBlockStore``) take it in their constructor and hold no other state. ``open`` builds
-them once from the settings, for the gateway, ``swarmgate serve`` and the CLI alike.
+``ipblocks.IPBlockStore``, ``downloads.DownloadStore``) take it in their constructor and hold
+no other state. ``open`` builds them once from the settings, for the gateway, ``swarmgate
+serve`` and the CLI alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from swarmgate.config import Settings
 from swarmgate.store.audit import AuditStore
+from swarmgate.store.downloads import DownloadStore
 from swarmgate.store.events import EventBus, LocalBus, RedisBus
 from swarmgate.store.ipblocks import IPBlockStore
 from swarmgate.store.keys import KeyStore
@@ -29,6 +31,7 @@ class Store:
     keys: KeyStore
     audit: AuditStore
     ip_blocks: IPBlockStore
+    downloads: DownloadStore
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent; see ``store.migrate``)."""
@@ -50,4 +53,4 @@ def open(settings: Settings) -> Store:
     events: EventBus = (
         RedisBus(redis.url, publish_timeout=redis.publish_timeout) if redis.url else LocalBus()
     )
-    return Store(db, events, KeyStore(db), AuditStore(db), IPBlockStore(db))
+    return Store(db, events, KeyStore(db), AuditStore(db), IPBlockStore(db), DownloadStore(db))

@@ -87,3 +87,22 @@ ip_blocks = sa.Table(
     # "operator" (admin API, CLI) or "failures" (automatic, after repeated failed attempts).
     sa.Column("source", sa.String(16), nullable=False, server_default="operator"),
 )
+
+# Model downloads (``POST /api/v1/models/download``): written by the replica that runs the pull,
+# read by any replica. ``requested_by`` is a key id (NULL for a JWT or an anonymous caller).
+model_downloads = sa.Table(
+    "model_downloads",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # queued | running | done | failed
+    sa.Column("total_bytes", sa.BigInteger, nullable=True),
+    sa.Column("completed_bytes", sa.BigInteger, nullable=True),
+    sa.Column("last_status", sa.String(500), nullable=True),  # Ollama's last progress line
+    sa.Column("error", sa.String(1000), nullable=True),
+    sa.Column("requested_by", sa.String(40), nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False, index=True),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
