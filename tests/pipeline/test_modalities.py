@@ -201,7 +201,7 @@ async def test_a_model_of_another_type_is_refused(
     gw = Gateway(never, A, type=kind)
     answer = await gw.post(body, path)
     assert answer.status == 400
-    assert f"is a {kind} model" in answer.json()["error"]["message"]
+    assert f"({kind}) cannot serve {path}" in answer.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
