@@ -156,22 +156,25 @@ def minimal_service(server: str) -> Service:
     return Service(f"minimal-{server}", argv, MINIMAL_PORT, env=env, cwd=REPO / "bench")
 
 
-def gateway_config() -> Path:
-    """bench/gateway.yaml with its store and spool paths made absolute, so that every row (and
-    a baseline commit that resolved relative paths differently) uses the same files."""
+def gateway_config(name: str = "bench") -> Path:
+    """bench/gateway.yaml with its store and spool paths made absolute (a baseline commit may
+    resolve relative paths differently), and a store of its own per ``name`` (a baseline's
+    older schema must not meet a newer one)."""
     import yaml
 
     config = yaml.safe_load(GATEWAY_CONFIG.read_text())
-    config["store"] = {"url": f"sqlite+aiosqlite:///{WORK / 'bench.db'}"}
-    config["audit"] = {"spool_path": str(WORK / "audit.spool")}
+    config["store"] = {"url": f"sqlite+aiosqlite:///{WORK / (name + '.db')}"}
+    config["audit"] = {"spool_path": str(WORK / f"{name}-audit.spool")}
     WORK.mkdir(exist_ok=True)
-    path = WORK / "gateway.yaml"
+    path = WORK / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def gateway_service(keys: Keys, server: str, workers: int, auth: bool) -> Service:
-    argv = [str(VENV / "swarmgate"), "serve", "--config", str(gateway_config())]
+def gateway_service(
+    keys: Keys, server: str, workers: int, auth: bool, store: str = "bench"
+) -> Service:
+    argv = [str(VENV / "swarmgate"), "serve", "--config", str(gateway_config(store))]
     argv += ["--port", str(GATEWAY_PORT), "--workers", str(workers), "--server", server]
     env = {"SWARMGATE_ADMIN_KEY": keys.gateway_admin}
     if not auth:
@@ -202,7 +205,7 @@ def baseline_row(keys: Keys, commit: str) -> Row:
     commit's sources first on the path."""
     tree = baseline_tree(commit)
     sha = tree.name.removeprefix("baseline-")
-    service = gateway_service(keys, "uvicorn", 1, auth=True)
+    service = gateway_service(keys, "uvicorn", 1, auth=True, store=f"bench-{sha}")
     argv = [str(VENV / "python"), "-m", "swarmgate.cli", *service.argv[1:]]
     env = {**service.env, "PYTHONPATH": str(tree / "src")}
     service = Service(f"swarmgate-at-{sha}", argv, GATEWAY_PORT, env=env, start_timeout=90.0)

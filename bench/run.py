@@ -187,7 +187,7 @@ def main(argv: Sequence[str]) -> int:
         # Only the settings each row sets, nothing inherited; and LiteLLM runs without a database.
         if name.startswith("SWARMGATE_") or name == "DATABASE_URL":
             del os.environ[name]
-    for stale in WORK.glob("bench.db*"):
+    for stale in WORK.glob("bench*.db*"):
         stale.unlink()  # a fresh store per run: the admin key is new every run
     started = datetime.now(UTC)
     results = {r.key: report.RowResult(r.key, r.label) for r in selected}
