@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 ASGIScope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,8 +70,10 @@ class Principal:
         return self.models is None or model in self.models
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
+    """Token usage of one answer. A named tuple: made once per answer on the hot path, where a
+    frozen dataclass costs ~1 µs to build."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

@@ -9,8 +9,7 @@ outstanding, power of two, consistent hashing and prefix-cache awareness plug in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class DeploymentView(Protocol):
@@ -29,9 +28,9 @@ class DeploymentView(Protocol):
     def max_concurrent(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RoutingFacts:
-    """What a balancer may read of the request (more facts come with smarter balancers)."""
+class RoutingFacts(NamedTuple):
+    """What a balancer may read of the request (more facts come with smarter balancers). A
+    named tuple: built for every request, where a frozen dataclass costs ~1 µs."""
 
     model: str
     stream: bool = False
