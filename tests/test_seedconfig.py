@@ -156,8 +156,12 @@ def test_seed_004s_validation_commands_pass_against_its_own_file(
             ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, result.stderr + gateway.output()
-        # /health's fields are being changed to the seed's; it answers JSON with a status.
-        assert "status" in json.loads((tmp_path / "health.json").read_text())
+        # Expected: {"status": "healthy", "gateway": "unified-api-gateway", "models": [...4],
+        # "timestamp": "..."}
+        health = json.loads((tmp_path / "health.json").read_text())
+        assert health["status"] == "healthy" and health["gateway"] == "unified-api-gateway"
+        assert health["models"] == ["mixtral-8x7b", "hermes-2", "openchat-3.5", "phi-3-mini"]
+        assert health["timestamp"]
         models = json.loads((tmp_path / "models.json").read_text())
         assert {m["id"] for m in models["data"]} == set(SEED_MODELS)
         chat = json.loads((tmp_path / "chat.json").read_text())

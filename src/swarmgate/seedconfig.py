@@ -32,6 +32,7 @@ NATIVE_SECTIONS = frozenset({"store", "redis", "auth", "audit", "timeouts", "ser
 # (section, field) → (swarmgate path, environment variable)
 MAPPED: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
     ("service", "host"): (("server", "host"), "API_GATEWAY_HOST"),
+    ("service", "name"): (("server", "name"), None),
     ("service", "port"): (("server", "port"), "API_GATEWAY_PORT"),
     ("service", "workers"): (("server", "workers"), "API_GATEWAY_WORKERS"),
     ("gateway", "default_model"): (("default_model",), "DEFAULT_MODEL"),
@@ -39,7 +40,6 @@ MAPPED: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
 }
 # (section, field) → (why it is ignored, environment variable)
 IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
-    ("service", "name"): ("the gateway has no name setting", None),
     ("gateway", "model_routing_enabled"): (
         "requests are always routed by their model",
         "MODEL_ROUTING_ENABLED",
