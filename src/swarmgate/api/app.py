@@ -44,6 +44,7 @@ from swarmgate.upstream.transport import HttpTransport
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 # The method label's values (anything else is "other": labels stay bounded).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+YOUNG_GC_THRESHOLD = 50_000  # allocations between two collections of the young generation
 
 
 class Gateway:
@@ -196,9 +197,14 @@ class Gateway:
         await self.health.start()
         self.downloads.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
-        # the collector's reach, so that full collections under load stay short.
+        # the collector's reach, so that full collections under load stay short. And collect
+        # the young generation less often: a request allocates a few hundred objects that
+        # reference counting frees, and at the default threshold (700) a collection ran every
+        # other request (measured: +13% throughput at 50 concurrent, bench/README.md).
         gc.collect()
         gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
         self.ops.ready = self.health.serving = True
 
     async def shutdown(self) -> None:
