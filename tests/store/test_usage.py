@@ -132,7 +132,12 @@ async def test_reports_read_their_range_through_an_index(tmp_path: object) -> No
     try:
         await migrate(db)
         store = UsageStore(db)
-        await store.insert_many(LEDGER)
+        # Enough keys, owners and models that the statistics tell them apart, as in use.
+        many = [
+            rec(n, T0 - 30 * DAY + n * 300, f"k{n % 200}", f"o{n % 50}", f"m{n % 40}")
+            for n in range(10, 8640)
+        ]
+        await store.insert_many([*LEDGER, *many])
         async with db.begin() as conn:
             await conn.exec_driver_sql("ANALYZE")
         cases = {
@@ -144,6 +149,8 @@ async def test_reports_read_their_range_through_an_index(tmp_path: object) -> No
         for index, f in cases.items():
             plan = await _plan(db, store.report_query(f, ["key", "model"], "day"))
             assert index in plan, plan
+            if index == "ix_usage_ledger_ts":
+                assert f"COVERING INDEX {index}" in plan, plan
             assert "SCAN usage_ledger" not in plan.replace(f"USING INDEX {index}", ""), plan
     finally:
         await db.close()

@@ -20,17 +20,24 @@ default) plus a batch being stored at that instant if its commit had not happene
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
 from swarmgate.config import Ledger as LedgerConfig
-from swarmgate.store.usage import UsageRecord, UsageStore
+from swarmgate.store.usage import UsageRecord
 from swarmgate.store.writebehind import Codec, WriteBehind
 
 _TEXT: Final = ("request_id", "owner", "tier", "route")
 _OPTIONAL_TEXT: Final = ("key_id", "model", "deployment")
+
+
+class UsageSink(Protocol):
+    """Where batches go: ``store.usage.UsageStore`` (raises ``StoreError`` when down)."""
+
+    async def insert_many(self, records: Sequence[UsageRecord]) -> None: ...
 
 
 def _encode(record: UsageRecord) -> bytes:
@@ -72,7 +79,7 @@ class Ledger(WriteBehind[UsageRecord]):
     """The usage ledger's write-behind queue: ``put`` a record, it reaches the store."""
 
     def __init__(
-        self, store: UsageStore, config: LedgerConfig, *, insert_timeout: float = 30.0
+        self, store: UsageSink, config: LedgerConfig, *, insert_timeout: float = 30.0
     ) -> None:
         super().__init__(
             store.insert_many,
