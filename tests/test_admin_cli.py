@@ -1,4 +1,5 @@
-"""``swarmgate keys ...`` and ``swarmgate migrate`` on the store of a RUNNING gateway.
+"""``swarmgate keys ...``, ``swarmgate usage`` and ``swarmgate migrate`` on the store of a
+RUNNING gateway.
 
 The CLI runs as the operator would run it: ``python -m swarmgate.cli`` with the gateway's own
 configuration file and server secret (``SWARMGATE_AUTH__SECRET``), in a separate process. What
@@ -145,6 +146,32 @@ def test_expire(cli: CLI, gw: Node) -> None:
     wait_for(lambda: not works(gw, secret), CACHE_TTL + 3, what="expired")
 
 
+def test_usage_reports_the_running_gateways_ledger(cli: CLI, gw: Node) -> None:
+    key_id, secret = create_key(gw, owner="dora")
+    with sdk(gw, secret) as client:
+        for model in ("m", "nope"):  # m's deployment is down (a 502), nope unknown (a 404)
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}]
+                )
+
+    def report() -> Any:
+        return cli.json("usage", "--owner", "dora", "--by", "key,model", "--bucket", "none")
+
+    wait_for(lambda: report()["totals"]["requests"] == 2, 10, 0.2, "the ledger rows")
+    rows = report()["data"]
+    assert {(r["key"], r["model"], r["requests"], r["errors"]) for r in rows} == {
+        (key_id, "m", 1, 1),
+        (key_id, "nope", 1, 1),
+    }
+    code, out, err = cli.run("usage", "--key", key_id, "--by", "model", "--since", "1h", "--csv")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("bucket,date,model,requests,errors,")
+    assert sorted(line.split(",")[2] for line in lines[1:]) == ["m", "nope"]
+    assert cli.json("usage", "--key", key_id, "--until", "2000-01-01")["data"] == []
+
+
 def test_migrate_prints_the_revision(cli: CLI) -> None:
     code, out, err = cli.run("migrate")
     assert code == 0, err
@@ -164,6 +191,9 @@ def test_migrate_prints_the_revision(cli: CLI) -> None:
         ("keys rotate", "key_0000000000000000", "--grace", "99999999999d"),
         ("keys create", "--models", "m,nope"),
         ("keys create", "--name", "bell\x07"),
+        ("usage", "--since", "yesterday"),
+        ("usage", "--by", "tier"),
+        ("usage", "--since", "2030-01-02", "--until", "2030-01-01"),
     ],
 )
 def test_errors_are_one_clear_line(cli: CLI, args: tuple[str, ...]) -> None:

@@ -81,7 +81,11 @@ def test_the_translation_says_what_it_maps_and_ignores() -> None:
     assert any(line.startswith("performance.rate_limit_rps: ") for line in translation.ignored)
     assert any(line.startswith("$RATE_LIMIT_RPS: ") for line in translation.ignored)
     assert any(line.startswith("$PROMETHEUS_PORT: ") for line in translation.ignored)
-    assert any("cost_per_request" in line for line in translation.ignored)
+    assert not any("cost_per_request" in line for line in translation.ignored)
+    mapped = "models.mixtral-8x7b.cost_per_request → models.mixtral-8x7b.deployments[*]."
+    assert mapped + "cost_per_request" in translation.mapped
+    settings = parse_settings(yaml.safe_load(EXAMPLE.read_text()), {})
+    assert settings.models["mixtral-8x7b"].deployments[0].cost_per_request == 0.1
     assert seed_translation(Path(__file__).parents[1] / "examples" / "swarmgate.yaml", {}) is None
 
 

@@ -1,5 +1,5 @@
-"""``swarmgate keys ...``, ``swarmgate ip-blocks ...`` and ``swarmgate migrate``: operating on
-the store from a shell.
+"""``swarmgate keys ...``, ``swarmgate ip-blocks ...``, ``swarmgate usage`` and ``swarmgate
+migrate``: operating on the store from a shell.
 
 The commands talk to the same SQL store as the running gateways, through the same
 ``store.open`` and (for keys) the same ``auth.keyadmin.KeyAdmin`` as the admin API, with actor
@@ -29,6 +29,7 @@ from swarmgate.auth.roles import default_scopes, parse_role, parse_scopes
 from swarmgate.auth.security import server_hasher
 from swarmgate.config import Settings, load_settings, parse_duration
 from swarmgate.errors import ConfigError, GatewayError, StoreError
+from swarmgate.limits import usage as usage_report
 from swarmgate.store import names
 from swarmgate.store.ipblocks import StoredBlock
 from swarmgate.store.migrate import current_revision
@@ -321,6 +322,68 @@ def block_view(block: StoredBlock) -> dict[str, Any]:
         "created_at": block.created_at,
         "created_by": block.created_by,
     }
+
+
+@click.command("usage")
+@CONFIG
+@click.option("--key", default=None, help="Only this key's usage (a key id).")
+@click.option("--owner", default=None, help="Only this owner's usage.")
+@click.option("--model", default=None, help="Only this model's usage.")
+@click.option(
+    "--since",
+    default=None,
+    help="From (inclusive): epoch seconds, 2026-12-01, 2026-12-01T10:00Z, or 7d back from now. "
+    "Default: 30 days before --until.",
+)
+@click.option("--until", default=None, help="Until (exclusive), in the same forms. Default: now.")
+@click.option(
+    "--by",
+    "group_by",
+    default=",".join(usage_report.DEFAULT_GROUPS),
+    show_default=True,
+    help="Comma-separated groups: key, owner, model ('' for none).",
+)
+@click.option(
+    "--bucket",
+    type=click.Choice(["day", "hour", "none"]),
+    default="day",
+    show_default=True,
+    help="UTC days, hours, or the whole range.",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of JSON.")
+def usage(
+    config_path: str,
+    key: str | None,
+    owner: str | None,
+    model: str | None,
+    since: str | None,
+    until: str | None,
+    group_by: str,
+    bucket: str,
+    as_csv: bool,
+) -> None:
+    """Usage from the ledger, aggregated per key, owner, model and day or hour (the same report
+    as GET /admin/usage)."""
+
+    async def main() -> tuple[dict[str, Any], usage_report.UsageQuery]:
+        query = usage_report.UsageQuery.parse(
+            time.time(),
+            start=since,
+            end=until,
+            group_by=group_by,
+            bucket=bucket,
+            key=key,
+            owner=owner,
+            model=model,
+        )
+        async with opened(config_path) as store:
+            return await usage_report.run(store.usage, query), query
+
+    report, query = _exit_on_error(main)
+    if as_csv:
+        click.echo(usage_report.to_csv(report, query), nl=False)
+    else:
+        emit(report)
 
 
 @click.command("migrate")

@@ -32,6 +32,7 @@ class Commands(click.Group):
     LAZY: ClassVar[dict[str, str]] = {
         "keys": "keys",
         "ip-blocks": "ip_blocks",
+        "usage": "usage",
         "migrate": "migrate_command",
     }
 

@@ -111,6 +111,9 @@ class Deployment(Frozen):
     max_concurrent: Annotated[int, Field(ge=1)] = 100
     input_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     output_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
+    # Charged once for each request the deployment answers (seed 004's cost_per_request), on
+    # top of the per-token prices.
+    cost_per_request: Annotated[float, Field(ge=0)] = 0.0
     timeouts: Timeouts | None = None
     # Seconds an idle connection to it is kept open: below the server's own keep-alive timeout
     # (5 s for uvicorn, which serves vLLM and SGLang, and for llama.cpp's server).
@@ -246,10 +249,33 @@ class Auth(Frozen):
     ip: IPProtection = IPProtection()
 
 
+# Seed 003: logs are kept for 30 days.
+THIRTY_DAYS = 30 * 86400.0
+Retention = Annotated[float, Field(gt=0, le=MAX_DURATION)]
+
+
 class Audit(Frozen):
     spool_path: str = "swarmgate-audit.spool"
     flush_interval: Seconds = 1.0
     queue_size: Annotated[int, Field(ge=1)] = 10000
+    # Seconds an audit record is kept; None: forever. Pruned every ``ledger.prune_interval``.
+    retention: Retention | None = THIRTY_DAYS
+
+
+class Ledger(Frozen):
+    """The usage ledger (one record per authenticated inference request, docs/usage.md),
+    written behind the hot path like the audit log."""
+
+    enabled: bool = True
+    # Default: beside the audit spool, ``<audit.spool_path>.ledger``.
+    spool_path: str | None = None
+    # A ``kill -9`` loses at most the records of one interval: keep it at 1 s or below.
+    flush_interval: Seconds = 1.0
+    # Records held in memory before the oldest half goes to the spool (about 300 bytes each).
+    queue_size: Annotated[int, Field(ge=1)] = 20000
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 1000
+    retention: Retention | None = THIRTY_DAYS  # seconds; None: forever
+    prune_interval: Seconds = 3600.0  # how often ledger and audit rows past retention go
 
 
 class Native(Frozen):
@@ -280,6 +306,7 @@ class Settings(Frozen):
     redis: Redis = Redis()
     auth: Auth = Auth()
     audit: Audit = Audit()
+    ledger: Ledger = Ledger()
     native: Native = Native()
 
     @model_validator(mode="after")
@@ -521,14 +548,16 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         secret_file = Path(db_file).with_suffix(".secret")
     else:
         secret_file = base / "swarmgate.secret"
+    audit_spool = base / settings.audit.spool_path
+    ledger = settings.ledger.spool_path
+    ledger_spool = base / ledger if ledger else audit_spool.with_name(audit_spool.name + ".ledger")
     # model_copy: Settings stay frozen; the values are paths built from already valid ones.
     return settings.model_copy(
         update={
             "store": settings.store.model_copy(update={"url": url}),
             "auth": auth.model_copy(update={"secret_file": str(secret_file)}),
-            "audit": settings.audit.model_copy(
-                update={"spool_path": str(base / settings.audit.spool_path)}
-            ),
+            "audit": settings.audit.model_copy(update={"spool_path": str(audit_spool)}),
+            "ledger": settings.ledger.model_copy(update={"spool_path": str(ledger_spool)}),
         }
     )
 

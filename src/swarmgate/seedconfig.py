@@ -27,7 +27,7 @@ SEED_SECTIONS = frozenset(
 # Present only in seed 004's format (``models`` and ``monitoring`` are in both).
 MARKERS = frozenset({"service", "gateway", "load_balancer", "performance"})
 # swarmgate sections that may sit beside the seed's, taken as they are.
-NATIVE_SECTIONS = frozenset({"store", "redis", "auth", "audit", "timeouts", "server"})
+NATIVE_SECTIONS = frozenset({"store", "redis", "auth", "audit", "ledger", "timeouts", "server"})
 
 # (section, field) → (swarmgate path, environment variable)
 MAPPED: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
@@ -96,12 +96,13 @@ FIXED_PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("monitoring", "health_check_endpoint"): ("/health", "HEALTH_CHECK_ENDPOINT"),
     ("monitoring", "metrics_endpoint"): ("/metrics", "METRICS_ENDPOINT"),
 }
-MODEL_FIELDS: dict[str, str] = {"weight": "weight", "max_concurrent": "max_concurrent"}
-QUEUE_TIMEOUT = 30.0  # seconds a request waits for a free slot (the seed's request timeout)
-MODEL_IGNORED: dict[str, str] = {
-    "cost_per_request": "swarmgate counts spend per 1k tokens (input_cost_per_1k, "
-    "output_cost_per_1k)",
+MODEL_FIELDS: dict[str, str] = {
+    "weight": "weight",
+    "max_concurrent": "max_concurrent",
+    "cost_per_request": "cost_per_request",
 }
+QUEUE_TIMEOUT = 30.0  # seconds a request waits for a free slot (the seed's request timeout)
+MODEL_IGNORED: dict[str, str] = {}
 
 
 @dataclass

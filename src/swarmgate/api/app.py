@@ -6,6 +6,8 @@ ASGI handlers; everything else (docs, OpenAPI, admin) goes to the management app
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Awaitable, Callable
@@ -21,11 +23,13 @@ from swarmgate.api.native_downloads import PATH as DOWNLOADS
 from swarmgate.api.native_downloads import NativeDownloads
 from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
+from swarmgate.api.usage import build_usage_router
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
 from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound
 from swarmgate.jobs.downloads import Downloads
+from swarmgate.limits.ledger import Ledger
 from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
@@ -38,6 +42,7 @@ from swarmgate.pipeline.results import Results
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
+from swarmgate.store.retention import Retention
 from swarmgate.types import ASGIApp, ASGIScope, Message, Origin, Receive, Send, Transport
 from swarmgate.upstream.transport import HttpTransport
 
@@ -56,13 +61,21 @@ class Gateway:
         self.store = store.open(settings)
         self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
+        self.ledger: Ledger | None = None
+        if settings.ledger.enabled:
+            self.ledger = Ledger(self.store.usage, settings.ledger)
+            self.metrics.follow_ledger(self.ledger.counts)
+        self.retention = Retention(
+            self.store.usage, self.store.audit, settings.ledger, settings.audit
+        )
+        self._retention_task: asyncio.Task[None] | None = None
         self.inference = Inference(
             self.authenticator,
             self.fleet,
             Admission(),
             Router(),
             Caller(self.transport),
-            Accounting(self.metrics),
+            Accounting(self.metrics, self.ledger),
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
@@ -125,7 +138,9 @@ class Gateway:
             ),
             ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
         )
-        self.management = build_management_app([build_admin_router(self.security)])
+        self.management = build_management_app(
+            [build_admin_router(self.security), build_usage_router(self.security)]
+        )
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -192,7 +207,10 @@ class Gateway:
             self.metrics.request(method_label, endpoint, status, time.perf_counter() - started)
 
     async def startup(self) -> None:
-        await self.security.start()
+        await self.security.start()  # migrates the store first, if configured
+        if self.ledger is not None:
+            await self.ledger.start()
+        self._retention_task = asyncio.create_task(self.retention.run(), name="retention")
         self.metrics.start()
         await self.health.start()
         self.downloads.start()
@@ -210,6 +228,14 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ops.ready = False
         await self.health.stop()
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+        # The server has finished (or cut off) every request by now, so every record is
+        # queued: stored, or spooled if the store is down, before the store closes.
+        if self.ledger is not None:
+            await self.ledger.stop()
         # Before the transport and the store: interrupted jobs are marked failed in the store.
         await self.downloads.stop()
         await self.transport.close()

@@ -21,11 +21,14 @@ import contextlib
 import math
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+# What became of the usage ledger's records (store.writebehind's counters).
+LEDGER_STATES = ("queued", "written", "spooled", "replayed", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 FLUSH_SECONDS = 1.0  # with several workers: how stale another worker's counts may be
@@ -171,6 +174,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",  # per worker: a caller on two workers counts twice
         )
+        self._ledger = Counter(
+            "gateway_ledger_records_total",
+            "Usage ledger records by what became of them: queued, written to the store, "
+            "spooled while it was down, replayed from the spool, dropped (spool unwritable)",
+            ["state"],
+            registry=r,
+        )
+        for state in LEDGER_STATES:
+            self._ledger.labels(state)  # shown at 0 from the start: dropped should stay there
+        # The ledger writer's totals, read at each flush, and the part already counted.
+        self._ledger_counts: Callable[[], Mapping[str, int]] | None = None
+        self._ledger_seen: dict[str, int] = dict.fromkeys(LEDGER_STATES, 0)
         self._pending = (
             self._requests,
             self._latency,
@@ -224,10 +239,26 @@ class Metrics:
 
     # Off the hot path.
 
+    def follow_ledger(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Count the ledger writer's records: ``counts`` returns its totals by state (the
+        writer counts in plain integers; they are read here, at each flush)."""
+        self._ledger_counts = counts
+
+    def _flush_ledger(self) -> None:
+        if self._ledger_counts is None:
+            return
+        seen = self._ledger_seen
+        for state, total in self._ledger_counts().items():
+            delta = total - seen.get(state, 0)
+            if delta > 0 and state in seen:
+                self._ledger.labels(state).inc(delta)
+                seen[state] = total
+
     def flush(self) -> None:
         now = time.perf_counter()  # the clock ``seen`` is given
         for pending in self._pending:
             pending.flush()
+        self._flush_ledger()
         self._in_flight.set(self.in_flight)
         horizon = now - self.active_users_window
         seen = self._seen

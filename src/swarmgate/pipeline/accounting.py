@@ -3,8 +3,10 @@
 ``start`` opens the record; ``finish`` closes it however the request ended (answered, refused,
 failed, the client gone): deployment leases are released, each attempt's outcome is told to its
 deployment's state and its latency, time to first token and failure kind are observed, tokens
-and spend are counted from usage, the request's metrics are recorded, and a failed request
-leaves one log line. It never awaits: the usage ledger will be queued from here, write-behind.
+and spend are counted from usage, the request's metrics are recorded, a failed request leaves
+one log line, and an authenticated request leaves one usage record on the ledger. It never
+awaits: the ledger's record is a named tuple appended to a write-behind queue
+(``limits.ledger``), encoded and stored later, off the request's path.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import logging
 import time
 
+from swarmgate.limits.ledger import Ledger
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.exchange import Attempt, Exchange
 from swarmgate.pipeline.request import Route
-from swarmgate.types import ASGIScope, Outcome
+from swarmgate.store.usage import UsageRecord
+from swarmgate.types import ASGIScope, Outcome, Principal, Usage
 
 log = logging.getLogger("swarmgate.requests")
 
@@ -28,8 +32,9 @@ def error_kind(attempt: Attempt) -> str:
 
 
 class Accounting:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, ledger: Ledger | None = None) -> None:
         self.metrics = metrics
+        self.ledger = ledger
 
     def start(self, scope: ASGIScope, route: Route) -> Exchange:
         self.metrics.in_flight += 1
@@ -50,6 +55,7 @@ class Accounting:
                 if outcome.is_failure:
                     metrics.upstream_error(d.name, error_kind(attempt))
         usage = x.usage
+        cost = 0.0
         if usage is not None and x.attempts:
             d = x.attempts[-1].deployment
             metrics.tokens(d.model, usage.prompt_tokens, usage.completion_tokens)
@@ -65,6 +71,8 @@ class Accounting:
         principal = x.principal
         if principal is not None:
             metrics.seen(principal.key_id or principal.subject, now)
+            if self.ledger is not None:
+                self.ledger.put(_record(x, principal, usage, cost, latency))
         if x.status >= 400:
             self._log_failure(x, latency)
 
@@ -89,3 +97,30 @@ class Accounting:
             len(x.attempts),
             (x.error or "").replace('"', "'"),
         )
+
+
+def _record(
+    x: Exchange, principal: Principal, usage: Usage | None, cost: float, latency: float
+) -> UsageRecord:
+    """The ledger's record of a request (a named tuple: nothing is encoded here)."""
+    last = x.attempts[-1] if x.attempts else None
+    request = x.request
+    model = x.pool.model if x.pool is not None else (request.model if request else None)
+    return UsageRecord(
+        x.head.request_id,
+        time.time(),
+        principal.key_id,
+        principal.subject,
+        principal.tier,
+        model,
+        last.deployment.name if last is not None else None,
+        x.route.client_path,
+        usage.prompt_tokens if usage is not None else 0,
+        usage.completion_tokens if usage is not None else 0,
+        cost,
+        latency,
+        last.first_byte - x.started if last is not None and last.first_byte else None,
+        x.status,
+        request.stream if request is not None else False,
+        x.cut,
+    )

@@ -176,6 +176,7 @@ class Caller:
                 response.close()
         if not relay.started:
             raise error
+        x.usage = relay.usage  # a cut stream is accounted with what was counted of it
         # After the first byte there is no retry: end the stream with a well-formed error event.
         x.status = error.status
         x.error = error.message

@@ -64,6 +64,15 @@ class Exchange:
         return self.attempts[-1].deployment.name if self.attempts else "-"
 
     @property
+    def cut(self) -> bool:
+        """Whether the answer was cut short: its body had started (a stream's first event, a
+        relayed body's first chunk; only then is ``first_byte`` set) and the request did not
+        end in a 2xx (the deployment failed after the first byte, or the client left)."""
+        return bool(self.attempts and self.attempts[-1].first_byte) and not (
+            200 <= self.status < 300
+        )
+
+    @property
     def outcome(self) -> str:
         """How the request ended, for its log line: the last attempt's outcome, or the stage
         that refused it."""

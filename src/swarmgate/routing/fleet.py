@@ -45,6 +45,7 @@ class Deployment:
     api_key: str | None
     input_cost_per_1k: float
     output_cost_per_1k: float
+    cost_per_request: float
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...]
 
@@ -63,6 +64,7 @@ class Deployment:
             api_key=dep.api_key,
             input_cost_per_1k=dep.input_cost_per_1k,
             output_cost_per_1k=dep.output_cost_per_1k,
+            cost_per_request=dep.cost_per_request,
             headers=(
                 (b"x-swarmgate-deployment", name.encode()),
                 (b"x-swarmgate-model", model.encode()),
@@ -70,9 +72,12 @@ class Deployment:
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The price of one answered request: ``cost_per_request`` plus the tokens' prices."""
         return (
-            prompt_tokens * self.input_cost_per_1k + completion_tokens * self.output_cost_per_1k
-        ) / 1000
+            self.cost_per_request
+            + (prompt_tokens * self.input_cost_per_1k + completion_tokens * self.output_cost_per_1k)
+            / 1000
+        )
 
 
 class Lease:

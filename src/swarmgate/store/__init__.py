@@ -1,11 +1,11 @@
 """State that outlives a request: the SQL store (SQLite or PostgreSQL), its schema and migrations,
-the repositories over it (API keys, audit log, IP blocks, model downloads), cross-replica
-events, and the write-behind queue that stores records off the hot path.
+the repositories over it (API keys, audit log, usage ledger, IP blocks, model downloads),
+cross-replica events, and the write-behind queue that stores records off the hot path.
 
 ``sql.Database`` is the seam; the repositories (``keys.KeyStore``, ``audit.AuditStore``,
-``ipblocks.IPBlockStore``, ``downloads.DownloadStore``) take it in their constructor and hold
-no other state. ``open`` builds them once from the settings, for the gateway, ``swarmgate
-serve`` and the CLI alike.
+``usage.UsageStore``, ``ipblocks.IPBlockStore``, ``downloads.DownloadStore``) take it in their
+constructor and hold no other state. ``open`` builds them once from the settings, for the
+gateway, ``swarmgate serve`` and the CLI alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from swarmgate.store.ipblocks import IPBlockStore
 from swarmgate.store.keys import KeyStore
 from swarmgate.store.migrate import migrate
 from swarmgate.store.sql import Database
+from swarmgate.store.usage import UsageStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Store:
     events: EventBus
     keys: KeyStore
     audit: AuditStore
+    usage: UsageStore
     ip_blocks: IPBlockStore
     downloads: DownloadStore
 
@@ -53,4 +55,12 @@ def open(settings: Settings) -> Store:
     events: EventBus = (
         RedisBus(redis.url, publish_timeout=redis.publish_timeout) if redis.url else LocalBus()
     )
-    return Store(db, events, KeyStore(db), AuditStore(db), IPBlockStore(db), DownloadStore(db))
+    return Store(
+        db,
+        events,
+        KeyStore(db),
+        AuditStore(db),
+        UsageStore(db),
+        IPBlockStore(db),
+        DownloadStore(db),
+    )

@@ -107,3 +107,9 @@ class AuditStore:
             records = records[:limit]
             return records, records[-1].id
         return records, None
+
+    async def prune(self, before: float) -> int:
+        """Delete the records older than ``before`` (retention); how many went."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(audit_log.delete().where(audit_log.c.ts < before))
+            return int(result.rowcount or 0)

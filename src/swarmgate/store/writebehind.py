@@ -4,8 +4,9 @@
 database write). It appends to a bounded in-memory queue. A background task flushes the queue
 through a *sink* (an async callable that stores one batch, e.g. ``AuditStore.insert_many``) in
 batches, every ``flush_interval`` seconds or as soon as a batch is full. The mechanism knows
-nothing of the records: a ``Codec`` turns one into a JSON line and back. The audit log, keys'
-last-use times and (later) the usage ledger each run one.
+nothing of the records: a ``Codec`` turns one into a JSON line and back, and only when a record
+goes to the spool (the queue holds the caller's objects as they are: nothing is encoded on the
+hot path). The audit log, keys' last-use times and the usage ledger each run one.
 
 Nothing is dropped while the disk works:
 
@@ -24,6 +25,10 @@ again after restart; the alternative (a unique event id in every row) would cost
 hottest tables for a window of microseconds. Records still in memory when the process is killed
 are lost; ``stop()`` flushes them on a graceful shutdown. Spool writes are flushed to the OS
 (they survive a crash of the process, not of the machine).
+
+Plain integer counters (``queued``, ``written``, ``spooled``, ``replayed``, ``dropped``; see
+``counts``) say what became of the records, for metrics read at scrape time: they are changed
+on the event loop's thread only, so they need no lock.
 
 Every spool operation runs on the event loop's thread, so within a process appends and renames
 never interleave. Several workers of one gateway share the spool path: ``<spool>.lock``
@@ -175,6 +180,10 @@ class WriteBehind(Generic[R]):
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.queued = 0  # records put
+        self.written = 0  # records the sink stored, from the queue or the spool
+        self.spooled = 0  # records written to the spool
+        self.replayed = 0  # records stored from the spool (also counted in ``written``)
         self.dropped = 0  # records lost because the spool itself could not be written
 
     @property
@@ -182,8 +191,19 @@ class WriteBehind(Generic[R]):
         """Records waiting in memory (not counting the spool)."""
         return len(self._queue)
 
+    def counts(self) -> dict[str, int]:
+        """What became of the records so far (totals since this writer was built)."""
+        return {
+            "queued": self.queued,
+            "written": self.written,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "dropped": self.dropped,
+        }
+
     def put(self, record: R) -> None:
         """Queue one record. Never awaits; never raises for a full queue or a failing disk."""
+        self.queued += 1
         self._queue.append(record)
         if len(self._queue) > self._queue_size:
             self._spill()
@@ -197,6 +217,7 @@ class WriteBehind(Generic[R]):
         oldest = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
         try:
             self._spool.append(oldest)
+            self.spooled += len(oldest)
         except OSError:
             self.dropped += len(oldest)
             log.exception(
@@ -252,6 +273,7 @@ class WriteBehind(Generic[R]):
                     self._queue.extendleft(reversed(batch))
                     self._spool_queue()
                     return
+                self.written += len(batch)
 
     async def _replay(self) -> bool:
         """Store the spool, oldest first. False if the sink failed (the spool is kept)."""
@@ -270,6 +292,8 @@ class WriteBehind(Generic[R]):
                 )
                 if records and not await self._insert(records):
                     return False
+                self.written += len(records)
+                self.replayed += len(records)
                 if at_end:
                     spool.finish_replay()
                 else:
@@ -286,6 +310,7 @@ class WriteBehind(Generic[R]):
             # Kept in memory (still bounded by put's spill) to retry at the next flush.
             log.exception("%s spool %s unwritable", self._what, self._spool.path)
             return
+        self.spooled += len(batch)
         self._queue.clear()
 
     async def _insert(self, records: Sequence[R]) -> bool:

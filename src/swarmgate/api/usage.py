@@ -1,0 +1,207 @@
+"""The usage report over HTTP: ``GET /v1/usage`` (a key's own) and ``GET /admin/usage`` (all).
+
+(No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures.)
+
+Both read the ledger through ``limits.usage``; errors are OpenAI's schema, as everywhere in the
+management app. On ``/v1/usage`` a caller with the ``admin`` scope sees everyone's usage and may
+filter by key, owner and model; any other key sees only its own (naming another key or owner is
+a 403); a token (JWT) sees its subject's; an anonymous guest has no usage to see (403). CSV with
+``format=csv`` or ``Accept: text/csv``.
+"""
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from swarmgate.api import openapi
+from swarmgate.api.management import request_id_of
+from swarmgate.auth.roles import require
+from swarmgate.auth.security import Security
+from swarmgate.errors import Forbidden
+from swarmgate.limits.usage import UsageQuery, run, to_csv
+from swarmgate.types import ApiScope, Principal
+
+_TIME = (
+    "Epoch seconds, an ISO 8601 date or datetime (UTC unless it says), or a duration back "
+    "from now (7d, 12h)"
+)
+_ROW = {
+    "type": "object",
+    "properties": {
+        "bucket": {"type": "integer", "description": "The bucket's start, epoch seconds (UTC)"},
+        "date": {"type": "string", "format": "date-time"},
+        "key": {"type": ["string", "null"]},
+        "owner": {"type": "string"},
+        "model": {"type": ["string", "null"]},
+        "requests": {"type": "integer"},
+        "errors": {"type": "integer", "description": "Answered with a status >= 400"},
+        "cut": {"type": "integer", "description": "Streams cut short"},
+        "tokens_in": {"type": "integer"},
+        "tokens_out": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "cost": {"type": "number"},
+        "latency_avg": {"type": "number", "description": "Seconds"},
+    },
+}
+REPORT = {
+    "type": "object",
+    "required": ["object", "start", "end", "bucket", "group_by", "data", "totals"],
+    "properties": {
+        "object": {"const": "usage.report"},
+        "start": {"type": "number"},
+        "end": {"type": "number"},
+        "bucket": {"enum": ["day", "hour", "none"]},
+        "group_by": {"type": "array", "items": {"enum": ["key", "owner", "model"]}},
+        "filters": {"type": "object"},
+        "data": {"type": "array", "items": _ROW},
+        "totals": {"type": "object"},
+    },
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The report (JSON, or CSV with format=csv or Accept: text/csv)",
+        "content": {
+            "application/json": {"schema": REPORT},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    },
+    400: openapi.error("A bad time, range, group_by, bucket or format"),
+    **openapi.AUTH_ERRORS,
+}
+
+
+class _Report:
+    def __init__(self, security: Security) -> None:
+        self.security = security
+
+    async def principal(self, request: Request) -> Principal:
+        client = request.client
+        return await self.security.authenticator.authenticate(
+            request.headers.get("authorization"),
+            client.host if client else None,
+            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
+            request_id_of(request),
+        )
+
+    def is_admin(self, principal: Principal) -> bool:
+        auth = self.security.settings.auth
+        if not auth.enabled and not auth.open_admin_without_auth:
+            return False  # everyone would be the system principal: as closed as /admin
+        return ApiScope.ADMIN.value in principal.scopes
+
+    async def answer(self, request: Request, query: UsageQuery, fmt: str | None) -> Response:
+        report = await run(self.security.store.usage, query)
+        headers = {"x-request-id": request_id_of(request)}
+        accept = request.headers.get("accept", "")
+        if fmt == "csv" or (fmt is None and "text/csv" in accept):
+            return Response(to_csv(report, query), media_type="text/csv", headers=headers)
+        return JSONResponse(report, headers=headers)
+
+
+def _own(principal: Principal, key: str | None, owner: str | None) -> tuple[str | None, str]:
+    """The (key, owner) a caller without the admin scope may see: its own, nothing else."""
+    if principal.via == "anonymous":
+        raise Forbidden("an anonymous caller has no usage; use an API key")
+    if principal.key_id is None and principal.via == "key":
+        raise Forbidden("this caller has no usage of its own; use an API key")
+    if key is not None and key != principal.key_id:
+        raise Forbidden("a key sees only its own usage", param="key")
+    if owner is not None and owner != principal.subject:
+        raise Forbidden("a key sees only its own usage", param="owner")
+    return principal.key_id, principal.subject
+
+
+Format = Annotated[Literal["json", "csv"] | None, Query(alias="format")]
+Start = Annotated[
+    str | None,
+    Query(description="From (inclusive); default: 30 days before end. " + _TIME, max_length=64),
+]
+End = Annotated[
+    str | None, Query(description="Until (exclusive); default: now. " + _TIME, max_length=64)
+]
+GroupBy = Annotated[
+    str | None,
+    Query(
+        description="Comma-separated: key, owner, model (default key,model; empty: none)",
+        max_length=64,
+    ),
+]
+BucketParam = Annotated[
+    Literal["day", "hour", "none"], Query(description="UTC days, hours, or the whole range")
+]
+Name = Annotated[str | None, Query(max_length=200)]
+
+
+def build_usage_router(security: Security) -> APIRouter:
+    router = APIRouter(tags=["usage"])
+    report = _Report(security)
+
+    @router.get(
+        "/v1/usage",
+        summary="Usage of this key (an admin: of everyone), aggregated",
+        responses=_RESPONSES,
+        openapi_extra={"security": [{"bearer": []}]},
+    )
+    async def usage(
+        request: Request,
+        start: Start = None,
+        end: End = None,
+        group_by: GroupBy = None,
+        bucket: BucketParam = "day",
+        key: Name = None,
+        owner: Name = None,
+        model: Name = None,
+        fmt: Format = None,
+    ) -> Response:
+        principal = await report.principal(request)
+        if not report.is_admin(principal):
+            key, owner = _own(principal, key, owner)
+        query = UsageQuery.parse(
+            time.time(),
+            start=start,
+            end=end,
+            group_by=group_by,
+            bucket=bucket,
+            key=key,
+            owner=owner,
+            model=model,
+        )
+        return await report.answer(request, query, fmt)
+
+    @router.get(
+        "/admin/usage",
+        summary="Everyone's usage, aggregated (admin scope)",
+        tags=["admin"],
+        responses=_RESPONSES,
+        openapi_extra={"security": [{"bearer": []}]},
+    )
+    async def admin_usage(
+        request: Request,
+        start: Start = None,
+        end: End = None,
+        group_by: GroupBy = None,
+        bucket: BucketParam = "day",
+        key: Name = None,
+        owner: Name = None,
+        model: Name = None,
+        fmt: Format = None,
+    ) -> Response:
+        principal = await report.principal(request)
+        if not report.is_admin(principal):
+            require(principal, ApiScope.ADMIN)
+            raise Forbidden("the admin API is closed while authentication is disabled")
+        query = UsageQuery.parse(
+            time.time(),
+            start=start,
+            end=end,
+            group_by=group_by,
+            bucket=bucket,
+            key=key,
+            owner=owner,
+            model=model,
+        )
+        return await report.answer(request, query, fmt)
+
+    return router
