@@ -63,7 +63,11 @@ class Gateway:
         self.authenticator = self.security.authenticator
         self.ledger: Ledger | None = None
         if settings.ledger.enabled:
-            self.ledger = Ledger(self.store.usage, settings.ledger)
+            config = settings.ledger
+            if config.spool_path is None:  # settings not read from a file: beside the audit's
+                spool = settings.audit.spool_path + ".ledger"
+                config = config.model_copy(update={"spool_path": spool})
+            self.ledger = Ledger(self.store.usage, config)
             self.metrics.follow_ledger(self.ledger.counts)
         self.retention = Retention(
             self.store.usage, self.store.audit, settings.ledger, settings.audit
