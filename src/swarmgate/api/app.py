@@ -22,10 +22,12 @@ from swarmgate.api.native_downloads import NativeDownloads
 from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
 from swarmgate.api.v1 import Inference
+from swarmgate.auth.ip import Networks
 from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
 from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound
 from swarmgate.jobs.downloads import Downloads
+from swarmgate.limits.admission import Admission
 from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
@@ -35,9 +37,9 @@ from swarmgate.pipeline.native_errors import send_native_error
 from swarmgate.pipeline.native_request import PARSERS
 from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
-from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
+from swarmgate.store.counters import MemoryCounters
 from swarmgate.types import ASGIApp, ASGIScope, Message, Origin, Receive, Send, Transport
 from swarmgate.upstream.transport import HttpTransport
 
@@ -55,10 +57,17 @@ class Gateway:
         self.store = store.open(settings)
         self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
+        self.counters = MemoryCounters()
+        self.admission = Admission(
+            settings.limits,
+            self.counters,
+            self.metrics,
+            Networks(settings.auth.ip.trusted_proxies),
+        )
         self.inference = Inference(
             self.authenticator,
             self.fleet,
-            Admission(),
+            self.admission,
             Router(),
             Caller(self.transport),
             Accounting(self.metrics),
@@ -191,6 +200,7 @@ class Gateway:
             self.metrics.request(method_label, endpoint, status, time.perf_counter() - started)
 
     async def startup(self) -> None:
+        await self.counters.start()
         await self.security.start()
         self.metrics.start()
         await self.health.start()
@@ -207,6 +217,7 @@ class Gateway:
         # Before the transport and the store: interrupted jobs are marked failed in the store.
         await self.downloads.stop()
         await self.transport.close()
+        await self.counters.close()
         await self.metrics.stop()
         await self.security.close()
         await self.store.close()

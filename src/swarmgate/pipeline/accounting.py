@@ -1,10 +1,12 @@
 """``Accounting``: everything counted about a request, in one place, on every exit path.
 
 ``start`` opens the record; ``finish`` closes it however the request ended (answered, refused,
-failed, the client gone): deployment leases are released, each attempt's outcome is told to its
-deployment's state and its latency, time to first token and failure kind are observed, tokens
-and spend are counted from usage, the request's metrics are recorded, and a failed request
-leaves one log line. It never awaits: the usage ledger will be queued from here, write-behind.
+failed, the client gone): the admission's grant is settled (concurrency leases released,
+reserved tokens settled to the usage), deployment leases are released, each attempt's
+outcome is told to its deployment's state and its latency, time to first token and failure
+kind are observed, tokens and spend are counted from usage, the request's metrics are
+recorded, and a failed request leaves one log line. It never awaits: the usage ledger will
+be queued from here, write-behind.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class Accounting:
                 if outcome.is_failure:
                     metrics.upstream_error(d.name, error_kind(attempt))
         usage = x.usage
+        grant = x.grant
+        if grant is not None:
+            # Leases released, the token reservation settled to what was counted (a cut
+            # stream: what had been counted when it broke; nothing answered: none).
+            used = grant.settle(usage)
+            if used:
+                metrics.tokens_settled(grant.tier, used)
         if usage is not None and x.attempts:
             d = x.attempts[-1].deployment
             metrics.tokens(d.model, usage.prompt_tokens, usage.completion_tokens)

@@ -1,0 +1,150 @@
+"""The in-process counter store: every limit's counters in this process's memory.
+
+The embedded default (one process). It is also the Redis store's fallback when Redis is
+away and ``limits.redis_failure`` is ``fail_open``, with every limit scaled by this replica's
+share (``scale``). ``take_now`` never awaits, so the check and the charge of all of a
+request's limits happen with no other request in between: all or none, without a lock.
+
+The arithmetic is ``limits.gcra`` and ``limits.windows`` (pure modules that import nothing of
+ours); the Redis script mirrors it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from swarmgate.limits.gcra import gcra, remaining, reset
+from swarmgate.limits.windows import Leases, SlidingLog
+from swarmgate.types import Check, CheckKind, Verdict
+
+RATE, REQUESTS, TOKENS, CONCURRENT = (
+    CheckKind.RATE,
+    CheckKind.REQUESTS,
+    CheckKind.TOKENS,
+    CheckKind.CONCURRENT,
+)
+SWEEP_EVERY = 4096  # admissions between sweeps of idle counters (bounded memory)
+
+
+def _state(check: Check) -> Any:
+    if check.kind is RATE:
+        return [0.0]  # the theoretical arrival time
+    if check.kind is CONCURRENT:
+        return Leases()
+    return SlidingLog(check.period)
+
+
+class MemoryCounters:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, scale: float = 1.0) -> None:
+        self._clock = clock
+        self._states: dict[str, Any] = {}
+        self.scale = scale  # limits are multiplied by it (a replica's share, in fallback)
+        self._until_sweep = SWEEP_EVERY
+
+    async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
+        return self.take_now(checks, tokens, lease)
+
+    def take_now(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
+        now = self._clock()
+        states, scale = self._states, self.scale
+        refused, longest = -1, 0.0
+        # First every check, then (only if all pass) every charge: nothing awaits in between.
+        for i, check in enumerate(checks):
+            state = states.get(check.key)
+            if state is None:
+                state = states[check.key] = _state(check)
+            kind = check.kind
+            limit = check.limit * scale
+            if kind is RATE:
+                burst = max(1, math.floor(check.burst * scale)) if scale != 1.0 else check.burst
+                wait = gcra(state[0], now, check.period / scale, burst)[1]
+            elif kind is CONCURRENT:
+                wait = state.wait(now, max(1, math.floor(limit)))
+            else:
+                state.trim(now)
+                wait = state.wait(now, 1 if kind is REQUESTS else tokens, math.floor(limit))
+            if wait > longest:
+                refused, longest = i, wait
+        self._sweep(now)
+        if refused >= 0:
+            return Verdict(refused, longest)
+        left: list[float] = []
+        resets: list[float] = []
+        handles: list[Any] = []
+        for check in checks:
+            state = states[check.key]
+            kind = check.kind
+            handle = None
+            if kind is RATE:
+                interval = check.period / scale
+                burst = max(1, math.floor(check.burst * scale)) if scale != 1.0 else check.burst
+                state[0] = tat = gcra(state[0], now, interval, burst)[0]
+                left.append(remaining(tat, now, interval, burst))
+                resets.append(reset(tat, now))
+            elif kind is CONCURRENT:
+                state.take(lease, now + check.period)
+                left.append(max(0, math.floor(check.limit * scale) - len(state.held)))
+                resets.append(0.0)
+            else:
+                handle = state.add(now, 1 if kind is REQUESTS else tokens)
+                left.append(max(0.0, math.floor(check.limit * scale) - state.total))
+                resets.append(state.reset(now))
+            handles.append(handle)
+        return Verdict(-1, 0.0, tuple(left), tuple(resets), tuple(handles))
+
+    def settle(
+        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+    ) -> None:
+        handles = verdict.handles
+        if handles is None:
+            return
+        now = self._clock()
+        states = self._states
+        for check, handle in zip(checks, handles, strict=True):
+            kind = check.kind
+            if kind is CONCURRENT:
+                state = states.get(check.key)
+                if state is not None:
+                    state.release(lease)
+            elif kind is TOKENS and used != reserved:
+                state = states.get(check.key)
+                if state is None:
+                    continue
+                if used < reserved:
+                    state.lower(handle, used, now)
+                else:
+                    # Debt: counted from now, so the next admissions pay for it first.
+                    state.trim(now)
+                    state.add(now, used - reserved)
+
+    def _sweep(self, now: float) -> None:
+        self._until_sweep -= 1
+        if self._until_sweep > 0:
+            return
+        self._until_sweep = SWEEP_EVERY
+        idle = []
+        for key, state in self._states.items():
+            if isinstance(state, list):
+                if state[0] <= now:
+                    idle.append(key)
+            elif isinstance(state, Leases):
+                if not state.in_use(now):
+                    idle.append(key)
+            else:
+                state.trim(now)
+                if not state.entries:
+                    idle.append(key)
+        for key in idle:
+            del self._states[key]
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
