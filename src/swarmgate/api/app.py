@@ -40,12 +40,37 @@ from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
 from swarmgate.store.counters import MemoryCounters
-from swarmgate.types import ASGIApp, ASGIScope, Message, Origin, Receive, Send, Transport
+from swarmgate.store.redis_counters import RedisCounters
+from swarmgate.types import (
+    ASGIApp,
+    ASGIScope,
+    CounterStore,
+    Message,
+    Origin,
+    Receive,
+    Send,
+    Transport,
+)
 from swarmgate.upstream.transport import HttpTransport
 
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 # The method label's values (anything else is "other": labels stay bounded).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def counters_of(settings: Settings, metrics: Metrics) -> CounterStore:
+    """Redis when there is one and anything is limited (exact across replicas), else this
+    process's memory."""
+    limits = settings.limits
+    if settings.redis.url and limits.any_limit:
+        return RedisCounters(
+            settings.redis.url,
+            metrics,
+            timeout=limits.redis_timeout,
+            fail_open=limits.redis_failure == "fail_open",
+            replicas=limits.replicas,
+        )
+    return MemoryCounters()
 
 
 class Gateway:
@@ -57,7 +82,7 @@ class Gateway:
         self.store = store.open(settings)
         self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
-        self.counters = MemoryCounters()
+        self.counters = counters_of(settings, self.metrics)
         self.admission = Admission(
             settings.limits,
             self.counters,

@@ -197,7 +197,9 @@ class Metrics:
         self._redis_latency = _Histogram(
             Histogram(
                 "gateway_limiter_redis_seconds",
-                "Time of one round trip of the limiter to Redis (a batch of admissions)",
+                "Time of one round trip of the limiter to Redis (a batch of admissions and "
+                "settlements), by what it carried (admit: at least one admission; settle)",
+                ["op"],
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             ),
@@ -295,8 +297,8 @@ class Metrics:
     def tokens_settled(self, tier: str, tokens: int) -> None:
         self._tokens_settled.inc((tier,), tokens)
 
-    def limiter_redis(self, seconds: float) -> None:
-        self._redis_latency.observe((), seconds)
+    def limiter_redis(self, op: str, seconds: float) -> None:
+        self._redis_latency.observe((op,), seconds)
 
     def limiter_redis_error(self, kind: str) -> None:
         self._redis_errors.inc((kind,))
