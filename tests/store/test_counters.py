@@ -14,7 +14,7 @@ import redis
 
 from swarmgate.errors import StoreError
 from swarmgate.observability.metrics import Metrics
-from swarmgate.store.counters import MemoryCounters
+from swarmgate.store.counters import SWEEP_EVERY, MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
 from swarmgate.types import Check, CheckKind
 from tests.plugins.servers import REDIS_BIN, free_port
@@ -180,3 +180,20 @@ async def test_a_redis_that_cannot_run_the_script_stops_start_up(tmp_path: Path)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_idle_counters_are_swept_and_busy_ones_kept() -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+    busy = CONC._replace(key="held", period=1e9)  # a lease that outlives the test
+    held = counters.take_now((busy,), 0, "keep")
+    for i in range(SWEEP_EVERY + 10):
+        clock.now += 1.0
+        fresh = (RPM._replace(key=f"k{i}", period=0.5), CONC._replace(key=f"c{i}"))
+        verdict = counters.take_now(fresh, 0, f"l{i}")
+        assert verdict.refused == -1
+        counters.settle(fresh, verdict, f"l{i}", 0, 0)
+    assert len(counters._states) < 40  # of ~8,000: the idle ones went
+    assert counters.take_now((busy,), 0, "other").refused == 0
+    counters.settle((busy,), held, "keep", 0, 0)
+    assert counters.take_now((busy,), 0, "other").refused == -1

@@ -29,6 +29,11 @@ RATE, REQUESTS, TOKENS, CONCURRENT = (
 SWEEP_EVERY = 4096  # admissions between sweeps of idle counters (bounded memory)
 
 
+def _scaled(limit: float, scale: float) -> int:
+    """A replica's share of a limit: at least 1, so that a share never refuses everyone."""
+    return max(1, math.floor(limit * scale))
+
+
 def _state(check: Check) -> Any:
     if check.kind is RATE:
         return [0.0]  # the theoretical arrival time
@@ -49,50 +54,53 @@ class MemoryCounters:
 
     def take_now(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
         now = self._clock()
+        self._sweep(now)  # before the checks: never between a check and its charge
         states, scale = self._states, self.scale
         refused, longest = -1, 0.0
+        found = []
         # First every check, then (only if all pass) every charge: nothing awaits in between.
         for i, check in enumerate(checks):
             state = states.get(check.key)
             if state is None:
                 state = states[check.key] = _state(check)
+            found.append(state)
             kind = check.kind
-            limit = check.limit * scale
-            if kind is RATE:
-                burst = max(1, math.floor(check.burst * scale)) if scale != 1.0 else check.burst
-                wait = gcra(state[0], now, check.period / scale, burst)[1]
-            elif kind is CONCURRENT:
-                wait = state.wait(now, max(1, math.floor(limit)))
-            else:
+            limit = check.limit if scale == 1.0 else _scaled(check.limit, scale)
+            if kind is REQUESTS or kind is TOKENS:
                 state.trim(now)
-                wait = state.wait(now, 1 if kind is REQUESTS else tokens, math.floor(limit))
+                cost = 1 if kind is REQUESTS else tokens
+                wait = 0.0 if state.total + cost <= limit else state.wait(now, cost, limit)
+            elif kind is RATE:
+                burst = check.burst if scale == 1.0 else _scaled(check.burst, scale)
+                wait = gcra(state[0], now, check.period / scale, burst)[1]
+            else:
+                wait = state.wait(now, limit)
             if wait > longest:
                 refused, longest = i, wait
-        self._sweep(now)
         if refused >= 0:
             return Verdict(refused, longest)
         left: list[float] = []
         resets: list[float] = []
         handles: list[Any] = []
-        for check in checks:
-            state = states[check.key]
+        for check, state in zip(checks, found, strict=True):
             kind = check.kind
-            handle = None
+            limit = check.limit if scale == 1.0 else _scaled(check.limit, scale)
+            if kind is REQUESTS or kind is TOKENS:
+                handles.append(state.add(now, 1 if kind is REQUESTS else tokens))
+                left.append(limit - state.total if limit > state.total else 0)
+                resets.append(state.entries[0][0] + state.window - now)
+                continue
+            handles.append(None)
             if kind is RATE:
                 interval = check.period / scale
-                burst = max(1, math.floor(check.burst * scale)) if scale != 1.0 else check.burst
+                burst = check.burst if scale == 1.0 else _scaled(check.burst, scale)
                 state[0] = tat = gcra(state[0], now, interval, burst)[0]
                 left.append(remaining(tat, now, interval, burst))
                 resets.append(reset(tat, now))
-            elif kind is CONCURRENT:
-                state.take(lease, now + check.period)
-                left.append(max(0, math.floor(check.limit * scale) - len(state.held)))
-                resets.append(0.0)
             else:
-                handle = state.add(now, 1 if kind is REQUESTS else tokens)
-                left.append(max(0.0, math.floor(check.limit * scale) - state.total))
-                resets.append(state.reset(now))
-            handles.append(handle)
+                state.take(lease, now + check.period)
+                left.append(max(0, limit - len(state.held)))
+                resets.append(0.0)
         return Verdict(-1, 0.0, tuple(left), tuple(resets), tuple(handles))
 
     def settle(
