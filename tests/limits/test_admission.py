@@ -189,3 +189,25 @@ def test_reset_times_read_as_openais() -> None:
         "6m0s",
         "2h3m4s",
     ]
+
+
+def _chunk(content: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    choices = [] if content is None else [{"index": 0, "delta": {"content": content}}]
+    obj = {"id": "c1", "object": "chat.completion.chunk", "choices": choices, "usage": usage}
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def test_a_stream_is_settled_to_its_usage_chunk_and_carries_the_headers() -> None:
+    async def streamed(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.sse(
+            _chunk("yo"),
+            _chunk(usage={"prompt_tokens": 4, "completion_tokens": 3}),
+            b"data: [DONE]\n\n",
+        )
+
+    gw, _ = gateway({"tiers": {"t": {"tpm": 1000, "rpm": 50}}}, key("t"), streamed)
+    answer = await gw.post({**CHAT, "stream": True})
+    assert answer.status == 200
+    assert answer.headers[b"x-ratelimit-limit-tokens"] == b"1000"
+    assert answer.headers[b"x-ratelimit-remaining-requests"] == b"49"
+    assert gw.sample("gateway_tokens_settled_total", tier="t") == 7
