@@ -37,6 +37,9 @@ def test_the_example_is_detected_and_translated() -> None:
     assert set(settings.models) == set(SEED_MODELS)
     assert settings.default_model == "mixtral-8x7b"
     assert settings.server.port == 8000 and settings.server.workers == 4
+    # performance.rate_limit_rps and max_concurrent_requests: the gateway's global limits.
+    assert (settings.limits.global_.rps, settings.limits.global_.concurrent) == (50, 100)
+    assert settings.limits.enabled
     hermes = settings.models["hermes-2"].deployments
     assert [(d.url, d.weight, d.max_concurrent) for d in hermes] == [
         ("http://127.0.0.1:11401", 0.8, 20)
@@ -78,8 +81,8 @@ def test_the_translation_says_what_it_maps_and_ignores() -> None:
     translation = seed_translation(EXAMPLE, {"RATE_LIMIT_RPS": "50", "PROMETHEUS_PORT": "9"})
     assert translation is not None
     assert "service.port → server.port" in translation.mapped
-    assert any(line.startswith("performance.rate_limit_rps: ") for line in translation.ignored)
-    assert any(line.startswith("$RATE_LIMIT_RPS: ") for line in translation.ignored)
+    assert "performance.rate_limit_rps → limits.global.rps" in translation.mapped
+    assert "$RATE_LIMIT_RPS → limits.global.rps" in translation.mapped
     assert any(line.startswith("$PROMETHEUS_PORT: ") for line in translation.ignored)
     assert not any("cost_per_request" in line for line in translation.ignored)
     mapped = "models.mixtral-8x7b.cost_per_request → models.mixtral-8x7b.deployments[*]."

@@ -24,8 +24,11 @@ USER = Principal("tester", Role.USER, default_scopes(Role.USER))
 
 
 class LetIn:
+    def __init__(self, principal: Principal = USER) -> None:
+        self.principal = principal
+
     async def authenticate(self, *args: Any) -> Principal:
-        return USER
+        return self.principal
 
 
 class Gateway:
@@ -37,6 +40,8 @@ class Gateway:
         *urls: str,
         deployment: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
+        admission: Admission | None = None,
+        principal: Principal = USER,
         **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
@@ -48,9 +53,9 @@ class Gateway:
         self.metrics = Metrics()
         self.fleet = Fleet(settings)
         self.inference = Inference(
-            LetIn(),
+            LetIn(principal),
             self.fleet,
-            Admission(),
+            admission or Admission(),
             Router(),
             Caller(self.transport),
             Accounting(self.metrics),

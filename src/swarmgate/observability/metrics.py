@@ -162,6 +162,68 @@ class Metrics:
         self._auth_failures = _Counter(
             Counter("gateway_auth_failures_total", "Failed authentications", ["reason"], registry=r)
         )
+        # Admission control (seed 003 names rate_limit_exceeded_total).
+        self._limit_exceeded = _Counter(
+            Counter(
+                "rate_limit_exceeded_total",
+                "Requests refused by a limit, by tier, limit (rpm, tpm, concurrent...) and "
+                "scope (key, owner, ip, model, endpoint, global)",
+                ["tier", "limit", "scope"],
+                registry=r,
+            )
+        )
+        self._admissions = _Counter(
+            Counter(
+                "gateway_admissions_total",
+                "Admission decisions on limited requests, by tier and decision "
+                "(admitted, refused, unavailable)",
+                ["tier", "decision"],
+                registry=r,
+            )
+        )
+        self._tokens_reserved = _Counter(
+            Counter(
+                "gateway_tokens_reserved_total",
+                "Tokens reserved at admission (prompt estimate plus max_tokens), by tier",
+                ["tier"],
+                registry=r,
+            )
+        )
+        self._tokens_settled = _Counter(
+            Counter(
+                "gateway_tokens_settled_total",
+                "Tokens the admitted requests were settled to (their usage), by tier",
+                ["tier"],
+                registry=r,
+            )
+        )
+        self._redis_latency = _Histogram(
+            Histogram(
+                "gateway_limiter_redis_seconds",
+                "Time of one round trip of the limiter to Redis (a batch of admissions and "
+                "settlements), by what it carried (admit: at least one admission; settle)",
+                ["op"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            LATENCY_BUCKETS,
+        )
+        self._redis_errors = _Counter(
+            Counter(
+                "gateway_limiter_redis_errors_total",
+                "Failed limiter round trips to Redis, by kind (timeout, error)",
+                ["kind"],
+                registry=r,
+            )
+        )
+        self._redis_transitions = _Counter(
+            Counter(
+                "gateway_limiter_redis_transitions_total",
+                "The limiter losing (down) or regaining (up) Redis",
+                ["state"],
+                registry=r,
+            )
+        )
         self._in_flight = Gauge(
             "gateway_requests_in_flight",
             "Inference requests being served now",
@@ -196,6 +258,13 @@ class Metrics:
             self._cost,
             self._upstream_errors,
             self._auth_failures,
+            self._limit_exceeded,
+            self._admissions,
+            self._tokens_reserved,
+            self._tokens_settled,
+            self._redis_latency,
+            self._redis_errors,
+            self._redis_transitions,
         )
         self.in_flight = 0  # inference requests being served: changed by the accounting only
         self._seen: dict[str, float] = {}  # caller -> when last seen (the loop's clock)
@@ -230,6 +299,27 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.inc((reason,))
+
+    def admission(self, tier: str, decision: str) -> None:
+        self._admissions.inc((tier, decision))
+
+    def limit_exceeded(self, tier: str, limit: str, scope: str) -> None:
+        self._limit_exceeded.inc((tier, limit, scope))
+
+    def tokens_reserved(self, tier: str, tokens: int) -> None:
+        self._tokens_reserved.inc((tier,), tokens)
+
+    def tokens_settled(self, tier: str, tokens: int) -> None:
+        self._tokens_settled.inc((tier,), tokens)
+
+    def limiter_redis(self, op: str, seconds: float) -> None:
+        self._redis_latency.observe((op,), seconds)
+
+    def limiter_redis_error(self, kind: str) -> None:
+        self._redis_errors.inc((kind,))
+
+    def limiter_redis_state(self, state: str) -> None:
+        self._redis_transitions.inc((state,))
 
     def seen(self, caller: str, now: float) -> None:
         """``caller`` made a request at ``now`` (``time.perf_counter``)."""

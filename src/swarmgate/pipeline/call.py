@@ -316,7 +316,8 @@ class Caller:
             attempt.outcome = Outcome.REFUSED
         headers = _response_headers(x, d)
         if status >= 400:  # back-off hints matter on refusals; skip the lookups on success
-            for name in PASSED_BACK:
+            # Our own x-ratelimit-* headers win over the deployment's.
+            for name in PASSED_BACK if x.grant is None else PASSED_BACK[:1]:
                 value = response.headers.get(name)
                 if value is not None:
                     headers.append((name.encode(), value.encode("latin-1")))
@@ -331,7 +332,10 @@ def _about(exc: UpstreamError, d: Deployment) -> UpstreamError:
 
 
 def _response_headers(x: Exchange, d: Deployment) -> Headers:
-    return [(b"x-request-id", x.head.request_id.encode()), *d.headers]
+    headers = [(b"x-request-id", x.head.request_id.encode()), *d.headers]
+    if x.grant is not None:
+        headers += x.grant.headers()
+    return headers
 
 
 def _is_event_stream(response: UpstreamResponse) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from swarmgate.limits.grant import Grant
 from swarmgate.pipeline.asgi import RequestHead, read_head
 from swarmgate.pipeline.request import InferenceRequest, Route
 from swarmgate.routing.fleet import Deployment, DeploymentState, Lease, Pool
@@ -40,6 +41,7 @@ class Exchange:
     principal: Principal | None = None
     request: InferenceRequest | None = None
     pool: Pool | None = None
+    grant: Grant | None = None  # the limits it was admitted under, settled in finish
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage | None = None  # counted from the answer; None: nothing to account
     status: int = 0  # what the client was answered (499: it left first)
