@@ -127,7 +127,8 @@ class Model(Frozen):
     description: str = ""
     owned_by: str = "swarmgate"
     # When every deployment is at max_concurrent: how long a request may wait for a slot, and
-    # how many may wait at once (past either: 503). 0: refuse at once.
+    # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
+    # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
     deployments: tuple[Deployment, ...]
@@ -270,6 +271,43 @@ class Native(Frozen):
     download_idle_timeout: Seconds = 300.0
 
 
+# Seed 001's tiers, and ``default`` for keys without one (or with a tier not listed here).
+DEFAULT_PRIORITIES = {"enterprise": 30, "pro": 20, "free": 10, "default": 10}
+
+
+class TierQueue(Frozen):
+    """A tier's own bounds on the line for a slot; unset: the model's ``queue_timeout`` and
+    ``queue_size``."""
+
+    max_wait: Annotated[float, Field(ge=0)] | None = None
+    max_length: Annotated[int, Field(ge=0)] | None = None
+
+
+class Limits(Frozen):
+    """How tiers share a saturated fleet (the priority queues; see docs/limits.md).
+
+    ``priorities``: tier name → priority (higher is served first); a principal whose tier is
+    not listed counts as ``default``. ``max_share``: tier → the largest share of a pool's slots
+    its requests may hold at once, so that the rest stays for higher tiers. ``queue``: tier →
+    its own wait and line bounds."""
+
+    priorities: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
+    max_share: dict[str, Annotated[float, Field(gt=0, le=1)]] = {}
+    queue: dict[str, TierQueue] = {}
+
+    @model_validator(mode="after")
+    def _known_tiers(self) -> Limits:
+        problems = [
+            f"{section}.{tier}: not a tier of limits.priorities"
+            for section, names in (("max_share", self.max_share), ("queue", self.queue))
+            for tier in names
+            if tier not in self.priorities and tier != "default"
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
 class Settings(Frozen):
     server: Server = Server()
     default_model: str | None = None
@@ -281,6 +319,7 @@ class Settings(Frozen):
     auth: Auth = Auth()
     audit: Audit = Audit()
     native: Native = Native()
+    limits: Limits = Limits()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

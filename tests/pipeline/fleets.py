@@ -14,6 +14,7 @@ from swarmgate.config import parse_settings
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
@@ -24,7 +25,12 @@ USER = Principal("tester", Role.USER, default_scopes(Role.USER))
 
 
 class LetIn:
-    async def authenticate(self, *args: Any) -> Principal:
+    """Everyone is ``USER``; ``Authorization: Tier <tier>:<key>`` is that key of that tier."""
+
+    async def authenticate(self, authorization: str | None, *args: Any) -> Principal:
+        if authorization and authorization.startswith("Tier "):
+            tier, _, key = authorization.removeprefix("Tier ").partition(":")
+            return Principal(key, Role.USER, USER.scopes, tier=tier, key_id=key)
         return USER
 
 
@@ -37,11 +43,16 @@ class Gateway:
         *urls: str,
         deployment: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
         **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
         settings = parse_settings(
-            {"models": {"m": {"deployments": deployments, **model}}, "server": server or {}},
+            {
+                "models": {"m": {"deployments": deployments, **model}},
+                "server": server or {},
+                "limits": limits or {},
+            },
             {"UP_KEY": "up-secret"},
         )
         self.transport = MemoryTransport(handler)
@@ -52,7 +63,7 @@ class Gateway:
             self.fleet,
             Admission(),
             Router(),
-            Caller(self.transport),
+            Caller(self.transport, Queueing(settings.limits, self.metrics)),
             Accounting(self.metrics),
             1 << 20,
             max_upload_bytes=settings.server.max_upload_bytes,

@@ -33,6 +33,7 @@ from swarmgate.pipeline.asgi import read_head, send_error
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.native_errors import send_native_error
 from swarmgate.pipeline.native_request import PARSERS
+from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.pipeline.stages import Admission
@@ -60,7 +61,7 @@ class Gateway:
             self.fleet,
             Admission(),
             Router(),
-            Caller(self.transport),
+            Caller(self.transport, Queueing(settings.limits, self.metrics)),
             Accounting(self.metrics),
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
