@@ -131,7 +131,8 @@ class Model(Frozen):
     description: str = ""
     owned_by: str = "swarmgate"
     # When every deployment is at max_concurrent: how long a request may wait for a slot, and
-    # how many may wait at once (past either: 503). 0: refuse at once.
+    # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
+    # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
     deployments: tuple[Deployment, ...]

@@ -39,6 +39,7 @@ from swarmgate.pipeline.asgi import read_head, send_error
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.native_errors import send_native_error
 from swarmgate.pipeline.native_request import PARSERS
+from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
@@ -112,7 +113,7 @@ class Gateway:
             self.fleet,
             self.admission,
             Router(),
-            Caller(self.transport),
+            Caller(self.transport, Queueing(settings.limits, self.metrics)),
             Accounting(self.metrics, self.ledger),
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.

@@ -69,6 +69,14 @@ DEFAULT_TIERS: dict[str, Tier] = {
 }
 
 
+class TierQueue(_Frozen):
+    """A tier's own bounds on the line for a slot of a saturated model; unset: the model's
+    ``queue_timeout`` and ``queue_size``."""
+
+    max_wait: Annotated[float, Field(ge=0)] | None = None
+    max_length: Annotated[int, Field(ge=0)] | None = None
+
+
 class Limits(_Frozen):
     # False: nothing is limited (and several workers without Redis are allowed).
     enabled: bool = True
@@ -88,6 +96,23 @@ class Limits(_Frozen):
     redis_failure: Literal["fail_open", "fail_closed"] = "fail_open"
     # Replicas sharing Redis; None: learned from the replicas' heartbeats in Redis.
     replicas: Count | None = None
+    # Fleet saturation (the priority queues, by each tier's ``priority``): tier → the largest
+    # share of a pool's slots its requests may hold while others wait, and its own line bounds.
+    max_share: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
+    queue: dict[str, TierQueue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _queued_tiers_exist(self) -> Limits:
+        tiers = self.all_tiers()
+        problems = [
+            f"limits.{section}.{tier}: not a tier (known: {', '.join(sorted(tiers))})"
+            for section, names in (("max_share", self.max_share), ("queue", self.queue))
+            for tier in names
+            if tier not in tiers
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     def all_tiers(self) -> dict[str, Tier]:
         return {**DEFAULT_TIERS, **self.tiers}

@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 LEDGER_STATES = ("queued", "written", "spooled", "replayed", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+QUEUE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FLUSH_SECONDS = 1.0  # with several workers: how stale another worker's counts may be
 MAX_ACTIVE_USERS = 100_000  # distinct users remembered at most (a flood of new ones is cut off)
 
@@ -224,6 +225,31 @@ class Metrics:
                 registry=r,
             )
         )
+        self._queue_wait = _Histogram(
+            Histogram(
+                "gateway_queue_wait_seconds",
+                "Time requests waited for a slot of a saturated model, by tier",
+                ["tier"],
+                buckets=QUEUE_BUCKETS,
+                registry=r,
+            ),
+            QUEUE_BUCKETS,
+        )
+        self._queue_rejected = _Counter(
+            Counter(
+                "gateway_queue_rejected_total",
+                "Requests refused a slot of a saturated model, by tier and reason (full|timeout)",
+                ["model", "tier", "reason"],
+                registry=r,
+            )
+        )
+        self._queue_length = Gauge(
+            "gateway_queue_length",
+            "Requests waiting for a slot of a saturated model, by tier",
+            ["model", "tier"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._in_flight = Gauge(
             "gateway_requests_in_flight",
             "Inference requests being served now",
@@ -265,7 +291,10 @@ class Metrics:
             self._redis_latency,
             self._redis_errors,
             self._redis_transitions,
+            self._queue_wait,
+            self._queue_rejected,
         )
+        self._queue_lengths: dict[Labels, int] = {}
         self.in_flight = 0  # inference requests being served: changed by the accounting only
         self._seen: dict[str, float] = {}  # caller -> when last seen (the loop's clock)
         self._flusher: asyncio.Task[None] | None = None
@@ -321,6 +350,17 @@ class Metrics:
     def limiter_redis_state(self, state: str) -> None:
         self._redis_transitions.inc((state,))
 
+    # Only while a model is saturated.
+
+    def queue_length(self, model: str, tier: str, length: int) -> None:
+        self._queue_lengths[(model, tier)] = length
+
+    def queue_wait(self, tier: str, seconds: float) -> None:
+        self._queue_wait.observe((tier,), seconds)
+
+    def queue_rejected(self, model: str, tier: str, reason: str) -> None:
+        self._queue_rejected.inc((model, tier, reason))
+
     def seen(self, caller: str, now: float) -> None:
         """``caller`` made a request at ``now`` (``time.perf_counter``)."""
         seen = self._seen
@@ -350,6 +390,8 @@ class Metrics:
             pending.flush()
         self._flush_ledger()
         self._in_flight.set(self.in_flight)
+        for labels, length in self._queue_lengths.items():
+            self._queue_length.labels(*labels).set(length)
         horizon = now - self.active_users_window
         seen = self._seen
         for caller in [c for c, at in seen.items() if at < horizon]:

@@ -52,8 +52,9 @@ class Exchange:
         peer = scope.get("client")
         return cls(route, scope, read_head(scope), peer[0] if peer else None, time.perf_counter())
 
-    def attempt(self, state: DeploymentState) -> Attempt:
-        attempt = Attempt(state.deployment, state, state.lease(), time.perf_counter())
+    def attempt(self, state: DeploymentState, lease: Lease | None = None) -> Attempt:
+        """An attempt at ``state``, with a new lease of it unless ``lease`` already holds it."""
+        attempt = Attempt(state.deployment, state, lease or state.lease(), time.perf_counter())
         self.attempts.append(attempt)
         return attempt
 
