@@ -36,7 +36,12 @@ def test_the_example_is_detected_and_translated() -> None:
     settings = load_settings(EXAMPLE, {})
     assert set(settings.models) == set(SEED_MODELS)
     assert settings.default_model == "mixtral-8x7b"
-    assert settings.server.port == 8000 and settings.server.workers == 4
+    # workers: 4 beside its rate limits, with no Redis to share them: one worker, said so.
+    assert settings.server.port == 8000 and settings.server.workers == 1
+    assert any(m.startswith("service.workers: 4 → server.workers: 1") for m in
+               seed_translation(EXAMPLE, {}).mapped)  # fmt: skip
+    with_redis = yaml.safe_load(EXAMPLE.read_text()) | {"redis": {"url": "redis://h:6379/0"}}
+    assert parse_settings(with_redis, {}).server.workers == 4
     # performance.rate_limit_rps and max_concurrent_requests: the gateway's global limits.
     assert (settings.limits.global_.rps, settings.limits.global_.concurrent) == (50, 100)
     assert settings.limits.enabled
@@ -55,6 +60,7 @@ def test_the_seeds_environment_variables_override_the_file() -> None:
         "API_GATEWAY_PORT": "9100",
         "API_GATEWAY_HOST": "0.0.0.0",
         "API_GATEWAY_WORKERS": "2",
+        "RATE_LIMITING_ENABLED": "false",  # else one worker: no Redis to share the limits
         "DEFAULT_MODEL": "phi-3-mini",
         "REQUEST_TIMEOUT_SECONDS": "12",
         "MIXTRAL_8X7B_ENDPOINT": "http://10.0.0.1:1, http://10.0.0.2:2",

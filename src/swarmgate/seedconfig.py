@@ -278,6 +278,7 @@ def translate(raw: dict[str, Any], environ: Mapping[str, str]) -> Translation:
     _settings(sections, environ, out)
     models = sections.get("models", {})
     _models(models, environ, out)
+    _one_worker_without_redis(out)
     auth = out.config.get("auth")
     if auth is None:
         out.config["auth"] = {"anonymous": True}
@@ -287,3 +288,22 @@ def translate(raw: dict[str, Any], environ: Mapping[str, str]) -> Translation:
             "needs the admin key"
         )
     return out
+
+
+def _one_worker_without_redis(out: Translation) -> None:
+    """The format's ``workers: 4`` beside its rate limits, with no Redis to share the counters:
+    four workers would each admit the whole ``rate_limit_rps``. Served with one worker (the
+    limits stay exact), said at start; a ``redis`` section keeps the workers."""
+    server = out.config.get("server", {})
+    try:
+        workers = int(server.get("workers", 1))
+    except (TypeError, ValueError):
+        return  # the loader reports it
+    limits_on = out.config.get("limits", {}).get("enabled", True) not in (False, "false")
+    if workers > 1 and limits_on and not out.config.get("redis", {}).get("url"):
+        server["workers"] = 1
+        out.mapped.append(
+            f"service.workers: {workers} → server.workers: 1: without Redis, {workers} workers "
+            "would each count the rate limits alone; add a redis section (redis.url) to run "
+            f"{workers}, or set RATE_LIMITING_ENABLED=false"
+        )
