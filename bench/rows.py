@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from processes import REPO, WORK, Service
 
@@ -156,7 +157,12 @@ def minimal_service(server: str) -> Service:
     return Service(f"minimal-{server}", argv, MINIMAL_PORT, env=env, cwd=REPO / "bench")
 
 
-def gateway_config(name: str = "bench") -> Path:
+# Limits on the benchmark key (the admin key, tier ``default``), set high enough never to refuse:
+# every request is checked and charged (rpm, tpm, concurrency), none is turned away.
+BENCH_LIMITS = {"tiers": {"default": {"rpm": 10**9, "tpm": 10**12, "concurrent": 10**5}}}
+
+
+def gateway_config(name: str = "bench", limits: dict[str, Any] | None = None) -> Path:
     """bench/gateway.yaml with its store and spool paths made absolute (a baseline commit may
     resolve relative paths differently), and a store of its own per ``name`` (a baseline's
     older schema must not meet a newer one)."""
@@ -165,6 +171,8 @@ def gateway_config(name: str = "bench") -> Path:
     config = yaml.safe_load(GATEWAY_CONFIG.read_text())
     config["store"] = {"url": f"sqlite+aiosqlite:///{WORK / (name + '.db')}"}
     config["audit"] = {"spool_path": str(WORK / f"{name}-audit.spool")}
+    if limits is not None:
+        config["limits"] = limits
     WORK.mkdir(exist_ok=True)
     path = WORK / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -172,14 +180,22 @@ def gateway_config(name: str = "bench") -> Path:
 
 
 def gateway_service(
-    keys: Keys, server: str, workers: int, auth: bool, store: str = "bench"
+    keys: Keys,
+    server: str,
+    workers: int,
+    auth: bool,
+    store: str = "bench",
+    limits: dict[str, Any] | None = None,
 ) -> Service:
-    argv = [str(VENV / "swarmgate"), "serve", "--config", str(gateway_config(store))]
+    config = gateway_config(store, limits)
+    argv = [str(VENV / "swarmgate"), "serve", "--config", str(config)]
     argv += ["--port", str(GATEWAY_PORT), "--workers", str(workers), "--server", server]
     env = {"SWARMGATE_ADMIN_KEY": keys.gateway_admin}
     if not auth:
         env["SWARMGATE_AUTH__ENABLED"] = "false"
     name = f"swarmgate-{server}-{workers}w-auth-{'on' if auth else 'off'}"
+    if limits is not None:
+        name += "-limits"
     return Service(name, argv, GATEWAY_PORT, env=env, start_timeout=90.0)
 
 
@@ -261,6 +277,11 @@ def all_rows(keys: Keys) -> list[Row]:
             service = gateway_service(keys, server, workers, auth=True)
             label = f"swarmgate {server} {workers}w, auth on"
             rows.append(Row(f"sg-{server}-{workers}w", label, service, bearer, auth=True))
+    service = gateway_service(
+        keys, "uvicorn", 1, auth=True, store="bench-limits", limits=BENCH_LIMITS
+    )
+    label = "swarmgate uvicorn 1w, auth on, limits on (rpm, tpm, concurrent)"
+    rows.append(Row("sg-uvicorn-1w-limits", label, service, bearer, auth=True))
     service = gateway_service(keys, "uvicorn", 1, auth=False)
     rows.append(Row("sg-uvicorn-1w-noauth", "swarmgate uvicorn 1w, auth off", service))
     master = {"Authorization": f"Bearer {keys.litellm_master}"}
