@@ -211,3 +211,17 @@ async def test_a_stream_is_settled_to_its_usage_chunk_and_carries_the_headers() 
     assert answer.headers[b"x-ratelimit-limit-tokens"] == b"1000"
     assert answer.headers[b"x-ratelimit-remaining-requests"] == b"49"
     assert gw.sample("gateway_tokens_settled_total", tier="t") == 7
+
+
+async def test_a_jwt_principal_is_limited_by_its_tier_claim_per_subject() -> None:
+    def token(subject: str, tier: str) -> Principal:
+        return Principal(subject, Role.USER, default_scopes(Role.USER), tier=tier, via="jwt")
+
+    limits = Limits.model_validate({"tiers": {"gold": {"rpm": 2}}})
+    admission = Admission(limits, MemoryCounters(), Metrics())
+    alice = Gateway(ok, A, admission=admission, principal=token("alice", "gold"))
+    bob = Gateway(ok, A, admission=admission, principal=token("bob", "gold"))
+    unknown = Gateway(ok, A, admission=admission, principal=token("carol", "no-such-tier"))
+    assert [(await alice.post(CHAT)).status for _ in range(3)] == [200, 200, 429]
+    assert (await bob.post(CHAT)).status == 200  # counted per subject
+    assert {(await unknown.post(CHAT)).status for _ in range(5)} == {200}  # default: unlimited

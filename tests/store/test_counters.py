@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from swarmgate.errors import StoreError
 from swarmgate.observability.metrics import Metrics
@@ -197,3 +199,52 @@ def test_idle_counters_are_swept_and_busy_ones_kept() -> None:
     assert counters.take_now((busy,), 0, "other").refused == 0
     counters.settle((busy,), held, "keep", 0, 0)
     assert counters.take_now((busy,), 0, "other").refused == -1
+
+
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(range(3)), min_size=1, max_size=3, unique=True),
+            st.integers(0, 40),
+            st.floats(0, 5),
+        ),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_a_request_charges_all_its_limits_or_none(
+    requests: list[tuple[list[int], int, float]],
+) -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+    pool = (
+        Check(CheckKind.REQUESTS, "r", 5, 30.0, 1, "rpm"),
+        Check(CheckKind.TOKENS, "t", 100, 30.0, 1, "tpm"),
+        Check(CheckKind.RATE, "g", 2.0, 0.5, 3, "rps"),
+    )
+
+    def totals() -> list[float]:
+        out = []
+        for check in pool:
+            state = counters._states.get(check.key)
+            if state is None:
+                out.append(0.0)
+            elif check.kind is CheckKind.RATE:
+                out.append(state[0])
+            else:
+                state.trim(clock.now)
+                out.append(state.total)
+        return out
+
+    for picked, tokens, gap in requests:
+        clock.now += gap
+        checks = tuple(pool[i] for i in picked)
+        before = totals()
+        verdict = counters.take_now(checks, tokens, "l")
+        after = totals()
+        if verdict.refused >= 0:
+            assert after == before  # nothing charged
+            assert verdict.wait > 0
+        else:
+            for i in picked:
+                assert after[i] > before[i] or (pool[i].kind is CheckKind.TOKENS and not tokens)

@@ -80,6 +80,20 @@ _INFERENCE_ERRORS = {
     "404": error("Unknown model (the message lists the available ones)"),
     "408": error("The request body stalled (under granian; uvicorn closes the connection)"),
     "413": error("The body exceeds server.max_body_bytes"),
+    "429": {
+        "description": "A limit refused the request before any model saw it (the error "
+        "schema, type requests or tokens, code rate_limit_exceeded; docs/limits.md), or the "
+        "deployment's own 429 passed through",
+        "headers": {
+            "X-Request-ID": _REQUEST_ID,
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}},
+            "retry-after-ms": {
+                "description": "Milliseconds to wait",
+                "schema": {"type": "string"},
+            },
+        },
+        "content": {"application/json": {"schema": {}}},
+    },
     "4XX": {
         "description": "The deployment's own refusal (say, a prompt too long), passed through",
         "headers": {"X-Request-ID": _REQUEST_ID},
