@@ -136,6 +136,25 @@ def test_rotate_then_revoke_take_effect_on_the_running_gateway(cli: CLI, gw: Nod
     wait_for(audited, 5, what="the CLI's actions audited")
 
 
+def test_update_gives_a_key_a_tier_and_its_own_limits(cli: CLI, gw: Node) -> None:
+    key_id, secret = create_key(gw, owner="erin")
+    updated = cli.json("keys update", key_id, "--tier", "free", "--rpm", "2", "--concurrent", "1")
+    assert updated["tier"] == "free" and updated["limits"] == {"rpm": 2, "concurrent": 1}
+    assert admin(gw, "GET", f"/admin/keys/{key_id}").body["limits"] == {"rpm": 2, "concurrent": 1}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+    def limited() -> bool:
+        # The model's deployment is never reachable (502), but the limit refuses first.
+        reply = call(gw.url + "/v1/chat/completions", "POST", key=secret, json_body=body)
+        return reply.status == 429
+
+    wait_for(limited, CACHE_TTL + 5, what="the key's own rpm applied")
+    code, _, err = cli.run("keys update", key_id, "--tier", "gold")
+    assert code == 1 and "no tier 'gold'" in err
+    code, _, err = cli.run("keys update", key_id)
+    assert code == 2 and "nothing to change" in err
+
+
 def test_expire(cli: CLI, gw: Node) -> None:
     key_id, secret = create_key(gw, owner="dave")
     later = cli.json("keys expire", key_id, "--in", "2h")

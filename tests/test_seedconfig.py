@@ -36,7 +36,15 @@ def test_the_example_is_detected_and_translated() -> None:
     settings = load_settings(EXAMPLE, {})
     assert set(settings.models) == set(SEED_MODELS)
     assert settings.default_model == "mixtral-8x7b"
-    assert settings.server.port == 8000 and settings.server.workers == 4
+    # workers: 4 beside its rate limits, with no Redis to share them: one worker, said so.
+    assert settings.server.port == 8000 and settings.server.workers == 1
+    assert any(m.startswith("service.workers: 4 → server.workers: 1") for m in
+               seed_translation(EXAMPLE, {}).mapped)  # fmt: skip
+    with_redis = yaml.safe_load(EXAMPLE.read_text()) | {"redis": {"url": "redis://h:6379/0"}}
+    assert parse_settings(with_redis, {}).server.workers == 4
+    # performance.rate_limit_rps and max_concurrent_requests: the gateway's global limits.
+    assert (settings.limits.global_.rps, settings.limits.global_.concurrent) == (50, 100)
+    assert settings.limits.enabled
     hermes = settings.models["hermes-2"].deployments
     assert [(d.url, d.weight, d.max_concurrent) for d in hermes] == [
         ("http://127.0.0.1:11401", 0.8, 20)
@@ -52,6 +60,7 @@ def test_the_seeds_environment_variables_override_the_file() -> None:
         "API_GATEWAY_PORT": "9100",
         "API_GATEWAY_HOST": "0.0.0.0",
         "API_GATEWAY_WORKERS": "2",
+        "RATE_LIMITING_ENABLED": "false",  # else one worker: no Redis to share the limits
         "DEFAULT_MODEL": "phi-3-mini",
         "REQUEST_TIMEOUT_SECONDS": "12",
         "MIXTRAL_8X7B_ENDPOINT": "http://10.0.0.1:1, http://10.0.0.2:2",
@@ -78,8 +87,8 @@ def test_the_translation_says_what_it_maps_and_ignores() -> None:
     translation = seed_translation(EXAMPLE, {"RATE_LIMIT_RPS": "50", "PROMETHEUS_PORT": "9"})
     assert translation is not None
     assert "service.port → server.port" in translation.mapped
-    assert any(line.startswith("performance.rate_limit_rps: ") for line in translation.ignored)
-    assert any(line.startswith("$RATE_LIMIT_RPS: ") for line in translation.ignored)
+    assert "performance.rate_limit_rps → limits.global.rps" in translation.mapped
+    assert "$RATE_LIMIT_RPS → limits.global.rps" in translation.mapped
     assert any(line.startswith("$PROMETHEUS_PORT: ") for line in translation.ignored)
     assert not any("cost_per_request" in line for line in translation.ignored)
     mapped = "models.mixtral-8x7b.cost_per_request → models.mixtral-8x7b.deployments[*]."

@@ -76,6 +76,7 @@ async def key_admin(config_path: str) -> AsyncIterator[KeyAdmin]:
             settings.auth.rotation_grace,
             models=model_names(settings),
             rotation_period=settings.auth.rotation_period,
+            tiers=settings.limits.all_tiers(),
         )
     finally:
         await store.close()
@@ -157,6 +158,42 @@ def create(
             expires_at,
         )
         return {"key": key_view(record), "secret": secret}
+
+    emit(run(config_path, work))
+
+
+LIMIT_OPTIONS = ("rps", "burst", "rpm", "rph", "rpd", "tpm", "tpd", "concurrent")
+
+
+@keys.command("update")
+@CONFIG
+@click.argument("key_id")
+@click.option("--tier", default=None, help="A configured tier (limits.tiers, or shipped).")
+@click.option("--rps", type=float, default=None, help="Requests per second (GCRA).")
+@click.option("--burst", type=int, default=None, help="Requests at once under --rps.")
+@click.option("--rpm", type=int, default=None, help="Requests in any minute.")
+@click.option("--rph", type=int, default=None, help="Requests in any hour.")
+@click.option("--rpd", type=int, default=None, help="Requests in any day.")
+@click.option("--tpm", type=int, default=None, help="Tokens in any minute.")
+@click.option("--tpd", type=int, default=None, help="Tokens in any day.")
+@click.option("--tokens", type=click.Choice(["input", "output", "total"]), default=None)
+@click.option("--concurrent", type=int, default=None, help="Requests in flight at once.")
+@click.option("--clear-limits", is_flag=True, help="Drop the key's own limits first.")
+def update(
+    config_path: str, key_id: str, tier: str | None, clear_limits: bool, **fields: Any
+) -> None:
+    """Give a key a tier and/or its own limits over the tier's (merged into its current
+    ones). Every replica applies it within moments (its cached principal is dropped)."""
+    limits = {name: value for name, value in fields.items() if value is not None}
+    if tier is None and not limits and not clear_limits:
+        click.echo("swarmgate: nothing to change: give --tier, a limit or --clear-limits", err=True)
+        sys.exit(2)
+
+    async def work(admin: KeyAdmin) -> dict[str, Any]:
+        record = await admin.set_limits(
+            CLI, key_id, tier, limits or None, replace_limits=clear_limits
+        )
+        return key_view(record)
 
     emit(run(config_path, work))
 

@@ -91,6 +91,10 @@ def serve(
         raise click.UsageError("Missing option '--config' (or set SWARMGATE_CONFIG).")
     settings = _load(config_path)
     s = settings.server
+    translation = seed_translation(config_path)
+    for line in translation.mapped if translation else ():
+        if line.startswith("service.workers:"):  # a change the file did not ask for
+            click.echo(f"swarmgate: {line}", err=True)
     try:
         run(
             config_path,

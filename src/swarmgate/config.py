@@ -33,6 +33,7 @@ from pydantic import (
 
 from swarmgate import seedconfig
 from swarmgate.errors import ConfigError
+from swarmgate.limits.tiers import Limits
 from swarmgate.seedconfig import Translation
 from swarmgate.types import ModelType
 
@@ -130,7 +131,8 @@ class Model(Frozen):
     description: str = ""
     owned_by: str = "swarmgate"
     # When every deployment is at max_concurrent: how long a request may wait for a slot, and
-    # how many may wait at once (past either: 503). 0: refuse at once.
+    # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
+    # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
     deployments: tuple[Deployment, ...]
@@ -308,6 +310,7 @@ class Settings(Frozen):
     audit: Audit = Audit()
     ledger: Ledger = Ledger()
     native: Native = Native()
+    limits: Limits = Limits()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -316,10 +319,25 @@ class Settings(Frozen):
         if problems:
             # One message, one problem a line: validation_problems splits it again.
             raise ValueError("\n".join(problems))
+        unknown = [name for name in self.limits.models if name not in self.models]
+        if unknown:
+            raise ValueError(f"limits.models: {', '.join(unknown)}: not a configured model")
         return self
 
     def timeouts_for(self, deployment: Deployment) -> Timeouts:
         return deployment.timeouts or self.timeouts
+
+
+def worker_problem(settings: Settings, workers: int) -> str | None:
+    """Several workers of one gateway count limits alone unless they share Redis: refused."""
+    if workers > 1 and settings.limits.any_limit and not settings.redis.url:
+        return (
+            f"server.workers: {workers} workers without redis.url would each count the rate "
+            "limits on their own (a limit of 100 would admit up to "
+            f"{workers * 100}); set redis.url to share the counters, run one worker, or set "
+            "limits.enabled: false"
+        )
+    return None
 
 
 def name_problems(aliases: Mapping[str, list[Any]], default_model: Any) -> list[str]:

@@ -15,6 +15,9 @@
         ├── RequestTimeout        408  invalid_request_error / request_timeout
         ├── PayloadTooLarge       413  invalid_request_error / payload_too_large
         ├── RateLimited           429  rate_limit_error (Retry-After)
+        │   ├── RequestsLimited   429  requests / rate_limit_exceeded (a request limit)
+        │   ├── TokensLimited     429  tokens / rate_limit_exceeded (a token limit)
+        │   └── QuotaExceeded     429  insufficient_quota (a spend budget, for budgets)
         ├── UpstreamError         502  api_error / bad_gateway
         │   ├── UpstreamUnreachable  502  never reached the deployment (safe to retry)
         │   └── UpstreamBroken       502  the answer broke off while being read
@@ -136,6 +139,21 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class RequestsLimited(RateLimited):
+    """A request limit (rate, window or concurrency): OpenAI's ``type`` for it."""
+
+    type = "requests"
+
+
+class TokensLimited(RateLimited):
+    type = "tokens"
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class UpstreamError(GatewayError):

@@ -27,7 +27,9 @@ SEED_SECTIONS = frozenset(
 # Present only in seed 004's format (``models`` and ``monitoring`` are in both).
 MARKERS = frozenset({"service", "gateway", "load_balancer", "performance"})
 # swarmgate sections that may sit beside the seed's, taken as they are.
-NATIVE_SECTIONS = frozenset({"store", "redis", "auth", "audit", "ledger", "timeouts", "server"})
+NATIVE_SECTIONS = frozenset(
+    {"store", "redis", "auth", "audit", "ledger", "timeouts", "server", "limits"}
+)
 
 # (section, field) → (swarmgate path, environment variable)
 MAPPED: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
@@ -37,6 +39,12 @@ MAPPED: dict[tuple[str, str], tuple[tuple[str, ...], str | None]] = {
     ("service", "workers"): (("server", "workers"), "API_GATEWAY_WORKERS"),
     ("gateway", "default_model"): (("default_model",), "DEFAULT_MODEL"),
     ("performance", "request_timeout_seconds"): (("timeouts", "total"), "REQUEST_TIMEOUT_SECONDS"),
+    ("performance", "rate_limit_rps"): (("limits", "global", "rps"), "RATE_LIMIT_RPS"),
+    ("performance", "max_concurrent_requests"): (
+        ("limits", "global", "concurrent"),
+        "MAX_CONCURRENT_REQUESTS",
+    ),
+    ("performance", "rate_limiting_enabled"): (("limits", "enabled"), "RATE_LIMITING_ENABLED"),
 }
 # (section, field) → (why it is ignored, environment variable)
 IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
@@ -68,15 +76,6 @@ IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
         "no circuit breaker setting: failed deployments are failed over",
         "CIRCUIT_BREAKER_TIMEOUT",
     ),
-    ("performance", "max_concurrent_requests"): (
-        "concurrency is bounded per deployment (models.*.max_concurrent)",
-        "MAX_CONCURRENT_REQUESTS",
-    ),
-    ("performance", "rate_limiting_enabled"): (
-        "swarmgate has no rate limits yet",
-        "RATE_LIMITING_ENABLED",
-    ),
-    ("performance", "rate_limit_rps"): ("swarmgate has no rate limits yet", "RATE_LIMIT_RPS"),
     ("performance", "memory_limit_gb"): (
         "a resource limit for the service manager, not the gateway",
         "API_GATEWAY_MEMORY_GB",
@@ -279,6 +278,7 @@ def translate(raw: dict[str, Any], environ: Mapping[str, str]) -> Translation:
     _settings(sections, environ, out)
     models = sections.get("models", {})
     _models(models, environ, out)
+    _one_worker_without_redis(out)
     auth = out.config.get("auth")
     if auth is None:
         out.config["auth"] = {"anonymous": True}
@@ -288,3 +288,22 @@ def translate(raw: dict[str, Any], environ: Mapping[str, str]) -> Translation:
             "needs the admin key"
         )
     return out
+
+
+def _one_worker_without_redis(out: Translation) -> None:
+    """The format's ``workers: 4`` beside its rate limits, with no Redis to share the counters:
+    four workers would each admit the whole ``rate_limit_rps``. Served with one worker (the
+    limits stay exact), said at start; a ``redis`` section keeps the workers."""
+    server = out.config.get("server", {})
+    try:
+        workers = int(server.get("workers", 1))
+    except (TypeError, ValueError):
+        return  # the loader reports it
+    limits_on = out.config.get("limits", {}).get("enabled", True) not in (False, "false")
+    if workers > 1 and limits_on and not out.config.get("redis", {}).get("url"):
+        server["workers"] = 1
+        out.mapped.append(
+            f"service.workers: {workers} → server.workers: 1: without Redis, {workers} workers "
+            "would each count the rate limits alone; add a redis section (redis.url) to run "
+            f"{workers}, or set RATE_LIMITING_ENABLED=false"
+        )

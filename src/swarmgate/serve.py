@@ -16,7 +16,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from swarmgate.config import ENV_PREFIX, Settings
+from swarmgate.config import ENV_PREFIX, Settings, worker_problem
+from swarmgate.errors import ConfigError
 
 
 async def prepare_store(settings: Settings) -> None:
@@ -35,6 +36,9 @@ async def prepare_store(settings: Settings) -> None:
 def serve(
     config_path: str | None, settings: Settings, host: str, port: int, workers: int, server: str
 ) -> None:
+    problem = worker_problem(settings, workers)
+    if problem is not None:
+        raise ConfigError([problem])
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
     # Workers re-read the settings: they must know which server runs them (see read_body).

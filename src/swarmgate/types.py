@@ -6,7 +6,7 @@ Imports nothing from the package, so every other module may import it.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -65,6 +65,8 @@ class Principal:
     key_id: str | None = None
     via: str = "key"  # key | jwt | anonymous
     expires_at: float | None = None
+    # The key's own limits over its tier's (``limits.tiers.LimitSet`` fields, as stored).
+    limits: tuple[tuple[str, Any], ...] | None = None
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -154,5 +156,53 @@ class Transport(Protocol):
     async def send(
         self, origin: Origin, path: str, body: bytes, headers: dict[str, str]
     ) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class CheckKind(enum.IntEnum):
+    RATE = 0  # GCRA: ``limit`` per second, ``burst`` at once; ``period`` is the interval
+    REQUESTS = 1  # at most ``limit`` requests in any ``period`` seconds
+    TOKENS = 2  # at most ``limit`` tokens in any ``period`` seconds (reserved, then settled)
+    CONCURRENT = 3  # at most ``limit`` leases held; each expires ``period`` seconds after
+    # SPEND (budgets) will be charged at settle, from the same counters.
+
+
+class Check(NamedTuple):
+    """One limit that applies to a request, on one counter (``key``)."""
+
+    kind: CheckKind
+    key: str
+    limit: float
+    period: float
+    burst: int = 1
+    name: str = ""  # rpm, tpd, concurrent...: the ``limit`` label of the refusal metric
+    scope: str = ""  # key, owner, ip, model, endpoint, global: the ``scope`` label
+
+
+class Verdict(NamedTuple):
+    """What a counter store answered for the checks of one request: all taken or none."""
+
+    refused: int  # the index of the check that refused; -1: every check was charged
+    wait: float  # seconds until the refused check would allow it (0 when admitted)
+    remaining: tuple[float, ...] = ()  # per check, once charged
+    reset: tuple[float, ...] = ()  # per check: seconds until its counter is back to full
+    handles: tuple[Any, ...] | None = None  # what the store needs to settle (its own)
+
+
+class CounterStore(Protocol):
+    """The counters of every limit: in process, or in Redis for several replicas.
+
+    ``take`` checks and charges all of ``checks`` at once (one request) or none;
+    ``settle`` gives back (or charges more of) its tokens and releases its leases, without
+    waiting: a store that does I/O queues it."""
+
+    async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict: ...
+
+    def settle(
+        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+    ) -> None: ...
+
+    async def start(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -446,7 +446,7 @@ def test_first_start_without_admin_key_prints_one_once(fleet: Fleet) -> None:
     ("method", "path", "allowed"),
     [
         ("PUT", "/admin/keys", {"GET", "POST"}),
-        ("DELETE", "/admin/keys/KEY", {"GET"}),
+        ("DELETE", "/admin/keys/KEY", {"GET", "PATCH"}),
         ("GET", "/admin/keys/KEY/rotate", {"POST"}),
         ("POST", "/admin/audit", {"GET"}),
         ("PATCH", "/admin/ip-blocks/10.0.0.0/8", {"DELETE"}),

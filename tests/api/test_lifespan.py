@@ -52,3 +52,19 @@ async def test_a_failing_shutdown_is_reported_as_failed(tmp_path: Path) -> None:
         "type": "lifespan.shutdown.failed",
         "message": "the audit queue could not be flushed",
     }
+
+
+async def test_startup_collects_the_young_generation_less_often(tmp_path: Path) -> None:
+    import gc
+
+    from swarmgate.api.app import YOUNG_GC_THRESHOLD
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, before[1], before[2])
+    try:
+        await _run(_gateway(tmp_path))
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, before[1], before[2])
+        assert YOUNG_GC_THRESHOLD > 700
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

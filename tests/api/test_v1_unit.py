@@ -12,6 +12,7 @@ from swarmgate.config import parse_settings
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
@@ -28,13 +29,14 @@ def _proxy() -> Inference:
     settings = parse_settings(
         {"models": {"m": {"deployments": [{"url": "http://127.0.0.1:9"}]}}}, {}
     )
+    metrics = Metrics()
     return Inference(
         Broken(),
         Fleet(settings),
         Admission(),
         Router(),
-        Caller(HttpTransport()),
-        Accounting(Metrics()),
+        Caller(HttpTransport(), Queueing(settings.limits, metrics)),
+        Accounting(metrics),
         1 << 20,
     )
 

@@ -149,3 +149,38 @@ async def test_list_refuses_integers_beyond_the_database(admin: KeyAdmin) -> Non
         with pytest.raises(BadRequest):
             await admin.list(limit=limit, offset=offset)
     assert await admin.list(limit=2**63 - 1, offset=2**63 - 1) == []
+
+
+async def test_set_limits_merges_validates_publishes_and_audits(
+    database: Database, journal: Journal
+) -> None:
+    store = KeyStore(database)
+    admin = KeyAdmin(
+        KeyService(store, KeyHasher(b"k" * 32)),
+        store,
+        journal.bus,
+        journal.trail,
+        60,
+        tiers=["default", "free", "pro"],
+    )
+    record, _ = await admin.create(ADMIN, "web", "alice", "user", tier="free")
+    journal.entries.clear()
+    updated = await admin.set_limits(ADMIN, record.id, "pro", {"rpm": 50, "tpm": 1000})
+    assert updated.tier == "pro" and dict(updated.limits or ()) == {"rpm": 50, "tpm": 1000}
+    assert updated.principal().limits == (("rpm", 50), ("tpm", 1000))
+    merged = await admin.set_limits(ADMIN, record.id, limits={"tpm": None, "concurrent": 3})
+    assert dict(merged.limits or ()) == {"rpm": 50, "concurrent": 3}
+    assert journal.entries[0] == ("event", record.id)  # replicas drop the cached principal
+    assert journal.entries[1][2] == "key.update"
+    cleared = await admin.set_limits(ADMIN, record.id, replace_limits=True)
+    assert cleared.limits is None and cleared.tier == "pro"
+    with pytest.raises(BadRequest, match="no tier 'gold'"):
+        await admin.set_limits(ADMIN, record.id, "gold")
+    with pytest.raises(BadRequest, match="rpm"):
+        await admin.set_limits(ADMIN, record.id, limits={"rpm": 0})
+    with pytest.raises(BadRequest, match="rpx"):
+        await admin.set_limits(ADMIN, record.id, limits={"rpx": 1})
+    with pytest.raises(BadRequest, match="no tier"):
+        await admin.create(ADMIN, "web", "alice", "user", tier="gold")
+    with pytest.raises(NotFound):
+        await admin.set_limits(ADMIN, "no-such-key", "pro")

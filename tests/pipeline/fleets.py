@@ -14,6 +14,7 @@ from swarmgate.config import parse_settings
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
@@ -24,8 +25,16 @@ USER = Principal("tester", Role.USER, default_scopes(Role.USER))
 
 
 class LetIn:
-    async def authenticate(self, *args: Any) -> Principal:
-        return USER
+    """Everyone is ``principal``; ``Authorization: Tier <tier>:<key>`` is that key of that tier."""
+
+    def __init__(self, principal: Principal = USER) -> None:
+        self.principal = principal
+
+    async def authenticate(self, authorization: str | None, *args: Any) -> Principal:
+        if authorization and authorization.startswith("Tier "):
+            tier, _, key = authorization.removeprefix("Tier ").partition(":")
+            return Principal(key, Role.USER, USER.scopes, tier=tier, key_id=key)
+        return self.principal
 
 
 class Gateway:
@@ -37,22 +46,29 @@ class Gateway:
         *urls: str,
         deployment: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
+        admission: Admission | None = None,
+        principal: Principal = USER,
+        limits: dict[str, Any] | None = None,
         **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
         settings = parse_settings(
-            {"models": {"m": {"deployments": deployments, **model}}, "server": server or {}},
+            {
+                "models": {"m": {"deployments": deployments, **model}},
+                "server": server or {},
+                "limits": limits or {},
+            },
             {"UP_KEY": "up-secret"},
         )
         self.transport = MemoryTransport(handler)
         self.metrics = Metrics()
         self.fleet = Fleet(settings)
         self.inference = Inference(
-            LetIn(),
+            LetIn(principal),
             self.fleet,
-            Admission(),
+            admission or Admission(settings.limits, metrics=self.metrics),
             Router(),
-            Caller(self.transport),
+            Caller(self.transport, Queueing(settings.limits, self.metrics)),
             Accounting(self.metrics),
             1 << 20,
             max_upload_bytes=settings.server.max_upload_bytes,

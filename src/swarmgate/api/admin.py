@@ -50,6 +50,18 @@ class KeyCreate(BaseModel):
     expires_at: float | None = Field(None, description="Epoch seconds", allow_inf_nan=False)
 
 
+class KeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tier: str | None = Field(None, min_length=1, max_length=64, description="A configured tier")
+    limits: dict[str, Any] | None = Field(
+        None,
+        description="The key's own limits over its tier's (rps, burst, rpm, rph, rpd, tpm, "
+        "tpd, tokens, concurrent), merged into its current ones; a field set to null is "
+        "removed; limits: null clears them all",
+    )
+    replace_limits: bool = Field(False, description="Replace the key's own limits, not merge")
+
+
 class KeyRotate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     grace: str | None = Field(None, description="How long the old secret keeps working (30m)")
@@ -207,6 +219,24 @@ def _key_routes(router: APIRouter, ctx: _Context) -> None:
     async def show_key(key_id: str, who: Admin) -> dict[str, Any]:
         record, prefixes = await keys.show(key_id)
         return key_view(record, prefixes)
+
+    @router.patch(
+        "/keys/{key_id}",
+        summary="Give a key a tier or its own limits",
+        responses={400: openapi.error("An unknown tier or a bad limit"), **_UNKNOWN_KEY},
+    )
+    async def update_key(
+        key_id: str, body: KeyUpdate, request: Request, who: Admin
+    ) -> dict[str, Any]:
+        clear = "limits" in body.model_fields_set and body.limits is None
+        record = await keys.set_limits(
+            actor(request, who),
+            key_id,
+            body.tier,
+            body.limits,
+            replace_limits=body.replace_limits or clear,
+        )
+        return key_view(record)
 
     @router.post(
         "/keys/{key_id}/rotate",

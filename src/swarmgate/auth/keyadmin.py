@@ -20,6 +20,7 @@ from swarmgate.auth.audit import AuditLog
 from swarmgate.auth.keys import ExpiresAt, KeyService
 from swarmgate.config import Settings
 from swarmgate.errors import BadRequest, NotFound
+from swarmgate.limits.tiers import LimitSet
 from swarmgate.store import names
 from swarmgate.store.audit import AuditRecord, AuditStore
 from swarmgate.store.events import EventBus
@@ -83,6 +84,15 @@ def immediate(store: AuditStore, clock: Clock = time.time) -> AuditTrail:
     return write
 
 
+def _first_problem(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return str(exc)
+
+
 def _page(limit: int, offset: int) -> None:
     if not 1 <= limit <= MAX_OFFSET:
         raise BadRequest("limit must be a positive integer", param="limit")
@@ -103,6 +113,7 @@ class KeyAdmin:
         *,
         models: Mapping[str, str] | None = None,
         rotation_period: float | None = None,
+        tiers: Iterable[str] | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._keys = keys
@@ -113,6 +124,8 @@ class KeyAdmin:
         # Model id or alias → model id (``model_names``); None: no models to check against.
         self._models = models
         self.rotation_period = rotation_period  # auth.rotation_period; None: nothing is due
+        # The configured tiers (limits.tiers and the shipped ones); None: any name.
+        self._tiers = None if tiers is None else frozenset(tiers)
         self._clock = clock
 
     def _allowed_models(self, models: Iterable[str] | None) -> builtins.list[str] | None:
@@ -146,6 +159,7 @@ class KeyAdmin:
     ) -> tuple[KeyRecord, str]:
         """A new key and its secret (shown once). Without ``scopes``: the role's defaults;
         without ``expires_at``: ``auth.default_key_expiry``; ``NEVER``: no expiry."""
+        self._known_tier(tier)
         record, secret = await self._keys.create(
             name, owner, role, scopes, tier, self._allowed_models(models), expires_at
         )
@@ -153,6 +167,50 @@ class KeyAdmin:
             actor, "key.create", record.id, {"role": str(record.role), "tier": record.tier}
         )
         return record, secret
+
+    def _known_tier(self, tier: str) -> None:
+        if self._tiers is not None and tier not in self._tiers:
+            known = ", ".join(sorted(self._tiers))
+            raise BadRequest(f"tier: no tier {tier!r}; configured tiers: {known}", param="tier")
+
+    async def set_limits(
+        self,
+        actor: Actor,
+        key_id: str,
+        tier: str | None = None,
+        limits: Mapping[str, Any] | None = None,
+        *,
+        replace_limits: bool = False,
+    ) -> KeyRecord:
+        """Give a key a tier and/or its own limits over the tier's (``rpm``, ``tpm``,
+        ``concurrent``... as in ``limits.tiers.LimitSet``). ``limits`` are merged into the
+        key's current ones unless ``replace_limits`` (then an empty or None ``limits`` clears
+        them); a field set to None is removed. Every replica drops its cached principal."""
+        record, _ = await self.show(key_id)
+        if tier is not None:
+            self._known_tier(tier)
+        own: dict[str, Any] | None = None
+        if limits is not None or replace_limits:
+            own = {} if replace_limits else dict(record.limits or ())
+            for name, value in (limits or {}).items():
+                if value is None:
+                    own.pop(name, None)
+                else:
+                    own[name] = value
+            try:
+                own = LimitSet.model_validate(own).model_dump(exclude_unset=True)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                raise BadRequest(f"limits: {_first_problem(exc)}", param="limits") from None
+        keep = own is None
+        await self._store.set_limits(key_id, tier, own or None, keep)
+        details: dict[str, Any] = {}
+        if tier is not None:
+            details["tier"] = tier
+        if not keep:
+            details["limits"] = own or None
+        await self._changed(actor, "key.update", key_id, details)
+        updated, _ = await self.show(key_id)
+        return updated
 
     async def rotate(
         self, actor: Actor, key_id: str, grace: float | None = None

@@ -95,6 +95,7 @@ class Security:
             auth.rotation_grace,
             models=model_names(settings),
             rotation_period=auth.rotation_period,
+            tiers=settings.limits.all_tiers(),
         )
         self.lifecycle = KeyLifecycle(
             auth, store.keys, store.ip_blocks, self.audit, metrics.registry

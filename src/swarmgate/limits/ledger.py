@@ -84,7 +84,7 @@ class Ledger(WriteBehind[UsageRecord]):
         super().__init__(
             store.insert_many,
             CODEC,
-            Path(config.spool_path or "swarmgate-ledger.spool"),
+            Path(config.spool_path or "swarmgate-audit.spool.ledger"),
             what="ledger",
             flush_interval=config.flush_interval,
             queue_size=config.queue_size,

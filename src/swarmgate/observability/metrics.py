@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 LEDGER_STATES = ("queued", "written", "spooled", "replayed", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+QUEUE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FLUSH_SECONDS = 1.0  # with several workers: how stale another worker's counts may be
 MAX_ACTIVE_USERS = 100_000  # distinct users remembered at most (a flood of new ones is cut off)
 
@@ -162,6 +163,93 @@ class Metrics:
         self._auth_failures = _Counter(
             Counter("gateway_auth_failures_total", "Failed authentications", ["reason"], registry=r)
         )
+        # Admission control (seed 003 names rate_limit_exceeded_total).
+        self._limit_exceeded = _Counter(
+            Counter(
+                "rate_limit_exceeded_total",
+                "Requests refused by a limit, by tier, limit (rpm, tpm, concurrent...) and "
+                "scope (key, owner, ip, model, endpoint, global)",
+                ["tier", "limit", "scope"],
+                registry=r,
+            )
+        )
+        self._admissions = _Counter(
+            Counter(
+                "gateway_admissions_total",
+                "Admission decisions on limited requests, by tier and decision "
+                "(admitted, refused, unavailable)",
+                ["tier", "decision"],
+                registry=r,
+            )
+        )
+        self._tokens_reserved = _Counter(
+            Counter(
+                "gateway_tokens_reserved_total",
+                "Tokens reserved at admission (prompt estimate plus max_tokens), by tier",
+                ["tier"],
+                registry=r,
+            )
+        )
+        self._tokens_settled = _Counter(
+            Counter(
+                "gateway_tokens_settled_total",
+                "Tokens the admitted requests were settled to (their usage), by tier",
+                ["tier"],
+                registry=r,
+            )
+        )
+        self._redis_latency = _Histogram(
+            Histogram(
+                "gateway_limiter_redis_seconds",
+                "Time of one round trip of the limiter to Redis (a batch of admissions and "
+                "settlements), by what it carried (admit: at least one admission; settle)",
+                ["op"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            LATENCY_BUCKETS,
+        )
+        self._redis_errors = _Counter(
+            Counter(
+                "gateway_limiter_redis_errors_total",
+                "Failed limiter round trips to Redis, by kind (timeout, error)",
+                ["kind"],
+                registry=r,
+            )
+        )
+        self._redis_transitions = _Counter(
+            Counter(
+                "gateway_limiter_redis_transitions_total",
+                "The limiter losing (down) or regaining (up) Redis",
+                ["state"],
+                registry=r,
+            )
+        )
+        self._queue_wait = _Histogram(
+            Histogram(
+                "gateway_queue_wait_seconds",
+                "Time requests waited for a slot of a saturated model, by tier",
+                ["tier"],
+                buckets=QUEUE_BUCKETS,
+                registry=r,
+            ),
+            QUEUE_BUCKETS,
+        )
+        self._queue_rejected = _Counter(
+            Counter(
+                "gateway_queue_rejected_total",
+                "Requests refused a slot of a saturated model, by tier and reason (full|timeout)",
+                ["model", "tier", "reason"],
+                registry=r,
+            )
+        )
+        self._queue_length = Gauge(
+            "gateway_queue_length",
+            "Requests waiting for a slot of a saturated model, by tier",
+            ["model", "tier"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._in_flight = Gauge(
             "gateway_requests_in_flight",
             "Inference requests being served now",
@@ -196,7 +284,17 @@ class Metrics:
             self._cost,
             self._upstream_errors,
             self._auth_failures,
+            self._limit_exceeded,
+            self._admissions,
+            self._tokens_reserved,
+            self._tokens_settled,
+            self._redis_latency,
+            self._redis_errors,
+            self._redis_transitions,
+            self._queue_wait,
+            self._queue_rejected,
         )
+        self._queue_lengths: dict[Labels, int] = {}
         self.in_flight = 0  # inference requests being served: changed by the accounting only
         self._seen: dict[str, float] = {}  # caller -> when last seen (the loop's clock)
         self._flusher: asyncio.Task[None] | None = None
@@ -231,6 +329,38 @@ class Metrics:
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.inc((reason,))
 
+    def admission(self, tier: str, decision: str) -> None:
+        self._admissions.inc((tier, decision))
+
+    def limit_exceeded(self, tier: str, limit: str, scope: str) -> None:
+        self._limit_exceeded.inc((tier, limit, scope))
+
+    def tokens_reserved(self, tier: str, tokens: int) -> None:
+        self._tokens_reserved.inc((tier,), tokens)
+
+    def tokens_settled(self, tier: str, tokens: int) -> None:
+        self._tokens_settled.inc((tier,), tokens)
+
+    def limiter_redis(self, op: str, seconds: float) -> None:
+        self._redis_latency.observe((op,), seconds)
+
+    def limiter_redis_error(self, kind: str) -> None:
+        self._redis_errors.inc((kind,))
+
+    def limiter_redis_state(self, state: str) -> None:
+        self._redis_transitions.inc((state,))
+
+    # Only while a model is saturated.
+
+    def queue_length(self, model: str, tier: str, length: int) -> None:
+        self._queue_lengths[(model, tier)] = length
+
+    def queue_wait(self, tier: str, seconds: float) -> None:
+        self._queue_wait.observe((tier,), seconds)
+
+    def queue_rejected(self, model: str, tier: str, reason: str) -> None:
+        self._queue_rejected.inc((model, tier, reason))
+
     def seen(self, caller: str, now: float) -> None:
         """``caller`` made a request at ``now`` (``time.perf_counter``)."""
         seen = self._seen
@@ -260,6 +390,8 @@ class Metrics:
             pending.flush()
         self._flush_ledger()
         self._in_flight.set(self.in_flight)
+        for labels, length in self._queue_lengths.items():
+            self._queue_length.labels(*labels).set(length)
         horizon = now - self.active_users_window
         seen = self._seen
         for caller in [c for c, at in seen.items() if at < horizon]:

@@ -1,12 +1,13 @@
 """``Accounting``: everything counted about a request, in one place, on every exit path.
 
 ``start`` opens the record; ``finish`` closes it however the request ended (answered, refused,
-failed, the client gone): deployment leases are released, each attempt's outcome is told to its
-deployment's state and its latency, time to first token and failure kind are observed, tokens
-and spend are counted from usage, the request's metrics are recorded, a failed request leaves
-one log line, and an authenticated request leaves one usage record on the ledger. It never
-awaits: the ledger's record is a named tuple appended to a write-behind queue
-(``limits.ledger``), encoded and stored later, off the request's path.
+failed, the client gone): the admission's grant is settled (concurrency leases released,
+reserved tokens settled to the usage), deployment leases are released, each attempt's
+outcome is told to its deployment's state and its latency, time to first token and failure
+kind are observed, tokens and spend are counted from usage, the request's metrics are
+recorded, a failed request leaves one log line, and an authenticated request leaves one usage
+record on the ledger. It never awaits: the ledger's record is a named tuple appended to a
+write-behind queue (``limits.ledger``), encoded and stored later, off the request's path.
 """
 
 from __future__ import annotations
@@ -43,19 +44,17 @@ class Accounting:
     def finish(self, x: Exchange) -> None:
         metrics = self.metrics
         now = time.perf_counter()
-        for attempt in x.attempts:
-            attempt.lease.release()
-            d = attempt.deployment
-            metrics.upstream(d.model, d.name, (attempt.ended or now) - attempt.started)
-            if attempt.first_byte:
-                metrics.ttft(d.model, d.name, attempt.first_byte - attempt.started)
-            outcome = attempt.outcome
-            if outcome is not None:
-                attempt.state.observe(outcome)
-                if outcome.is_failure:
-                    metrics.upstream_error(d.name, error_kind(attempt))
+        if x.attempts:
+            self._attempts(x, now)
         usage = x.usage
         cost = 0.0
+        grant = x.grant
+        if grant is not None:
+            # Leases released, the token reservation settled to what was counted (a cut
+            # stream: what had been counted when it broke; nothing answered: none).
+            used = grant.settle(usage)
+            if used:
+                metrics.tokens_settled(grant.tier, used)
         if usage is not None and x.attempts:
             d = x.attempts[-1].deployment
             metrics.tokens(d.model, usage.prompt_tokens, usage.completion_tokens)
@@ -75,6 +74,20 @@ class Accounting:
                 self.ledger.put(_record(x, principal, usage, cost, latency))
         if x.status >= 400:
             self._log_failure(x, latency)
+
+    def _attempts(self, x: Exchange, now: float) -> None:
+        metrics = self.metrics
+        for attempt in x.attempts:
+            attempt.lease.release()
+            d = attempt.deployment
+            metrics.upstream(d.model, d.name, (attempt.ended or now) - attempt.started)
+            if attempt.first_byte:
+                metrics.ttft(d.model, d.name, attempt.first_byte - attempt.started)
+            outcome = attempt.outcome
+            if outcome is not None:
+                attempt.state.observe(outcome)
+                if outcome.is_failure:
+                    metrics.upstream_error(d.name, error_kind(attempt))
 
     @staticmethod
     def _log_failure(x: Exchange, latency: float) -> None:

@@ -29,6 +29,7 @@ from swarmgate.errors import (
 from swarmgate.errors import UpstreamUnreachable as Unreachable
 from swarmgate.pipeline.asgi import SSE_HEADERS, ClientGone, DisconnectWatch, Headers, send_bytes
 from swarmgate.pipeline.exchange import Attempt, Exchange
+from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import Answer, InferenceRequest
 from swarmgate.routing.fleet import Deployment
 from swarmgate.routing.plan import Plan
@@ -51,22 +52,32 @@ PASSED_BACK = (
 
 
 class Caller:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, queueing: Queueing) -> None:
         self.transport = transport
+        self.queueing = queueing
 
     async def run(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
         request = x.request
         assert request is not None, "the call stage runs after parse"
+        queueing = self.queueing
+        # A slot already held for the first attempt: only when some tier is held to a share
+        # of the pool (and this request's tier is one of them).
+        lease = await queueing.first_lease(x, plan, receive) if queueing.shares else None
         while True:
-            try:
-                state = plan.next()
-            except NoDeployment:
-                # Every deployment busy before the first attempt: wait for a slot if the model
-                # allows (a bounded line), then pick again.
-                if plan.tried or not await self._wait_for_slot(plan):
-                    raise
-                continue
-            attempt = x.attempt(state)
+            if lease is None:
+                try:
+                    state = plan.next()
+                except NoDeployment:
+                    # Every deployment busy before the first attempt: wait in line for a slot
+                    # (by tier, bounded), handed over with its lease.
+                    if plan.tried:
+                        raise
+                    lease = await queueing.wait(x, plan, receive)
+                    continue
+                attempt = x.attempt(state)
+            else:
+                attempt = x.attempt(plan.tried[-1], lease)
+                lease = None
             try:
                 if request.stream:
                     await self._stream(x, request, attempt, receive, send)
@@ -80,13 +91,6 @@ class Caller:
                     raise
             finally:
                 attempt.ended = time.perf_counter()
-
-    @staticmethod
-    async def _wait_for_slot(plan: Plan) -> bool:
-        pool = plan.pool
-        if plan.waited is None:
-            plan.waited = time.perf_counter() + pool.config.queue_timeout
-        return await pool.wait_for_slot(plan.waited - time.perf_counter())
 
     async def _send(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt
@@ -316,7 +320,8 @@ class Caller:
             attempt.outcome = Outcome.REFUSED
         headers = _response_headers(x, d)
         if status >= 400:  # back-off hints matter on refusals; skip the lookups on success
-            for name in PASSED_BACK:
+            # Our own x-ratelimit-* headers win over the deployment's.
+            for name in PASSED_BACK if x.grant is None else PASSED_BACK[:1]:
                 value = response.headers.get(name)
                 if value is not None:
                     headers.append((name.encode(), value.encode("latin-1")))
@@ -331,7 +336,10 @@ def _about(exc: UpstreamError, d: Deployment) -> UpstreamError:
 
 
 def _response_headers(x: Exchange, d: Deployment) -> Headers:
-    return [(b"x-request-id", x.head.request_id.encode()), *d.headers]
+    headers = [(b"x-request-id", x.head.request_id.encode()), *d.headers]
+    if x.grant is not None:
+        headers += x.grant.headers()
+    return headers
 
 
 def _is_event_stream(response: UpstreamResponse) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from swarmgate.limits.grant import Grant
 from swarmgate.pipeline.asgi import RequestHead, read_head
 from swarmgate.pipeline.request import InferenceRequest, Route
 from swarmgate.routing.fleet import Deployment, DeploymentState, Lease, Pool
@@ -40,6 +41,7 @@ class Exchange:
     principal: Principal | None = None
     request: InferenceRequest | None = None
     pool: Pool | None = None
+    grant: Grant | None = None  # the limits it was admitted under, settled in finish
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage | None = None  # counted from the answer; None: nothing to account
     status: int = 0  # what the client was answered (499: it left first)
@@ -50,8 +52,9 @@ class Exchange:
         peer = scope.get("client")
         return cls(route, scope, read_head(scope), peer[0] if peer else None, time.perf_counter())
 
-    def attempt(self, state: DeploymentState) -> Attempt:
-        attempt = Attempt(state.deployment, state, state.lease(), time.perf_counter())
+    def attempt(self, state: DeploymentState, lease: Lease | None = None) -> Attempt:
+        """An attempt at ``state``, with a new lease of it unless ``lease`` already holds it."""
+        attempt = Attempt(state.deployment, state, lease or state.lease(), time.perf_counter())
         self.attempts.append(attempt)
         return attempt
 

@@ -1,15 +1,19 @@
 """The stages around the call that are the gateway's own decisions: authorize, admit.
 
 (Authentication is the authenticator's, called directly: I/O only on a key-cache miss.)
-``authorize`` is pure. ``Admission`` is the seam where tiers, rate and token limits and
-concurrency leases will be decided; today it admits everyone.
+``authorize`` is pure. ``Admission`` (tiers, rate and token limits, concurrency leases) is
+``limits.admission``'s, re-exported here so that the stages of the request path read in one
+place.
 """
 
 from __future__ import annotations
 
 from swarmgate.auth.roles import require, scope_for_model_type
 from swarmgate.errors import BadRequest, Forbidden
+from swarmgate.limits.admission import Admission
 from swarmgate.pipeline.exchange import Exchange
+
+__all__ = ["Admission", "authorize"]
 
 
 def authorize(x: Exchange) -> None:
@@ -24,10 +28,3 @@ def authorize(x: Exchange) -> None:
     require(principal, scope_for_model_type(pool.type))
     if not principal.allows_model(pool.model):
         raise Forbidden(f"this key may not use model {pool.model!r}", code="model_not_allowed")
-
-
-class Admission:
-    """Admits every request for now: the no-op seam for limits, quotas and queues."""
-
-    async def admit(self, x: Exchange) -> None:
-        return None

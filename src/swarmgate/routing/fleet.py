@@ -6,14 +6,13 @@ is what changes while the gateway runs: requests in flight today; health and cir
 later. A ``Pool`` is a model's states; ``FleetSnapshot`` resolves a model name or alias to its
 pool. ``Fleet`` holds the current snapshot and replaces it in one assignment (reload, discovery
 and the fleet API will use ``replace``); a deployment that survives a replacement keeps its
-state, so its in-flight count stays true. Only a ``Lease`` changes an in-flight count.
+state, so its in-flight count stays true. Only a ``Lease`` changes an in-flight count; when
+requests wait for a slot, a released lease hands its slot to the pool's ``SlotQueue``
+(``limits/queue.py``) instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
+from swarmgate.limits.queue import SlotQueue, TierPolicy
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
 from swarmgate.types import ModelType, Origin, Outcome
 
@@ -81,8 +81,8 @@ class Deployment:
 
 
 class Lease:
-    """One request's hold on a deployment slot; ``release`` is idempotent and hands the slot
-    to the longest-waiting request of the pool, if one waits."""
+    """One request's hold on a deployment slot; ``release`` is idempotent. A released slot
+    goes to the pool's queue first: handed over to the next waiter, still counted in flight."""
 
     __slots__ = ("_state",)
 
@@ -90,16 +90,43 @@ class Lease:
         state.in_flight += 1
         self._state: DeploymentState | None = state
 
+    @classmethod
+    def handed(cls, state: DeploymentState) -> Lease:
+        """The lease of a slot the queue handed over (already counted in flight)."""
+        lease = cls.__new__(cls)
+        lease._state = state
+        return lease
+
     def release(self) -> None:
         state, self._state = self._state, None
         if state is not None:
+            queue = state.queue
+            # Usually nobody waits: one attribute test on the hot path.
+            if queue.waiting and queue.hand_over(state):
+                return
             state.in_flight -= 1
-            waiters = state.waiters
-            while waiters:  # usually empty: one truth test on the hot path
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+
+
+class TierLease(Lease):
+    """The lease of a request whose tier may hold only a share of the pool: that tier's count
+    of held slots (``SlotQueue.held``) goes up with it and down on release."""
+
+    __slots__ = ("_tier",)
+
+    def __init__(self, state: DeploymentState, tier: TierPolicy, *, handed: bool = False) -> None:
+        if handed:  # in flight and held already, by the queue that handed it over
+            self._state = state
+        else:
+            super().__init__(state)
+            state.queue.hold(tier)
+        self._tier = tier
+
+    def release(self) -> None:
+        state = self._state
+        if state is not None:
+            # Before the slot is handed over, so that a waiter of this tier may have it.
+            state.queue.unhold(self._tier)
+        super().release()
 
 
 @dataclass(eq=False, slots=True)
@@ -109,8 +136,8 @@ class DeploymentState:
     deployment: Deployment
     in_flight: int = 0
     failures: int = 0  # consecutive failed attempts, as traffic saw them
-    # Requests waiting for a slot in this deployment's pool (one deque shared by the pool).
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    # The line for a slot of this deployment's pool (one queue shared by the pool).
+    queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
 
     @property
     def name(self) -> str:
@@ -149,40 +176,29 @@ class Pool:
     config: Model
     members: tuple[DeploymentState, ...]
     balancer: Balancer = field(default_factory=WeightedRoundRobin)
+    capacity: int = field(init=False)  # its deployments' max_concurrent, summed
 
     @property
     def type(self) -> ModelType:
         return self.config.type
 
     def __post_init__(self) -> None:
-        # One line for the pool; after a fleet replacement, the one its waiters are in.
-        shared = next((m.waiters for m in self.members if m.waiters), deque())
+        # One queue for the pool; after a fleet replacement, the one a surviving deployment
+        # brings along (with its waiters and held counts), bound to the new capacity.
+        self.capacity = sum(m.max_concurrent for m in self.members)
+        shared = next((m.queue for m in self.members if m.queue.capacity), None)
+        queue = shared or SlotQueue()
+        queue.capacity = self.capacity
         for member in self.members:
-            member.waiters = shared
+            member.queue = queue
+
+    @property
+    def queue(self) -> SlotQueue[DeploymentState]:
+        return self.members[0].queue
 
     @property
     def usable(self) -> int:
         return sum(1 for m in self.members if m.has_capacity)
-
-    async def wait_for_slot(self, timeout: float) -> bool:
-        """Wait (at most ``timeout`` s, in line with at most ``config.queue_size`` others)
-        until a lease is released; False if the wait was refused or timed out."""
-        waiters = self.members[0].waiters
-        if timeout <= 0 or len(waiters) >= self.config.queue_size:
-            return False
-        waiter = asyncio.get_running_loop().create_future()
-        waiters.append(waiter)
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
 
 
 def _deployment_name(model: str, dep: DeploymentConfig) -> str:

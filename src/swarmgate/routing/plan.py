@@ -16,14 +16,13 @@ MAX_ATTEMPTS = 2
 
 
 class Plan:
-    __slots__ = ("_facts", "_limit", "pool", "tried", "waited")
+    __slots__ = ("_facts", "_limit", "pool", "tried")
 
     def __init__(self, pool: Pool, facts: RoutingFacts, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.pool = pool
         self._facts = facts
         self._limit = min(max_attempts, len(pool.members))
         self.tried: list[DeploymentState] = []
-        self.waited: float | None = None  # the deadline of waiting for a slot, once waiting
 
     def next(self) -> DeploymentState:
         """The deployment for the next attempt; ``NoDeployment`` if none can take it now."""
@@ -44,6 +43,11 @@ class Plan:
         chosen = candidates[pool.balancer.choose(candidates, self._facts)]
         tried.append(chosen)
         return chosen
+
+    def take(self, state: DeploymentState) -> DeploymentState:
+        """A deployment the next attempt goes to without a pick: its slot was handed over."""
+        self.tried.append(state)
+        return state
 
     def may_retry(self) -> bool:
         """Whether another deployment may be tried after an attempt that never reached its own."""

@@ -38,6 +38,8 @@ class KeyRecord:
     expires_at: float | None = None
     last_used_at: float | None = None
     revoked_at: float | None = None
+    # The key's own limits over its tier's, as (field, value) pairs; None: the tier's.
+    limits: tuple[tuple[str, Any], ...] | None = None
 
     def is_active(self, now: float) -> bool:
         """Not revoked and not expired at ``now``."""
@@ -53,6 +55,7 @@ class KeyRecord:
             key_id=self.id,
             via="key",
             expires_at=self.expires_at,
+            limits=self.limits,
         )
 
 
@@ -80,7 +83,12 @@ def _record(row: sa.RowMapping) -> KeyRecord:
         expires_at=row["expires_at"],
         last_used_at=row["last_used_at"],
         revoked_at=row["revoked_at"],
+        limits=limit_pairs(row["limits"]),
     )
+
+
+def limit_pairs(limits: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
+    return tuple(sorted(limits.items())) if limits else None
 
 
 def record_values(record: KeyRecord) -> dict[str, Any]:
@@ -97,6 +105,7 @@ def record_values(record: KeyRecord) -> dict[str, Any]:
         "expires_at": record.expires_at,
         "last_used_at": record.last_used_at,
         "revoked_at": record.revoked_at,
+        "limits": None if record.limits is None else dict(record.limits),
     }
 
 
@@ -273,6 +282,24 @@ class KeyStore:
             )
             found = await conn.scalar(sa.select(api_keys.c.id).where(api_keys.c.id == key_id))
         return found is not None
+
+    async def set_limits(
+        self, key_id: str, tier: str | None, limits: Mapping[str, Any] | None, keep: bool
+    ) -> bool:
+        """A new tier (None: unchanged) and own limits (``keep``: unchanged; else replaced by
+        ``limits``, None clearing them)."""
+        values: dict[str, Any] = {}
+        if tier is not None:
+            values["tier"] = tier
+        if not keep:
+            values["limits"] = dict(limits) if limits else None
+        if not values:
+            return await self.get(key_id) is not None
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                api_keys.update().where(api_keys.c.id == key_id).values(**values)
+            )
+        return bool(result.rowcount)
 
     async def set_expiry(self, key_id: str, expires_at: float | None) -> bool:
         """Set (or with None clear) the expiry. False if there is no such key."""

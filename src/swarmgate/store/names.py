@@ -3,3 +3,5 @@
 PREFIX = "swarmgate:"
 KEY_EVENTS = PREFIX + "events:keys"  # pub/sub: key ids whose cached principals must be dropped
 IP_EVENTS = PREFIX + "events:ip"  # pub/sub: CIDRs blocked or unblocked by an operator
+LIMITS = PREFIX + "limit:"  # + scope:ident:limit (rpm, tpd...): one counter of one limit
+REPLICAS = PREFIX + "limits:replicas"  # sorted set: replica id -> its last heartbeat

@@ -42,6 +42,8 @@ api_keys = sa.Table(
     sa.Column("expires_at", sa.Double, nullable=True),
     sa.Column("last_used_at", sa.Double, nullable=True),
     sa.Column("revoked_at", sa.Double, nullable=True),
+    # The key's own limits over its tier's (rpm, tpm, concurrent...); NULL: the tier's.
+    sa.Column("limits", sa.JSON, nullable=True),
 )
 
 # Only HMAC-SHA256 hashes of secrets are stored. A key has one current secret (valid_until

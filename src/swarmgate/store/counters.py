@@ -1,0 +1,158 @@
+"""The in-process counter store: every limit's counters in this process's memory.
+
+The embedded default (one process). It is also the Redis store's fallback when Redis is
+away and ``limits.redis_failure`` is ``fail_open``, with every limit scaled by this replica's
+share (``scale``). ``take_now`` never awaits, so the check and the charge of all of a
+request's limits happen with no other request in between: all or none, without a lock.
+
+The arithmetic is ``limits.gcra`` and ``limits.windows`` (pure modules that import nothing of
+ours); the Redis script mirrors it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from swarmgate.limits.gcra import gcra, remaining, reset
+from swarmgate.limits.windows import Leases, SlidingLog
+from swarmgate.types import Check, CheckKind, Verdict
+
+RATE, REQUESTS, TOKENS, CONCURRENT = (
+    CheckKind.RATE,
+    CheckKind.REQUESTS,
+    CheckKind.TOKENS,
+    CheckKind.CONCURRENT,
+)
+SWEEP_EVERY = 4096  # admissions between sweeps of idle counters (bounded memory)
+
+
+def _scaled(limit: float, scale: float) -> int:
+    """A replica's share of a limit: at least 1, so that a share never refuses everyone."""
+    return max(1, math.floor(limit * scale))
+
+
+def _state(check: Check) -> Any:
+    if check.kind is RATE:
+        return [0.0]  # the theoretical arrival time
+    if check.kind is CONCURRENT:
+        return Leases()
+    return SlidingLog(check.period)
+
+
+class MemoryCounters:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, scale: float = 1.0) -> None:
+        self._clock = clock
+        self._states: dict[str, Any] = {}
+        self.scale = scale  # limits are multiplied by it (a replica's share, in fallback)
+        self._until_sweep = SWEEP_EVERY
+
+    async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
+        return self.take_now(checks, tokens, lease)
+
+    def take_now(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
+        now = self._clock()
+        self._sweep(now)  # before the checks: never between a check and its charge
+        states, scale = self._states, self.scale
+        refused, longest = -1, 0.0
+        found = []
+        # First every check, then (only if all pass) every charge: nothing awaits in between.
+        for i, check in enumerate(checks):
+            state = states.get(check.key)
+            if state is None:
+                state = states[check.key] = _state(check)
+            found.append(state)
+            kind = check.kind
+            limit = check.limit if scale == 1.0 else _scaled(check.limit, scale)
+            if kind is REQUESTS or kind is TOKENS:
+                state.trim(now)
+                cost = 1 if kind is REQUESTS else tokens
+                wait = 0.0 if state.total + cost <= limit else state.wait(now, cost, limit)
+            elif kind is RATE:
+                burst = check.burst if scale == 1.0 else _scaled(check.burst, scale)
+                wait = gcra(state[0], now, check.period / scale, burst)[1]
+            else:
+                wait = state.wait(now, limit)
+            if wait > longest:
+                refused, longest = i, wait
+        if refused >= 0:
+            return Verdict(refused, longest)
+        left: list[float] = []
+        resets: list[float] = []
+        handles: list[Any] = []
+        for check, state in zip(checks, found, strict=True):
+            kind = check.kind
+            limit = check.limit if scale == 1.0 else _scaled(check.limit, scale)
+            if kind is REQUESTS or kind is TOKENS:
+                handles.append(state.add(now, 1 if kind is REQUESTS else tokens))
+                left.append(limit - state.total if limit > state.total else 0)
+                resets.append(state.entries[0][0] + state.window - now)
+                continue
+            handles.append(None)
+            if kind is RATE:
+                interval = check.period / scale
+                burst = check.burst if scale == 1.0 else _scaled(check.burst, scale)
+                state[0] = tat = gcra(state[0], now, interval, burst)[0]
+                left.append(remaining(tat, now, interval, burst))
+                resets.append(reset(tat, now))
+            else:
+                state.take(lease, now + check.period)
+                left.append(max(0, limit - len(state.held)))
+                resets.append(0.0)
+        return Verdict(-1, 0.0, tuple(left), tuple(resets), tuple(handles))
+
+    def settle(
+        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+    ) -> None:
+        handles = verdict.handles
+        if handles is None:
+            return
+        now = self._clock()
+        states = self._states
+        for check, handle in zip(checks, handles, strict=True):
+            kind = check.kind
+            if kind is CONCURRENT:
+                state = states.get(check.key)
+                if state is not None:
+                    state.release(lease)
+            elif kind is TOKENS and used != reserved:
+                state = states.get(check.key)
+                if state is None:
+                    continue
+                if used < reserved:
+                    state.lower(handle, used, now)
+                else:
+                    # Debt: counted from now, so the next admissions pay for it first.
+                    state.trim(now)
+                    state.add(now, used - reserved)
+
+    def _sweep(self, now: float) -> None:
+        self._until_sweep -= 1
+        if self._until_sweep > 0:
+            return
+        self._until_sweep = SWEEP_EVERY
+        idle = []
+        for key, state in self._states.items():
+            if isinstance(state, list):
+                if state[0] <= now:
+                    idle.append(key)
+            elif isinstance(state, Leases):
+                if not state.in_use(now):
+                    idle.append(key)
+            else:
+                state.trim(now)
+                if not state.entries:
+                    idle.append(key)
+        for key in idle:
+            del self._states[key]
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

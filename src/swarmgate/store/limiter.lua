@@ -1,0 +1,110 @@
+-- Check and charge every limit of one request, or none: the Redis twin of
+-- store/counters.py (MemoryCounters.take_now), same arithmetic (limits/gcra.py, windows.py).
+-- KEYS: one counter per check. ARGV: lease, tokens, then per check: kind, limit, period, burst.
+-- kind 0: GCRA (string: the theoretical arrival time); 1: requests in a sliding window
+-- (sorted set of leases by time); 2: tokens in a sliding window (sorted set of
+-- "lease|amount" by time, plus KEY..":sum"); 3: concurrency leases (sorted set by expiry).
+-- Time is Redis's own, so that replicas' clocks do not matter.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local n = #KEYS
+local refused, longest = -1, 0
+
+local function amount_of(member)
+  return tonumber(string.match(member, '|([%d%.]+)$')) or 0
+end
+
+local function trim_tokens(key, horizon)
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', horizon)
+  if #old > 0 then
+    local freed = 0
+    for _, member in ipairs(old) do freed = freed + amount_of(member) end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', horizon)
+    redis.call('DECRBY', key .. ':sum', freed)
+  end
+end
+
+local function window_wait(key, kind, total, cost, limit, period)
+  local excess = total + cost - limit
+  if excess <= 0 then return 0 end
+  if cost > limit then return -1 end
+  if kind == 1 then
+    local at = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
+    return math.max(tonumber(at[2]) + period - now, 0.001)
+  end
+  local entries = redis.call('ZRANGE', key, 0, 4999, 'WITHSCORES')
+  local freed = 0
+  for j = 1, #entries, 2 do
+    freed = freed + amount_of(entries[j])
+    if freed >= excess then return math.max(tonumber(entries[j + 1]) + period - now, 0.001) end
+  end
+  return period
+end
+
+for i = 1, n do
+  local key = KEYS[i]
+  local b = 2 + (i - 1) * 4
+  local kind, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local period, burst = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local wait = 0
+  if kind == 0 then
+    local tat = tonumber(redis.call('GET', key) or '0')
+    local allowed_at = math.max(tat, now) + period - burst * period
+    if allowed_at > now then wait = allowed_at - now end
+  elseif kind == 3 then
+    if redis.call('ZCARD', key) >= limit then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      if redis.call('ZCARD', key) >= limit then wait = 1 end
+    end
+  elseif kind == 1 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+    wait = window_wait(key, kind, redis.call('ZCARD', key), 1, limit, period)
+  else
+    trim_tokens(key, now - period)
+    local total = tonumber(redis.call('GET', key .. ':sum') or '0')
+    wait = window_wait(key, kind, total, tokens, limit, period)
+  end
+  if wait ~= 0 and longest ~= -1 and (wait == -1 or wait > longest) then
+    refused, longest = i, wait
+  end
+end
+if refused >= 0 then return {refused - 1, tostring(longest)} end
+
+local out = {-1, '0'}
+local resets = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local b = 2 + (i - 1) * 4
+  local kind, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local period, burst = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local ttl = math.ceil(period * 1000) + 1000
+  if kind == 0 then
+    local tat = math.max(tonumber(redis.call('GET', key) or '0'), now) + period
+    redis.call('SET', key, tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+    out[#out + 1] = tostring(math.max(0, math.floor((now + burst * period - tat) / period + 1e-9)))
+    resets[i] = tostring(tat - now)
+  elseif kind == 3 then
+    redis.call('ZADD', key, now + period, lease)
+    redis.call('PEXPIRE', key, ttl)
+    out[#out + 1] = tostring(math.max(0, limit - redis.call('ZCARD', key)))
+    resets[i] = '0'
+  elseif kind == 1 then
+    redis.call('ZADD', key, now, lease)
+    redis.call('PEXPIRE', key, ttl)
+    out[#out + 1] = tostring(math.max(0, limit - redis.call('ZCARD', key)))
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    resets[i] = tostring(tonumber(oldest[2]) + period - now)
+  else
+    redis.call('ZADD', key, now, lease .. '|' .. tokens)
+    local total = redis.call('INCRBY', key .. ':sum', tokens)
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key .. ':sum', ttl)
+    out[#out + 1] = tostring(math.max(0, limit - total))
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    resets[i] = tostring(tonumber(oldest[2]) + period - now)
+  end
+end
+for i = 1, n do out[#out + 1] = resets[i] end
+return out

@@ -1,0 +1,299 @@
+"""The Redis counter store: every replica's admissions on one Redis primary, exact.
+
+Each admission is one run of ``limiter.lua`` (EVALSHA; reloaded on NOSCRIPT), which checks
+and charges all of a request's limits atomically: all or none. The admissions of one event
+loop tick are coalesced: ``take`` queues the request and one long-lived sender task sends
+everything queued as one pipeline (one round trip for many admissions), while the next
+batch gathers behind it. Settlements (``settle.lua``) ride along with the next batch.
+
+Failure: a round trip is bounded by ``limits.redis_timeout``. When it fails or times out the
+store is *down*: admissions are decided at once by an in-process ``MemoryCounters`` whose
+limits are scaled by this replica's share (``fail_open``: 1 / replicas, the replicas being
+``limits.replicas`` or the count learned from their heartbeats in Redis), or refused with
+``StoreError`` (``fail_closed``: the gateway answers 503). A probe pings Redis every
+``PROBE_SECONDS``; once it answers (scripts reloaded, settlements left unsent replayed) the
+store is up again. Each transition is logged once and counted.
+
+A Redis that answers but cannot run the script (a proxy without EVAL, a renamed command)
+stops start-up: limits never degrade silently to per-process counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from swarmgate.errors import StoreError
+from swarmgate.observability.metrics import Metrics
+from swarmgate.store import names
+from swarmgate.store.counters import MemoryCounters
+from swarmgate.types import Check, CheckKind, Verdict
+
+log = logging.getLogger("swarmgate.limits")
+
+TAKE = files("swarmgate.store").joinpath("limiter.lua").read_text()
+SETTLE = files("swarmgate.store").joinpath("settle.lua").read_text()
+PROBE_SECONDS = 0.25  # while down: how often Redis is tried again
+HEARTBEAT_SECONDS = 2.0  # each replica's mark in names.REPLICAS
+HEARTBEAT_EXPIRY = 10.0  # a replica not heard from for this long is no longer counted
+MAX_UNSENT = 100_000  # settlements kept while Redis is away (leases expire anyway)
+
+Pending = tuple[list[str], list[Any], "asyncio.Future[Verdict]"]
+
+
+class RedisCounters:
+    def __init__(
+        self,
+        url: str,
+        metrics: Metrics,
+        *,
+        timeout: float = 0.075,
+        fail_open: bool = True,
+        replicas: int | None = None,
+    ) -> None:
+        # Its own client: short timeouts, unlike the event bus's.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=max(timeout, 0.5), socket_timeout=max(timeout, 0.5)
+        )
+        self._metrics = metrics
+        self._timeout = timeout
+        self._fail_open = fail_open
+        self._replicas_configured = replicas
+        self.replicas = replicas or 1
+        self.fallback = MemoryCounters(scale=1 / self.replicas)
+        self._take_sha = self._settle_sha = ""
+        self._pending: list[Pending] = []
+        self._settles: list[tuple[list[str], list[Any]]] = []
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._id = os.urandom(6).hex()
+        self.up = False
+        self._down_told = False  # the outage was logged (once per transition)
+
+    async def start(self) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                await self._load_scripts()
+                # A run with no counters: proves the script runs here, not just that it loads.
+                await self._redis.evalsha(self._take_sha, 0, "probe", "0")
+            self.up = True
+        except ResponseError as exc:
+            await self._redis.aclose()
+            raise StoreError(
+                f"redis cannot run the rate limiter's Lua script ({exc}); swarmgate needs "
+                "EVAL/EVALSHA on a single Redis primary (not a proxy that lacks them) and "
+                "never falls back to per-process limits for that"
+            ) from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+        loop = asyncio.get_running_loop()
+        self._sender = loop.create_task(self._send(), name="swarmgate-limiter")
+        self._heartbeat = loop.create_task(self._beat(), name="swarmgate-limiter-heartbeat")
+
+    async def _load_scripts(self) -> None:
+        self._take_sha = str(await self._redis.script_load(TAKE))
+        self._settle_sha = str(await self._redis.script_load(SETTLE))
+
+    async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
+        if not self.up:
+            if not self._fail_open:
+                raise StoreError("redis is unavailable (limits.redis_failure: fail_closed)")
+            return self.fallback.take_now(checks, tokens, lease)
+        args: list[Any] = [lease, tokens]
+        for c in checks:
+            args += (int(c.kind), c.limit, c.period, c.burst)
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._pending.append(([c.key for c in checks], args, future))
+        self._wake.set()
+        return await future
+
+    def settle(
+        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+    ) -> None:
+        if verdict.handles is not None:  # taken by the fallback while Redis was away
+            self.fallback.settle(checks, verdict, lease, reserved, used)
+            return
+        keys: list[str] = []
+        args: list[Any] = [lease, reserved, used]
+        for c in checks:
+            if c.kind is CheckKind.CONCURRENT or (c.kind is CheckKind.TOKENS and used != reserved):
+                keys.append(c.key)
+                args += (int(c.kind), c.period)
+        if keys:
+            if len(self._settles) < MAX_UNSENT:
+                self._settles.append((keys, args))
+            self._wake.set()
+
+    async def _send(self) -> None:
+        while True:
+            if not self.up:
+                self._fail_pending()
+                if not await self._probe():
+                    await asyncio.sleep(PROBE_SECONDS)
+                continue
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            settles, self._settles = self._settles, []
+            if not (batch or settles):
+                continue
+            try:
+                await self._round_trip(batch, settles)
+            except Exception as exc:
+                # A bug of ours must not leave admissions waiting forever, nor stop the sender.
+                log.exception("rate limiter: a round trip to redis failed unexpectedly")
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreError(f"rate limiter error: {exc!r}"))
+
+    async def _round_trip(
+        self, batch: list[Pending], settles: list[tuple[list[str], list[Any]]]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                try:
+                    results = await self._execute(batch, settles)
+                    noscript = any(isinstance(r, NoScriptError) for r in results)
+                except NoScriptError:
+                    noscript = True
+                if noscript:
+                    # Redis restarted (or was flushed of scripts): load them and run again.
+                    # A script cache is flushed whole, so none of the batch ran: running it
+                    # again charges each admission once.
+                    await self._load_scripts()
+                    results = await self._execute(batch, settles)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._metrics.limiter_redis_error(
+                "timeout" if isinstance(exc, TimeoutError) else "error"
+            )
+            self._went_down(exc)
+            self._settles[:0] = settles  # sent again once Redis is back
+            for keys, args, future in batch:
+                self._decide_without_redis(keys, args, future)
+            return
+        self._metrics.limiter_redis("admit" if batch else "settle", time.perf_counter() - started)
+        for (_, args, future), result in zip(batch, results, strict=False):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(StoreError(f"the rate limiter's script failed: {result}"))
+            else:
+                future.set_result(_verdict(result, (len(args) - 2) // 4))
+
+    async def _execute(
+        self, batch: list[Pending], settles: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        # Settlements first: what finished before these admissions were asked frees room.
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in settles:
+            pipe.evalsha(self._settle_sha, len(keys), *keys, *args)
+        for keys, args, _ in batch:
+            pipe.evalsha(self._take_sha, len(keys), *keys, *args)
+        results = list(await pipe.execute(raise_on_error=False))
+        if any(isinstance(r, NoScriptError) for r in results[: len(settles)]):
+            raise NoScriptError("settle.lua is not loaded")
+        return results[len(settles) :]
+
+    def _decide_without_redis(
+        self, keys: list[str], args: list[Any], future: asyncio.Future[Verdict]
+    ) -> None:
+        if future.done():
+            return
+        if not self._fail_open:
+            future.set_exception(StoreError("redis is unavailable"))
+            return
+        checks = [
+            Check(CheckKind(kind), key, limit, period, burst)
+            for key, (kind, limit, period, burst) in zip(
+                keys, (args[j : j + 4] for j in range(2, len(args), 4)), strict=True
+            )
+        ]
+        future.set_result(self.fallback.take_now(checks, args[1], args[0]))
+
+    def _fail_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        for keys, args, future in batch:
+            self._decide_without_redis(keys, args, future)
+
+    def _went_down(self, exc: BaseException) -> None:
+        self.up = False
+        if self._down_told:
+            return
+        self._down_told = True
+        self._metrics.limiter_redis_state("down")
+        what = f"fallback to in-process limits scaled to 1/{self.replicas}"
+        log.warning(
+            "rate limiter: redis unavailable (%r); %s until it answers",
+            exc,
+            what if self._fail_open else "refusing limited requests (503)",
+        )
+
+    async def _probe(self) -> bool:
+        try:
+            async with asyncio.timeout(max(self._timeout, 0.25)):
+                await self._redis.ping()
+                await self._load_scripts()
+                if self._settles:
+                    settles, self._settles = self._settles, []
+                    await self._execute([], settles)
+        except (RedisError, OSError, TimeoutError):
+            return False
+        self.up, self._down_told = True, False
+        self.fallback.clear()
+        self._metrics.limiter_redis_state("up")
+        log.warning("rate limiter: redis is back; limits are exact across replicas again")
+        return True
+
+    async def _beat(self) -> None:
+        """Every replica marks itself in Redis; the count scales the fallback's limits."""
+        while True:
+            if self.up:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        now = time.time()
+                        pipe = self._redis.pipeline(transaction=False)
+                        pipe.zadd(names.REPLICAS, {self._id: now})
+                        pipe.zremrangebyscore(names.REPLICAS, "-inf", now - HEARTBEAT_EXPIRY)
+                        pipe.zcard(names.REPLICAS)
+                        count = int((await pipe.execute())[-1])
+                        if self._replicas_configured is None and count >= 1:
+                            self.replicas = count
+                            self.fallback.scale = 1 / count
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def close(self) -> None:
+        for task in (self._sender, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._settles and self.up:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._execute([], self._settles)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._redis.zrem(names.REPLICAS, self._id)
+        self._fail_pending()
+        await self._redis.aclose()
+
+
+def _verdict(result: list[Any], n: int) -> Verdict:
+    refused = int(result[0])
+    wait = float(result[1])
+    if refused >= 0:
+        return Verdict(refused, math.inf if wait < 0 else wait)
+    values = [float(v) for v in result[2:]]
+    return Verdict(-1, 0.0, tuple(values[:n]), tuple(values[n:]))

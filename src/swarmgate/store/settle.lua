@@ -1,0 +1,30 @@
+-- Settle one admitted request: release its concurrency leases, and settle its token
+-- reservation to the usage (less: the reservation's entry is lowered while still in its
+-- window; more: the excess is a new entry at now, debt the next admissions pay first).
+-- KEYS: the request's token and concurrency counters. ARGV: lease, reserved, used, then per
+-- key: kind, period.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease, reserved, used = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local kind, period = tonumber(ARGV[2 + i * 2]), tonumber(ARGV[3 + i * 2])
+  if kind == 3 then
+    redis.call('ZREM', key, lease)
+  elseif kind == 2 and used < reserved then
+    local member = lease .. '|' .. reserved
+    local score = redis.call('ZSCORE', key, member)
+    if score and tonumber(score) > now - period then
+      redis.call('ZREM', key, member)
+      redis.call('ZADD', key, score, lease .. '|' .. used)
+      redis.call('DECRBY', key .. ':sum', reserved - used)
+    end
+  elseif kind == 2 and used > reserved then
+    local ttl = math.ceil(period * 1000) + 1000
+    redis.call('ZADD', key, now, lease .. '|o|' .. (used - reserved))
+    redis.call('INCRBY', key .. ':sum', used - reserved)
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key .. ':sum', ttl)
+  end
+end
+return 1

@@ -1,0 +1,199 @@
+"""The counter stores: all of a request's limits taken together or none; settle."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from swarmgate.errors import StoreError
+from swarmgate.observability.metrics import Metrics
+from swarmgate.store.counters import SWEEP_EVERY, MemoryCounters
+from swarmgate.store.redis_counters import RedisCounters
+from swarmgate.types import Check, CheckKind
+from tests.plugins.servers import REDIS_BIN, free_port
+
+RPM = Check(CheckKind.REQUESTS, "k:rpm", 3, 60.0, 1, "rpm", "key")
+TPM = Check(CheckKind.TOKENS, "k:tpm", 100, 60.0, 1, "tpm", "key")
+CONC = Check(CheckKind.CONCURRENT, "k:c", 1, 600.0, 1, "concurrent", "key")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_all_or_none_a_refusal_charges_nothing() -> None:
+    counters = MemoryCounters(Clock())
+    first = counters.take_now((RPM, CONC), 0, "l1")
+    assert first.refused == -1
+    refused = counters.take_now((RPM, CONC), 0, "l2")
+    assert refused.refused == 1  # the concurrency slot is taken
+    # The request window was not charged by the refused request: two more fit after release.
+    counters.settle((RPM, CONC), first, "l1", 0, 0)
+    assert counters.take_now((RPM,), 0, "l3").refused == -1
+    assert counters.take_now((RPM,), 0, "l4").refused == -1
+    assert counters.take_now((RPM,), 0, "l5").refused == 0
+
+
+def test_tokens_are_reserved_then_settled_to_the_usage() -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+    verdict = counters.take_now((TPM,), 80, "l1")
+    assert verdict.remaining == (20,)
+    assert counters.take_now((TPM,), 30, "l2").refused == 0
+    counters.settle((TPM,), verdict, "l1", 80, 10)
+    assert counters.take_now((TPM,), 90, "l3").refused == -1
+
+
+def test_overshoot_is_debt_paid_by_the_next_requests() -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+    verdict = counters.take_now((TPM,), 10, "l1")
+    counters.settle((TPM,), verdict, "l1", 10, 150)  # used 140 more than reserved
+    refused = counters.take_now((TPM,), 1, "l2")
+    assert refused.refused == 0 and refused.wait == 60.0
+    clock.now += 60
+    assert counters.take_now((TPM,), 1, "l3").refused == -1
+
+
+def test_a_scaled_store_grants_its_share() -> None:
+    counters = MemoryCounters(Clock(), scale=1 / 3)
+    check = RPM._replace(limit=9)
+    taken = [counters.take_now((check,), 0, f"l{i}").refused for i in range(5)]
+    assert taken == [-1, -1, -1, 0, 0]
+
+
+# Real Redis: the same semantics from the Lua script, atomic and coalesced.
+
+
+async def redis_counters(url: str, **kw: Any) -> RedisCounters:
+    counters = RedisCounters(url, Metrics(), **kw)
+    await counters.start()
+    return counters
+
+
+async def test_redis_all_or_none_and_release(redis_url: str) -> None:
+    counters = await redis_counters(redis_url)
+    try:
+        first = await counters.take((RPM, CONC), 0, "l1")
+        assert first.refused == -1 and first.remaining == (2, 0)
+        refused = await counters.take((RPM, CONC), 0, "l2")
+        assert refused.refused == 1 and refused.wait == 1
+        counters.settle((RPM, CONC), first, "l1", 0, 0)
+        assert (await counters.take((RPM,), 0, "l3")).refused == -1
+        assert (await counters.take((RPM,), 0, "l4")).refused == -1
+        fourth = await counters.take((RPM,), 0, "l5")
+        assert fourth.refused == 0 and 59 < fourth.wait <= 60
+    finally:
+        await counters.close()
+
+
+async def test_redis_tokens_reserved_settled_and_debt(redis_url: str) -> None:
+    counters = await redis_counters(redis_url)
+    try:
+        verdict = await counters.take((TPM,), 80, "l1")
+        assert verdict.remaining == (20,)
+        assert (await counters.take((TPM,), 30, "l2")).refused == 0
+        counters.settle((TPM,), verdict, "l1", 80, 10)
+        assert (await counters.take((TPM,), 90, "l3")).refused == -1  # 10 + 90
+        after = await counters.take((TPM,), 1, "l4")
+        assert after.refused == 0
+        assert math.isinf((await counters.take((TPM,), 101, "l5")).wait)
+        other = TPM._replace(key="k2:tpm")
+        small = await counters.take((other,), 5, "d1")
+        counters.settle((other,), small, "d1", 5, 150)  # 145 of debt
+        await counters.take((RPM._replace(key="k2:rpm"),), 0, "flush")  # carries the settle
+        assert (await counters.take((other,), 1, "d2")).refused == 0
+    finally:
+        await counters.close()
+
+
+async def test_redis_admissions_of_one_tick_share_one_round_trip(redis_url: str) -> None:
+    metrics = Metrics()
+    counters = RedisCounters(redis_url, metrics)
+    await counters.start()
+    try:
+        check = RPM._replace(limit=50)
+        verdicts = await asyncio.gather(*(counters.take((check,), 0, f"l{i}") for i in range(80)))
+        assert sum(v.refused == -1 for v in verdicts) == 50
+        metrics.flush()
+        trips = metrics.registry.get_sample_value(
+            "gateway_limiter_redis_seconds_count", {"op": "admit"}
+        )
+        assert trips is not None and trips <= 3
+    finally:
+        await counters.close()
+
+
+async def test_redis_scripts_are_reloaded_after_noscript(redis_url: str) -> None:
+    counters = await redis_counters(redis_url)
+    try:
+        with redis.Redis.from_url(redis_url) as client:
+            client.script_flush()
+        assert (await counters.take((RPM,), 0, "l1")).refused == -1
+        assert counters.up
+    finally:
+        await counters.close()
+
+
+async def test_a_redis_that_cannot_run_the_script_stops_start_up(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(REDIS_BIN),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+            "--rename-command",
+            "EVALSHA",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(200):
+            try:
+                with redis.Redis.from_url(url) as client:
+                    client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        with pytest.raises(StoreError, match="cannot run the rate limiter's Lua script"):
+            await redis_counters(url)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_idle_counters_are_swept_and_busy_ones_kept() -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+    busy = CONC._replace(key="held", period=1e9)  # a lease that outlives the test
+    held = counters.take_now((busy,), 0, "keep")
+    for i in range(SWEEP_EVERY + 10):
+        clock.now += 1.0
+        fresh = (RPM._replace(key=f"k{i}", period=0.5), CONC._replace(key=f"c{i}"))
+        verdict = counters.take_now(fresh, 0, f"l{i}")
+        assert verdict.refused == -1
+        counters.settle(fresh, verdict, f"l{i}", 0, 0)
+    assert len(counters._states) < 40  # of ~8,000: the idle ones went
+    assert counters.take_now((busy,), 0, "other").refused == 0
+    counters.settle((busy,), held, "keep", 0, 0)
+    assert counters.take_now((busy,), 0, "other").refused == -1
