@@ -143,6 +143,15 @@ async def test_a_record_stored_twice_is_one_row(database: Database) -> None:
     # A client may send its own X-Request-ID twice: two requests, two rows.
     await store.insert_many([record(0, ts=batch[0].ts + 1)])
     assert await store.count() == 7
+    await store.insert_many([record(9), record(9)])  # twice in one batch
+    assert await store.count() == 8
+
+
+async def test_a_large_batch_goes_in_whole(database: Database) -> None:
+    """More rows than one INSERT statement takes: every chunk, and the remainder, stored."""
+    store = UsageStore(database)
+    await store.insert_many([record(n) for n in range(1234)])
+    assert sorted(await store.request_ids()) == sorted(f"req-{n}" for n in range(1234))
 
 
 async def test_long_values_are_clipped_not_lost(database: Database) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Connection
 from swarmgate.store.migrate import alembic_config, current_revision, head_revision, migrate
 from swarmgate.store.schema import metadata
 from swarmgate.store.sql import Database
+from swarmgate.store.usage import UsageStore
 
 
 def _diffs(target: sa.MetaData) -> Any:
@@ -51,10 +53,10 @@ async def test_migrating_twice_changes_nothing(database_url: str) -> None:
         assert await current_revision(db) is None
         assert await _tables(db) == set()
         await migrate(db)
-        assert await current_revision(db) == head_revision() == "0005"
+        assert await current_revision(db) == head_revision() == "0006"
         assert await _tables(db) == set(metadata.tables)
         await migrate(db)
-        assert await current_revision(db) == "0005"
+        assert await current_revision(db) == "0006"
     finally:
         await db.close()
 
@@ -97,10 +99,52 @@ async def test_a_database_at_0001_upgrades_to_head_keeping_its_rows(database_url
             )
         assert "model_downloads" not in await _tables(db)
         await migrate(db)
-        assert await current_revision(db) == "0005"
+        assert await current_revision(db) == "0006"
         assert await _tables(db) == set(metadata.tables)
         async with db.connect() as conn:
             count = (await conn.execute(sa.text("SELECT count(*) FROM ip_blocks"))).scalar()
         assert count == 1
+    finally:
+        await db.close()
+
+
+async def test_the_ledger_keeps_its_rows_through_0006_and_back(database_url: str) -> None:
+    def to(revision: str) -> Callable[[Connection], None]:
+        def run(connection: Connection) -> None:
+            command.upgrade(alembic_config(connection), revision)
+
+        return run
+
+    def down_to(revision: str) -> Callable[[Connection], None]:
+        def run(connection: Connection) -> None:
+            command.downgrade(alembic_config(connection), revision)
+
+        return run
+
+    columns = (
+        "request_id, ts, key_id, owner, tier, model, deployment, route, tokens_in, tokens_out,"
+        " cost, latency, ttft, status, streamed, cut"
+    )
+    row = "'{rid}', {ts}, 'k', 'o', 't', 'm', 'd', '/v1/chat/completions', 1, 2, 0.5, 0.1, NULL,"
+    row += " 200, false, false"
+    db = Database.from_url(database_url)
+    try:
+        async with db.begin() as conn:
+            await conn.run_sync(to("0005"))
+            for n in range(3):
+                values = row.format(rid=f"r{n}", ts=1000.0 - n)
+                await conn.execute(
+                    sa.text(f"INSERT INTO usage_ledger ({columns}) VALUES ({values})")
+                )
+        await migrate(db)
+        store = UsageStore(db)
+        assert sorted(await store.request_ids()) == ["r0", "r1", "r2"]
+        async with db.begin() as conn:
+            await conn.run_sync(down_to("0005"))
+        async with db.connect() as conn:
+            count = (await conn.execute(sa.text("SELECT count(*) FROM usage_ledger"))).scalar()
+        assert count == 3
+        await migrate(db)
+        assert await current_revision(db) == head_revision()
     finally:
         await db.close()
