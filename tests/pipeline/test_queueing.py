@@ -160,6 +160,8 @@ async def test_a_client_that_leaves_while_waiting_leaves_the_line() -> None:
         )
         == 1
     )
+    assert gw.sample("gateway_queue_wait_seconds_count", tier="enterprise") == 1
+    assert gw.sample("gateway_queue_length", model="m", tier="enterprise") == 0
     assert await serve_one_by_one(gw, up, "holder", 1) == ["stayer"]
     assert (await stayer).status == 200 and (await holder).status == 200
     assert gw.in_flight() == [0]

@@ -94,9 +94,11 @@ class Queueing:
                 pool.model, tier, "full", max_wait, f"{max_length} {tier.name}-tier requests wait"
             )
         self.metrics.queue_length(pool.model, tier.name, queue.lengths[tier.name])
-        state = await self._await_slot(queue, waiter, max_wait, receive)
-        self.metrics.queue_length(pool.model, tier.name, queue.lengths[tier.name])
-        self.metrics.queue_wait(tier.name, loop.time() - waiter.since)
+        try:
+            state = await self._await_slot(queue, waiter, max_wait, receive)
+        finally:
+            self.metrics.queue_length(pool.model, tier.name, queue.lengths[tier.name])
+            self.metrics.queue_wait(tier.name, loop.time() - waiter.since)
         if state is None:
             raise self._refused(
                 pool.model, tier, "timeout", max_wait, f"no slot freed within {max_wait:g} s"
