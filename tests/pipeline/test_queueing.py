@@ -240,5 +240,6 @@ async def test_a_model_with_room_never_waits(monkeypatch: pytest.MonkeyPatch) ->
     gw = Gateway(ok, A, deployment={"max_concurrent": 2}, queue_timeout=5)
     monkeypatch.setattr(Queueing, "wait", must_not_wait)
     monkeypatch.setattr(Queueing, "first_lease", must_not_wait)
+    monkeypatch.setattr(Queueing, "capped_tier", must_not_wait)
     answers = await asyncio.gather(*(chat(gw, f"r{i}", "free", "k") for i in range(2)))
     assert {a.status for a in answers} == {200}
