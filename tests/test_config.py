@@ -59,6 +59,30 @@ def test_the_example_configuration_parses() -> None:
     assert len(settings.models["hermes-2"].deployments) == 2
     assert settings.server.max_body_bytes == 4194304
     assert settings.timeouts == Timeouts(connect=5, first_byte=60, idle=30, total=600)
+    assert settings.limits.max_share == {"free": 0.5}
+    assert settings.limits.queue["free"].max_wait == 2
+
+
+def test_limits_default_to_seed_001s_tiers_and_name_only_known_tiers() -> None:
+    limits = parse_settings(minimal(), NO_ENV).limits
+    priorities = {name: tier.priority for name, tier in limits.all_tiers().items()}
+    assert priorities == {"default": 0, "free": 0, "pro": 10, "enterprise": 20}
+    assert limits.max_share == {} and limits.queue == {}
+    raw = minimal(
+        limits={
+            "tiers": {"gold": {"priority": 5}},
+            "max_share": {"gold": 0.2, "silver": 0.5, "default": 0.1},
+            "queue": {"bronze": {"max_wait": 1}},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, NO_ENV)
+    assert len(info.value.problems) == 2
+    assert "limits.max_share.silver: not a tier" in info.value.problems[0]
+    assert "limits.queue.bronze: not a tier" in info.value.problems[1]
+    for share in (0, 1.5):
+        with pytest.raises(ConfigError, match=r"limits\.max_share\.free"):
+            parse_settings(minimal(limits={"max_share": {"free": share}}), NO_ENV)
 
 
 def test_defaults_and_frozen() -> None:

@@ -53,9 +53,15 @@ def test_bad_limits_are_reported_with_their_path(limits: dict[str, object], prob
 
 def test_the_examples_commented_limits_block_is_valid_configuration() -> None:
     text = EXAMPLE.read_text()
-    start, end = text.index("# limits:\n"), text.index("\nauth:\n")
-    block = yaml.safe_load("\n".join(line[2:] for line in text[start:end].splitlines()))
+    start, end = text.index("limits:\n"), text.index("\nauth:\n")
+    # Uncommented: "  # tiers:" becomes "  tiers:", what is active stays as it is.
+    lines = [
+        row.replace("  # ", "  ", 1) if row.startswith("  # ") else row
+        for row in text[start:end].splitlines()
+    ]
+    block = yaml.safe_load("\n".join(line for line in lines if not line.lstrip().startswith("#")))
     raw = yaml.safe_load(text)
+    assert raw["limits"]["max_share"] == {"free": 0.5}  # the active part
     settings = parse_settings({**raw, **block}, {})
     assert settings.limits.tier("standard").tpm == 100000
     assert settings.limits.global_.rps == 50

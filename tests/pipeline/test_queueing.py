@@ -162,6 +162,8 @@ async def test_a_client_that_leaves_while_waiting_leaves_the_line() -> None:
         )
         == 1
     )
+    assert gw.sample("gateway_queue_wait_seconds_count", tier="enterprise") == 1
+    assert gw.sample("gateway_queue_length", model="m", tier="enterprise") == 0
     assert await serve_one_by_one(gw, up, "holder", 1) == ["stayer"]
     assert (await stayer).status == 200 and (await holder).status == 200
     assert gw.in_flight() == [0]
@@ -240,5 +242,6 @@ async def test_a_model_with_room_never_waits(monkeypatch: pytest.MonkeyPatch) ->
     gw = Gateway(ok, A, deployment={"max_concurrent": 2}, queue_timeout=5)
     monkeypatch.setattr(Queueing, "wait", must_not_wait)
     monkeypatch.setattr(Queueing, "first_lease", must_not_wait)
+    monkeypatch.setattr(Queueing, "capped_tier", must_not_wait)
     answers = await asyncio.gather(*(chat(gw, f"r{i}", "free", "k") for i in range(2)))
     assert {a.status for a in answers} == {200}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from swarmgate.config import parse_settings
 from swarmgate.errors import ModelNotFound, NoDeployment
+from swarmgate.limits.queue import TierPolicy
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Plan
@@ -78,3 +80,25 @@ def test_a_plan_skips_busy_and_tried_deployments_and_bounds_retries() -> None:
         plan.next()
     for lease in leases:
         lease.release()
+
+
+async def test_the_slot_queue_is_the_pools_and_survives_a_replacement() -> None:
+    a = {"url": "http://a:1", "max_concurrent": 2}
+    fleet = Fleet(_settings({"m": {"deployments": [a]}}))
+    pool = fleet.resolve("m")
+    queue = pool.queue
+    assert pool.capacity == queue.capacity == 2
+    held = pool.members[0].lease()
+    waiter = queue.enter(
+        TierPolicy("free", 10), "k", 5, asyncio.get_running_loop().create_future(), 0
+    )
+    assert waiter is not None
+    fleet.replace(
+        _settings({"m": {"deployments": [a, {"url": "http://b:1", "max_concurrent": 3}]}})
+    )
+    new = fleet.resolve("m")
+    assert new.queue is queue and all(m.queue is queue for m in new.members)
+    assert queue.capacity == 5 and queue.waiting == 1
+    held.release()  # handed over to the waiter that queued before the replacement
+    assert waiter.future.result() is new.members[0]
+    assert new.members[0].in_flight == 1

@@ -60,9 +60,10 @@ class Caller:
         request = x.request
         assert request is not None, "the call stage runs after parse"
         queueing = self.queueing
-        # A slot already held for the first attempt: only when some tier is held to a share
-        # of the pool (and this request's tier is one of them).
-        lease = await queueing.first_lease(x, plan, receive) if queueing.shares else None
+        # A tier held to a share of the pool takes its first slot through the queue's count
+        # (when no tier has a share, as by default, this costs one attribute test).
+        capped = queueing.capped_tier(x) if queueing.shares else None
+        lease = await queueing.first_lease(x, plan, receive, capped) if capped else None
         while True:
             if lease is None:
                 try:

@@ -57,12 +57,16 @@ class Queueing:
             return self.default
         return self.tiers.get(principal.tier, self.default)
 
-    async def first_lease(self, x: Exchange, plan: Plan, receive: Receive) -> Lease | None:
-        """With tier shares configured: the first attempt's lease of a tier held to a share
-        (waiting while it holds its share); None for other tiers, which pick as usual."""
+    def capped_tier(self, x: Exchange) -> TierPolicy | None:
+        """The request's tier if it is held to a share of each pool."""
         tier = self.tier_of(x)
-        if tier.share is None:
-            return None
+        return tier if tier.share is not None else None
+
+    async def first_lease(
+        self, x: Exchange, plan: Plan, receive: Receive, tier: TierPolicy
+    ) -> Lease:
+        """The first attempt's lease for ``tier``, which is held to a share of the pool: counted
+        against it, after waiting in line if the tier holds its share or the pool is full."""
         if plan.pool.queue.may_hold(tier):
             try:
                 state = plan.next()
@@ -93,9 +97,11 @@ class Queueing:
                 pool.model, tier, "full", max_wait, f"{max_length} {tier.name}-tier requests wait"
             )
         self.metrics.queue_length(pool.model, tier.name, queue.lengths[tier.name])
-        state = await self._await_slot(queue, waiter, max_wait, receive)
-        self.metrics.queue_length(pool.model, tier.name, queue.lengths[tier.name])
-        self.metrics.queue_wait(tier.name, loop.time() - waiter.since)
+        try:
+            state = await self._await_slot(queue, waiter, max_wait, receive)
+        finally:
+            self.metrics.queue_length(pool.model, tier.name, queue.lengths[tier.name])
+            self.metrics.queue_wait(tier.name, loop.time() - waiter.since)
         if state is None:
             raise self._refused(
                 pool.model, tier, "timeout", max_wait, f"no slot freed within {max_wait:g} s"
