@@ -59,11 +59,16 @@ class Grant:
         self.tier = tier
         self.settled = -1  # tokens settled; -1: not yet
 
-    def settle(self, usage: Usage | None) -> int:
-        """Release the leases and settle the reservation to ``usage``; the tokens settled."""
+    def settle(self, usage: Usage | None, generated: bool = False) -> int:
+        """Release the leases and settle the reservation to ``usage``; the tokens settled.
+        ``generated``: the answer had begun (a stream cut before its usage was reported, which
+        a relay counts as zero): without a usage it keeps its whole reservation, since it may
+        have used any of it."""
         if self.settled >= 0:
             return self.settled
-        self.settled = used = used_tokens(usage, self.kind)
+        unknown = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
+        used = self.reserved if unknown and generated else used_tokens(usage, self.kind)
+        self.settled = used
         self.store.settle(self.checks, self.verdict, self.lease, self.reserved, used)
         return used
 
