@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
+from tests.limits.test_sdk import create_key
 from tests.plugins.processes import SWARMGATE, Gateway, Sim, free_port
 
 FAST = {"ttft_ms": 2, "tokens_per_second": 5000}
@@ -68,3 +69,15 @@ def test_a_gateway_that_is_not_there_fails_every_check() -> None:
     assert result.returncode == 1
     assert "cannot reach the gateway" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_limited_key_passes_the_rate_limiting_check(
+    sim_factory: Callable[..., Sim], gateway_factory: Callable[..., Gateway]
+) -> None:
+    sim = sim_factory({"chat-a": FAST})
+    gw = gateway_factory({"models": {"chat-a": {"deployments": [{"url": sim.url}]}}})
+    free = create_key(gw, "free")  # seed 001's free tier: 10 requests a minute
+    result = check("--url", gw.url, "--key", free, "--verbose")
+    found = verdicts(result.stdout)
+    assert found["rate limiting"] == "PASS", result.stdout
+    assert "with Retry-After" in result.stdout

@@ -10,7 +10,7 @@ from typing import ClassVar
 import click
 
 from swarmgate import __version__
-from swarmgate.config import Settings, load_settings, seed_translation
+from swarmgate.config import Settings, load_settings, seed_translation, worker_problem
 from swarmgate.errors import ConfigError, StoreError
 
 CONFIG_HELP = "YAML configuration file (SWARMGATE_* environment variables override it)."
@@ -152,6 +152,9 @@ def check_config(path: str) -> None:
             click.echo(f"  {line}")
     deployments = sum(len(m.deployments) for m in settings.models.values())
     click.echo(f"{path}: OK ({len(settings.models)} models, {deployments} deployments)")
+    problem = worker_problem(settings, settings.server.workers)
+    if problem is not None:
+        click.echo(f"swarmgate: warning: serve will refuse this: {problem}", err=True)
 
 
 @main.command()

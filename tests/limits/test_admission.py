@@ -225,3 +225,26 @@ async def test_a_jwt_principal_is_limited_by_its_tier_claim_per_subject() -> Non
     assert [(await alice.post(CHAT)).status for _ in range(3)] == [200, 200, 429]
     assert (await bob.post(CHAT)).status == 200  # counted per subject
     assert {(await unknown.post(CHAT)).status for _ in range(5)} == {200}  # default: unlimited
+
+
+async def test_a_stream_cut_before_its_usage_keeps_its_reservation() -> None:
+    first_sent = asyncio.Event()
+
+    async def slow_events() -> Any:
+        yield _chunk("a")
+        first_sent.set()
+        await asyncio.sleep(30)
+        yield b"data: [DONE]\n\n"
+
+    async def slow(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.sse_from(slow_events())
+
+    async def leaves() -> dict[str, Any]:
+        await first_sent.wait()
+        return {"type": "http.disconnect"}
+
+    gw, _ = gateway({"tiers": {"t": {"tpm": 1000}}}, key("t"), slow)
+    body = {**CHAT, "stream": True}
+    await asyncio.wait_for(gw.post(body, receive=leaves), 5)
+    reserved = len(orjson.dumps(body)) // 4 + 1 + 10
+    assert gw.sample("gateway_tokens_settled_total", tier="t") == reserved

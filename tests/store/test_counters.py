@@ -248,3 +248,39 @@ def test_a_request_charges_all_its_limits_or_none(
         else:
             for i in picked:
                 assert after[i] > before[i] or (pool[i].kind is CheckKind.TOKENS and not tokens)
+
+
+async def test_the_replica_count_is_learned_from_heartbeats(redis_url: str) -> None:
+    a = await redis_counters(redis_url)
+    try:
+        b = await redis_counters(redis_url)
+        try:
+            deadline = time.monotonic() + 5
+            while (a.replicas, b.replicas) != (2, 2) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert (a.replicas, b.replicas) == (2, 2)
+            assert a.fallback.scale == b.fallback.scale == 0.5
+        finally:
+            await b.close()  # leaves the count at once
+        with redis.Redis.from_url(redis_url) as client:
+            assert client.zcard("swarmgate:limits:replicas") == 1
+    finally:
+        await a.close()
+
+
+async def test_redis_gives_back_what_a_cancelled_admission_took(redis_url: str) -> None:
+    counters = await redis_counters(redis_url)
+    try:
+        waiting = asyncio.ensure_future(counters.take((CONC,), 0, "gone"))
+        await asyncio.sleep(0)  # queued: the script will run
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        for _ in range(50):  # the lease it took is released, not left to expire
+            verdict = await counters.take((CONC,), 0, "next")
+            if verdict.refused < 0:
+                break
+            await asyncio.sleep(0.02)
+        assert verdict.refused == -1
+    finally:
+        await counters.close()

@@ -29,7 +29,7 @@ from swarmgate.errors import (
     StoreError,
     TokensLimited,
 )
-from swarmgate.limits.grant import Grant
+from swarmgate.limits.grant import Grant, Shown, shown_of
 from swarmgate.limits.tiers import Limits, LimitSet
 from swarmgate.observability.metrics import Metrics
 from swarmgate.store import names
@@ -50,6 +50,7 @@ class Plan(NamedTuple):
     checks: tuple[Check, ...]
     tier: str  # the metrics label
     tokens: str  # which tokens count: input, output or total
+    shown: tuple[Shown, ...]  # what the x-ratelimit-* headers describe
 
 
 def checks_of(limits: LimitSet, ident: str, scope: str, lease_seconds: float) -> list[Check]:
@@ -153,7 +154,14 @@ class Admission:
         metrics = self.metrics
         if verdict.refused < 0:
             x.grant = Grant(
-                self.counters, plan.checks, verdict, lease, tokens, plan.tokens, plan.tier
+                self.counters,
+                plan.checks,
+                verdict,
+                lease,
+                tokens,
+                plan.tokens,
+                plan.tier,
+                plan.shown,
             )
             metrics.admission(plan.tier, "admitted")
             if tokens:
@@ -205,7 +213,7 @@ class Admission:
                 checks += checks_of(scoped, ident, scope, lease)
                 kinds.append(scoped.tokens)
         # One reservation per request: counted as the first scope's (the caller's) kind.
-        return Plan(tuple(checks), tier_name, kinds[0] if kinds else "total")
+        return Plan(tuple(checks), tier_name, kinds[0] if kinds else "total", shown_of(checks))
 
 
 def refusal(check: Check, wait: float, tokens: int) -> RateLimited:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from swarmgate.types import Check, CheckKind, CounterStore, Usage, Verdict
 
@@ -37,8 +38,48 @@ def used_tokens(usage: Usage | None, kind: str) -> int:
     return usage.prompt_tokens + usage.completion_tokens
 
 
+class Shown(NamedTuple):
+    """The checks one kind of ``x-ratelimit-*`` headers may describe (requests or tokens):
+    worked out once per plan, so that a response only picks the tightest."""
+
+    indexes: tuple[int, ...]
+    limits: tuple[bytes, ...]  # per index: the limit header's value
+    names: tuple[bytes, bytes, bytes]  # limit, remaining, reset
+
+
+def shown_of(checks: Sequence[Check]) -> tuple[Shown, ...]:
+    out = []
+    for what, kinds in (
+        (b"requests", (CheckKind.RATE, CheckKind.REQUESTS)),
+        (b"tokens", (CheckKind.TOKENS,)),
+    ):
+        indexes = tuple(i for i, c in enumerate(checks) if c.kind in kinds)
+        if indexes:
+            limits = tuple(
+                b"%d" % (checks[i].burst if checks[i].kind is CheckKind.RATE else checks[i].limit)
+                for i in indexes
+            )
+            names = (
+                b"x-ratelimit-limit-" + what,
+                b"x-ratelimit-remaining-" + what,
+                b"x-ratelimit-reset-" + what,
+            )
+            out.append(Shown(indexes, limits, names))
+    return tuple(out)
+
+
 class Grant:
-    __slots__ = ("checks", "kind", "lease", "reserved", "settled", "store", "tier", "verdict")
+    __slots__ = (
+        "checks",
+        "kind",
+        "lease",
+        "reserved",
+        "settled",
+        "shown",
+        "store",
+        "tier",
+        "verdict",
+    )
 
     def __init__(
         self,
@@ -49,9 +90,11 @@ class Grant:
         reserved: int,
         kind: str,
         tier: str,
+        shown: tuple[Shown, ...] | None = None,
     ) -> None:
         self.store = store
         self.checks = checks
+        self.shown = shown_of(checks) if shown is None else shown
         self.verdict = verdict
         self.lease = lease
         self.reserved = reserved
@@ -59,34 +102,30 @@ class Grant:
         self.tier = tier
         self.settled = -1  # tokens settled; -1: not yet
 
-    def settle(self, usage: Usage | None) -> int:
-        """Release the leases and settle the reservation to ``usage``; the tokens settled."""
+    def settle(self, usage: Usage | None, generated: bool = False) -> int:
+        """Release the leases and settle the reservation to ``usage``; the tokens settled.
+        ``generated``: the answer had begun (a stream cut before its usage was reported, which
+        a relay counts as zero): without a usage it keeps its whole reservation, since it may
+        have used any of it."""
         if self.settled >= 0:
             return self.settled
-        self.settled = used = used_tokens(usage, self.kind)
+        unknown = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
+        used = self.reserved if unknown and generated else used_tokens(usage, self.kind)
+        self.settled = used
         self.store.settle(self.checks, self.verdict, self.lease, self.reserved, used)
         return used
 
     def headers(self) -> Headers:
         """OpenAI's ``x-ratelimit-*`` headers: the tightest request limit and token limit."""
         out: Headers = []
-        verdict = self.verdict
-        best_requests = best_tokens = -1
-        for i, check in enumerate(self.checks):
-            kind = check.kind
-            if kind is CheckKind.TOKENS:
-                if best_tokens < 0 or verdict.remaining[i] < verdict.remaining[best_tokens]:
-                    best_tokens = i
-            elif kind is not CheckKind.CONCURRENT and (
-                best_requests < 0 or verdict.remaining[i] < verdict.remaining[best_requests]
-            ):
-                best_requests = i
-        for i, what in ((best_requests, b"requests"), (best_tokens, b"tokens")):
-            if i < 0:
-                continue
-            check = self.checks[i]
-            limit = check.burst if check.kind is CheckKind.RATE else check.limit
-            out.append((b"x-ratelimit-limit-" + what, b"%d" % limit))
-            out.append((b"x-ratelimit-remaining-" + what, b"%d" % verdict.remaining[i]))
-            out.append((b"x-ratelimit-reset-" + what, duration_text(verdict.reset[i]).encode()))
+        remaining, resets = self.verdict.remaining, self.verdict.reset
+        for indexes, limits, (limit_name, remaining_name, reset_name) in self.shown:
+            at = 0
+            if len(indexes) > 1:
+                left = [remaining[i] for i in indexes]
+                at = left.index(min(left))
+            i = indexes[at]
+            out.append((limit_name, limits[at]))
+            out.append((remaining_name, b"%d" % remaining[i]))
+            out.append((reset_name, duration_text(resets[i]).encode()))
         return out

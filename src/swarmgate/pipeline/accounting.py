@@ -51,8 +51,10 @@ class Accounting:
         grant = x.grant
         if grant is not None:
             # Leases released, the token reservation settled to what was counted (a cut
-            # stream: what had been counted when it broke; nothing answered: none).
-            used = grant.settle(usage)
+            # stream: what had been counted when it broke, else its whole reservation;
+            # nothing answered: none).
+            generated = bool(x.attempts) and x.attempts[-1].first_byte > 0
+            used = grant.settle(usage, generated)
             if used:
                 metrics.tokens_settled(grant.tier, used)
         if usage is not None and x.attempts:

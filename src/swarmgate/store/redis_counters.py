@@ -184,7 +184,11 @@ class RedisCounters:
                 self._decide_without_redis(keys, args, future)
             return
         self._metrics.limiter_redis("admit" if batch else "settle", time.perf_counter() - started)
-        for (_, args, future), result in zip(batch, results, strict=False):
+        for (keys, args, future), result in zip(batch, results, strict=False):
+            if future.cancelled() and isinstance(result, list) and int(result[0]) < 0:
+                # Its request was cancelled while waiting (a shutdown): what the script took
+                # is given back at once, so that no lease waits out its expiry.
+                self._give_back(keys, args)
             if future.done():
                 continue
             if isinstance(result, Exception):
@@ -205,6 +209,19 @@ class RedisCounters:
         if any(isinstance(r, NoScriptError) for r in results[: len(settles)]):
             raise NoScriptError("settle.lua is not loaded")
         return results[len(settles) :]
+
+    def _give_back(self, keys: list[str], args: list[Any]) -> None:
+        lease, tokens = args[0], args[1]
+        back_keys: list[str] = []
+        back_args: list[Any] = [lease, tokens, 0]
+        for key, j in zip(keys, range(2, len(args), 4), strict=True):
+            kind = args[j]
+            if kind in (CheckKind.TOKENS, CheckKind.CONCURRENT):
+                back_keys.append(key)
+                back_args += (kind, args[j + 2])
+        if back_keys:
+            self._settles.append((back_keys, back_args))
+            self._wake.set()
 
     def _decide_without_redis(
         self, keys: list[str], args: list[Any], future: asyncio.Future[Verdict]
