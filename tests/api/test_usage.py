@@ -1,7 +1,7 @@
 """The usage ledger end to end: requests through the official SDK become one record each
-(answered, refused, failed, cut), unauthenticated ones none; ``GET /v1/usage`` shows a key its
-own usage and an admin everyone's; ``GET /admin/usage``; JSON and CSV; errors in OpenAI's
-schema."""
+(answered, refused by a limit or for an unknown model, failed, cut), unauthenticated ones
+none; ``GET /v1/usage`` shows a key its own usage and an admin everyone's; ``GET
+/admin/usage``; JSON and CSV; errors in OpenAI's schema."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def gw(procs: Processes) -> Iterator[Gateway]:
         {
             "models": {"chat": {"deployments": [{"url": sim.url, "name": "sim-a", **PRICES}]}},
             "ledger": {"flush_interval": 0.1},
+            "limits": {"tiers": {"tiny": {"rpm": 1}}},
         }
     )
     yield gateway
@@ -92,7 +93,12 @@ def traffic(gw: Gateway) -> dict[str, Any]:
         c.chat.completions.create(model="chat", messages=MESSAGES)
     with client(gw, secret_b, "u-b") as c:
         c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3)
-    expected = {"u-ok", "u-stream", "u-cut", "u-404", "u-5xx", "u-b"}
+    seen["key_c"], secret_c = create_key(gw, owner="carol", tier="tiny")
+    with client(gw, secret_c, "u-c1") as c:
+        c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3)
+    with client(gw, secret_c, "u-429") as c, pytest.raises(openai.RateLimitError):
+        c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3)
+    expected = {"u-ok", "u-stream", "u-cut", "u-404", "u-5xx", "u-b", "u-c1", "u-429"}
     wait_for(lambda: expected <= set(ledger_rows(gw)), 10, 0.1, "the ledger rows")
     return seen
 
@@ -100,7 +106,8 @@ def traffic(gw: Gateway) -> dict[str, Any]:
 def test_one_record_per_authenticated_request(gw: Gateway, traffic: dict[str, Any]) -> None:
     rows = ledger_rows(gw)
     mine = {rid: row for rid, row in rows.items() if rid.startswith("u-")}
-    assert set(mine) == {"u-ok", "u-stream", "u-cut", "u-404", "u-5xx", "u-b"}  # no 401
+    assert set(mine) == {"u-ok", "u-stream", "u-cut", "u-404", "u-5xx", "u-b", "u-c1", "u-429"}
+    assert "u-401" not in rows
     ok, usage = mine["u-ok"], traffic["ok"].usage
     assert (ok["key_id"], ok["owner"], ok["tier"]) == (traffic["key_a"], "alice", "default")
     assert (ok["model"], ok["deployment"], ok["route"]) == ("chat", "sim-a", "/v1/chat/completions")
@@ -125,6 +132,13 @@ def test_one_record_per_authenticated_request(gw: Gateway, traffic: dict[str, An
     assert mine["u-404"]["deployment"] is None
     assert (mine["u-5xx"]["status"], mine["u-5xx"]["deployment"]) == (502, "sim-a")
     assert mine["u-b"]["key_id"] == traffic["key_b"]
+    limited = mine["u-429"]  # refused by the tier's limit: a record, at no cost
+    assert (limited["status"], limited["tier"], limited["key_id"]) == (
+        429,
+        "tiny",
+        traffic["key_c"],
+    )
+    assert (limited["cost"], limited["deployment"]) == (0.0, None)
 
 
 def test_a_key_sees_its_own_usage(gw: Gateway, traffic: dict[str, Any]) -> None:
@@ -144,7 +158,7 @@ def test_an_admin_sees_everyones(gw: Gateway, traffic: dict[str, Any]) -> None:
         body = admin(gw, "GET", path + "?group_by=owner,model&bucket=day").body
         by = {(r["owner"], r["model"]): r["requests"] for r in body["data"]}
         assert by[("alice", "chat")] == 4 and by[("alice", "nope")] == 1, by
-        assert by[("bob", "chat")] == 1, by
+        assert by[("bob", "chat")] == 1 and by[("carol", "chat")] == 2, by
         assert {r["date"][-10:] for r in body["data"]} == {"T00:00:00Z"}
         only_bob = admin(gw, "GET", path + "?owner=bob&bucket=hour").body
         assert [r["key"] for r in only_bob["data"]] == [traffic["key_b"]]
