@@ -78,6 +78,9 @@ async def test_enterprise_keeps_its_p99_at_twice_capacity_while_free_queues(
                 }
             },
             "limits": {
+                # The fleet's capacity alone: these tiers' own rates and concurrency are off
+                # (the shipped free tier's 10 per minute would refuse the flood with 429s).
+                "tiers": {"free": {"priority": 0}, "enterprise": {"priority": 20}},
                 "max_share": {"free": 0.5},
                 "queue": {"free": {"max_wait": 0.5, "max_length": 2}},
             },
