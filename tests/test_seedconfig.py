@@ -125,8 +125,9 @@ def test_check_config_shows_the_mapping_and_what_it_ignores() -> None:
     assert "  load_balancer.circuit_breaker_threshold: " in out
     assert "auth.anonymous: true" in out
     assert out.strip().endswith("OK (4 models, 4 deployments)")
-    # Its four workers without Redis would each count its global limits alone.
-    assert "serve will refuse this: server.workers: 4 workers without redis.url" in result.stderr
+    # Its four workers without Redis would each count its global limits alone: one is served.
+    assert "  service.workers: 4 → server.workers: 1: without Redis" in out
+    assert "serve will refuse this" not in result.stderr
 
 
 # Seed 004's validation commands, exactly as written, with its address replaced by the test's.
