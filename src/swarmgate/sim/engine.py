@@ -86,7 +86,9 @@ class ModelEngine:
         self.cache = PrefixCache(profile.prefix_cache) if profile.prefix_cache.enabled else None
         self.running = 0
         self.blocks_in_use = 0
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Each waiter with the KV blocks it will hold: a handed-over slot takes its blocks in
+        # the same step, so a scrape never sees a running request holding no cache.
+        self._waiting: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
         self._rng = rng
 
     @property
@@ -106,18 +108,18 @@ class ModelEngine:
 
         Raises ``ServiceUnavailable`` at once if the queue is full.
         """
-        await self._acquire()
         blocks = self.blocks_for(kv_tokens)
-        self.blocks_in_use += blocks
+        await self._acquire(blocks)
         try:
             yield
         finally:
             self.blocks_in_use -= blocks
             self._release()
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, blocks: int) -> None:
         if self.running < self.profile.slots and not self._waiting:
             self.running += 1
+            self.blocks_in_use += blocks
             return
         if len(self._waiting) >= self.profile.max_queue:
             raise ServiceUnavailable(
@@ -125,25 +127,28 @@ class ModelEngine:
                 headers={"Retry-After": "1"},
             )
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        entry = (waiter, blocks)
+        self._waiting.append(entry)
         try:
             await waiter
         except BaseException:
             # Cancelled while queued: leave the queue; if the slot was handed to us in the
             # same tick the cancellation arrived, pass it on instead of leaking it.
             if waiter.done() and not waiter.cancelled():
+                self.blocks_in_use -= blocks
                 self._release()
             else:
                 with contextlib.suppress(ValueError):  # already skipped by _release
-                    self._waiting.remove(waiter)
+                    self._waiting.remove(entry)
             raise
 
     def _release(self) -> None:
         # The slot passes straight to the next waiter, so ``running`` does not change and no
         # newcomer can overtake the queue between this release and the waiter's wake-up.
         while self._waiting:
-            waiter = self._waiting.popleft()
+            waiter, blocks = self._waiting.popleft()
             if not waiter.done():
+                self.blocks_in_use += blocks
                 waiter.set_result(None)
                 return
         self.running -= 1
