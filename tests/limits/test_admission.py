@@ -10,7 +10,7 @@ import orjson
 
 from swarmgate.auth.roles import default_scopes
 from swarmgate.limits.admission import Admission, reservation
-from swarmgate.limits.grant import duration_text
+from swarmgate.limits.grant import duration_text, reset_value
 from swarmgate.limits.tiers import Limits
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.request import ROUTES, parse
@@ -188,6 +188,13 @@ def test_reset_times_read_as_openais() -> None:
         "59s",
         "6m0s",
         "2h3m4s",
+    ]
+    # As header bytes, rounded up to the millisecond.
+    assert [reset_value(s) for s in (0.0191, 59.9991, 59.9991, 7383.2)] == [
+        b"20ms",
+        b"1m0s",
+        b"1m0s",
+        b"2h3m4s",
     ]
 
 

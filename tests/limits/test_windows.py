@@ -47,7 +47,8 @@ def test_a_refusal_waits_exactly_until_it_fits(limit: int, gaps: list[float]) ->
         if wait:
             later = now + wait + 1e-9  # (float rounding of at + window - now + now)
             probe = SlidingLog(10.0)
-            probe.entries.extend([list(e) for e in log.entries])
+            probe.times.extend(log.times)
+            probe.amounts.extend(log.amounts)
             probe.total = log.total
             probe.trim(later)
             assert probe.wait(later, 1, limit) == 0
@@ -74,6 +75,16 @@ def test_a_refund_never_frees_what_has_slid_out() -> None:
     log.trim(70.0)
     log.lower(entry, 0, 70.0)
     assert log.total == 100
+
+
+def test_a_handle_names_its_entry_after_trims() -> None:
+    log = SlidingLog(10.0)
+    handles = [log.add(float(t), 10) for t in range(20)]
+    log.trim(15.0)  # entries 0..5 slid out
+    log.lower(handles[12], 4, 15.0)
+    assert list(log.amounts)[12 - 6] == 4 and log.total == 14 * 10 - 6
+    log.lower(handles[3], 0, 15.0)  # slid out: nothing changes
+    assert log.total == 14 * 10 - 6
 
 
 def test_a_reservation_larger_than_the_limit_never_fits() -> None:

@@ -7,6 +7,7 @@ reserved tokens settled to the usage counted (a refused or failed request used n
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -26,6 +27,17 @@ def duration_text(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+@functools.lru_cache(maxsize=4096)
+def _reset_value(whole_ms: int) -> bytes:
+    return duration_text(whole_ms / 1000).encode()
+
+
+def reset_value(seconds: float) -> bytes:
+    """``duration_text`` as header bytes, remembered per millisecond (a response's resets are
+    mostly a window's length, so the same few values come back on every request)."""
+    return _reset_value(math.ceil(seconds * 1000))
 
 
 def used_tokens(usage: Usage | None, kind: str) -> int:
@@ -127,5 +139,5 @@ class Grant:
             i = indexes[at]
             out.append((limit_name, limits[at]))
             out.append((remaining_name, b"%d" % remaining[i]))
-            out.append((reset_name, duration_text(resets[i]).encode()))
+            out.append((reset_name, reset_value(resets[i])))
         return out

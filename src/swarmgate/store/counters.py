@@ -88,7 +88,7 @@ class MemoryCounters:
             if kind is REQUESTS or kind is TOKENS:
                 handles.append(state.add(now, 1 if kind is REQUESTS else tokens))
                 left.append(limit - state.total if limit > state.total else 0)
-                resets.append(state.entries[0][0] + state.window - now)
+                resets.append(state.times[0] + state.window - now)
                 continue
             handles.append(None)
             if kind is RATE:
@@ -143,7 +143,7 @@ class MemoryCounters:
                     idle.append(key)
             else:
                 state.trim(now)
-                if not state.entries:
+                if not state.times:
                     idle.append(key)
         for key in idle:
             del self._states[key]
