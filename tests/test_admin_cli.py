@@ -149,6 +149,13 @@ def test_update_gives_a_key_a_tier_and_its_own_limits(cli: CLI, gw: Node) -> Non
         return reply.status == 429
 
     wait_for(limited, CACHE_TTL + 5, what="the key's own rpm applied")
+    budgeted = cli.json("keys update", key_id, "--daily-budget", "2.5", "--monthly-budget", "40")
+    assert budgeted["limits"] == {
+        "rpm": 2,
+        "concurrent": 1,
+        "daily_budget": 2.5,
+        "monthly_budget": 40.0,
+    }
     code, _, err = cli.run("keys update", key_id, "--tier", "gold")
     assert code == 1 and "no tier 'gold'" in err
     code, _, err = cli.run("keys update", key_id)

@@ -162,7 +162,18 @@ def create(
     emit(run(config_path, work))
 
 
-LIMIT_OPTIONS = ("rps", "burst", "rpm", "rph", "rpd", "tpm", "tpd", "concurrent")
+LIMIT_OPTIONS = (
+    "rps",
+    "burst",
+    "rpm",
+    "rph",
+    "rpd",
+    "tpm",
+    "tpd",
+    "concurrent",
+    "daily_budget",
+    "monthly_budget",
+)
 
 
 @keys.command("update")
@@ -178,6 +189,10 @@ LIMIT_OPTIONS = ("rps", "burst", "rpm", "rph", "rpd", "tpm", "tpd", "concurrent"
 @click.option("--tpd", type=int, default=None, help="Tokens in any day.")
 @click.option("--tokens", type=click.Choice(["input", "output", "total"]), default=None)
 @click.option("--concurrent", type=int, default=None, help="Requests in flight at once.")
+@click.option(
+    "--daily-budget", type=float, default=None, help="Spend per UTC day (deployments' prices)."
+)
+@click.option("--monthly-budget", type=float, default=None, help="Spend per UTC month.")
 @click.option("--clear-limits", is_flag=True, help="Drop the key's own limits first.")
 def update(
     config_path: str, key_id: str, tier: str | None, clear_limits: bool, **fields: Any

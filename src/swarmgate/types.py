@@ -165,7 +165,9 @@ class CheckKind(enum.IntEnum):
     REQUESTS = 1  # at most ``limit`` requests in any ``period`` seconds
     TOKENS = 2  # at most ``limit`` tokens in any ``period`` seconds (reserved, then settled)
     CONCURRENT = 3  # at most ``limit`` leases held; each expires ``period`` seconds after
-    # SPEND (budgets) will be charged at settle, from the same counters.
+    # At most ``limit`` spent in the current UTC day or month (``period``: limits.budget's DAY
+    # or MONTH): checked at admission, charged with the request's cost when it settles.
+    SPEND = 4
 
 
 class Check(NamedTuple):
@@ -194,14 +196,23 @@ class CounterStore(Protocol):
     """The counters of every limit: in process, or in Redis for several replicas.
 
     ``take`` checks and charges all of ``checks`` at once (one request) or none;
-    ``settle`` gives back (or charges more of) its tokens and releases its leases, without
-    waiting: a store that does I/O queues it."""
+    ``settle`` gives back (or charges more of) its tokens, releases its leases and charges
+    its cost to its budgets, without waiting: a store that does I/O queues it;
+    ``restore_spend`` sets the budgets' counters it lacks from the ledger, at start."""
 
     async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict: ...
 
     def settle(
-        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+        self,
+        checks: Sequence[Check],
+        verdict: Verdict,
+        lease: str,
+        reserved: int,
+        used: int,
+        cost: float = 0.0,
     ) -> None: ...
+
+    async def restore_spend(self, spent: Mapping[str, tuple[float, float]]) -> int: ...
 
     async def start(self) -> None: ...
 

@@ -56,8 +56,8 @@ class KeyUpdate(BaseModel):
     limits: dict[str, Any] | None = Field(
         None,
         description="The key's own limits over its tier's (rps, burst, rpm, rph, rpd, tpm, "
-        "tpd, tokens, concurrent), merged into its current ones; a field set to null is "
-        "removed; limits: null clears them all",
+        "tpd, tokens, concurrent, daily_budget, monthly_budget), merged into its current ones; "
+        "a field set to null is removed; limits: null clears them all",
     )
     replace_limits: bool = Field(False, description="Replace the key's own limits, not merge")
 

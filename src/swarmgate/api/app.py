@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,7 @@ from swarmgate.api.v1 import Inference
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.security import Security
 from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
-from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound
+from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound, StoreError
 from swarmgate.jobs.downloads import Downloads
 from swarmgate.limits.admission import Admission
 from swarmgate.limits.ledger import Ledger
@@ -58,6 +59,8 @@ from swarmgate.types import (
     Transport,
 )
 from swarmgate.upstream.transport import HttpTransport
+
+log = logging.getLogger("swarmgate")
 
 Handler = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 # The method label's values (anything else is "other": labels stay bounded).
@@ -250,6 +253,7 @@ class Gateway:
         await self.security.start()  # migrates the store first, if configured
         if self.ledger is not None:
             await self.ledger.start()
+            await self._restore_budgets()
         self._retention_task = asyncio.create_task(self.retention.run(), name="retention")
         self.metrics.start()
         await self.health.start()
@@ -264,6 +268,16 @@ class Gateway:
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
         self.ops.ready = self.health.serving = True
+
+    async def _restore_budgets(self) -> None:
+        """Budgets survive a restart: their counters start from the ledger's spend."""
+        try:
+            restored = await self.admission.restore_budgets(self.store.usage)
+        except StoreError as exc:
+            log.warning("budgets start from zero: the ledger cannot be read (%s)", exc)
+            return
+        if restored:
+            log.info("budgets: %d spend counters restored from the ledger", restored)
 
     async def shutdown(self) -> None:
         self.ops.ready = False

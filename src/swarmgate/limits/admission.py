@@ -18,22 +18,26 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, NamedTuple
 
 from swarmgate.auth.ip import Networks, client_ip
 from swarmgate.errors import (
+    QuotaExceeded,
     RateLimited,
     RequestsLimited,
     ServiceUnavailable,
     StoreError,
     TokensLimited,
 )
-from swarmgate.limits.grant import Grant, Shown, shown_of
+from swarmgate.limits import budget
+from swarmgate.limits.grant import Grant, Shown, duration_text, shown_of
 from swarmgate.limits.tiers import Limits, LimitSet
 from swarmgate.observability.metrics import Metrics
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
+from swarmgate.store.usage import UsageFilter, UsageStore
 from swarmgate.types import Check, CheckKind, CounterStore, Principal, Verdict
 
 if TYPE_CHECKING:  # the pipeline sits above: only its record's type is named here
@@ -42,6 +46,7 @@ if TYPE_CHECKING:  # the pipeline sits above: only its record's type is named he
 
 WINDOWS = (("rpm", 60.0), ("rph", 3600.0), ("rpd", 86400.0))
 TOKEN_WINDOWS = (("tpm", 60.0), ("tpd", 86400.0))
+BUDGETS = (("daily_budget", budget.DAY), ("monthly_budget", budget.MONTH))
 PLAN_CACHE = 10_000  # plans kept; past it the cache starts over
 TOKEN_ROUTES = frozenset({"chat", "completions", "embeddings"})  # answers with usage
 
@@ -79,6 +84,10 @@ def checks_of(limits: LimitSet, ident: str, scope: str, lease_seconds: float) ->
                 "concurrent",
             )
         )
+    for name, period in BUDGETS:
+        limit = getattr(limits, name)
+        if limit is not None:
+            out.append(Check(CheckKind.SPEND, base + name, limit, period, 1, name))
     return [c._replace(scope=scope) for c in out]
 
 
@@ -172,6 +181,37 @@ class Admission:
         metrics.limit_exceeded(plan.tier, check.name, check.scope)
         raise refusal(check, verdict.wait, tokens)
 
+    async def restore_budgets(self, usage: UsageStore) -> int:
+        """Give the budgets' counters what the ledger holds for the current day and month,
+        per key, owner and model and for the whole gateway (at start: in-process counters
+        begin empty, and Redis may have lost them). Counters that exist are kept. How many
+        counters were set."""
+        if not self.active:
+            return 0
+        now = time.time()
+        spent: dict[str, tuple[float, float]] = {}
+        for name, period in BUDGETS:
+            period_name, left = budget.current(period, now)
+            since = budget.start_of(period, now)
+            rows = await usage.report(
+                UsageFilter(since, math.inf), ("key", "owner", "model"), bucket=None
+            )
+            totals: dict[str, float] = {}
+            for row in rows:
+                for ident in (
+                    "key:" + row["key"] if row["key"] else None,
+                    "owner:" + row["owner"],
+                    "model:" + row["model"] if row["model"] else None,
+                    "global",
+                ):
+                    if ident is not None:
+                        totals[ident] = totals.get(ident, 0.0) + row["cost"]
+            suffix = f":{name}:{period_name}"
+            for ident, total in totals.items():
+                if total > 0:
+                    spent[names.LIMITS + ident + suffix] = (total, left)
+        return await self.counters.restore_spend(spent)
+
     def plan(self, x: Exchange) -> Plan:
         p = x.principal
         assert p is not None and x.pool is not None, "admission runs after authorize"
@@ -218,10 +258,19 @@ class Admission:
 
 def refusal(check: Check, wait: float, tokens: int) -> RateLimited:
     """The 429 of a refused check: OpenAI's body, ``Retry-After`` and ``retry-after-ms``."""
+    error: RateLimited
     what = {"key": "this key", "ip": "this client"}.get(check.scope, f"the {check.scope}")
-    if check.kind is CheckKind.TOKENS:
+    if check.kind is CheckKind.SPEND:
+        # OpenAI's answer to an exhausted quota; retrying before the period ends is useless.
+        period = "daily" if check.period == budget.DAY else "monthly"
+        error = QuotaExceeded(
+            f"You exceeded your current quota: the {period} budget of {what} "
+            f"({check.limit:g}) is spent. It renews in {duration_text(wait)} (UTC).",
+            headers={"x-should-retry": "false"},
+        )
+    elif check.kind is CheckKind.TOKENS:
         if math.isinf(wait):
-            error: RateLimited = TokensLimited(
+            error = TokensLimited(
                 f"Request too large for {what} on {check.name}: limit {check.limit:g}, "
                 f"requested {tokens} tokens (prompt estimate plus max_tokens).",
                 headers={"x-should-retry": "false"},

@@ -114,17 +114,17 @@ class Grant:
         self.tier = tier
         self.settled = -1  # tokens settled; -1: not yet
 
-    def settle(self, usage: Usage | None, generated: bool = False) -> int:
-        """Release the leases and settle the reservation to ``usage``; the tokens settled.
-        ``generated``: the answer had begun (a stream cut before its usage was reported, which
-        a relay counts as zero): without a usage it keeps its whole reservation, since it may
-        have used any of it."""
+    def settle(self, usage: Usage | None, generated: bool = False, cost: float = 0.0) -> int:
+        """Release the leases, settle the reservation to ``usage`` and charge ``cost`` to the
+        budgets; the tokens settled. ``generated``: the answer had begun (a stream cut before
+        its usage was reported, which a relay counts as zero): without a usage it keeps its
+        whole reservation, since it may have used any of it."""
         if self.settled >= 0:
             return self.settled
         unknown = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
         used = self.reserved if unknown and generated else used_tokens(usage, self.kind)
         self.settled = used
-        self.store.settle(self.checks, self.verdict, self.lease, self.reserved, used)
+        self.store.settle(self.checks, self.verdict, self.lease, self.reserved, used, cost)
         return used
 
     def headers(self) -> Headers:

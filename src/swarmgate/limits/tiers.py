@@ -10,7 +10,10 @@ Every limit is optional (absent: unlimited). A ``LimitSet`` names one scope's li
 - ``rpm`` / ``rph`` / ``rpd``: at most that many requests in any 60 s / 3600 s / 86400 s;
 - ``tpm`` / ``tpd``: at most that many tokens in any 60 s / 86400 s, counting ``tokens``
   (``input``, ``output`` or ``total``): reserved at admission, settled to the usage;
-- ``concurrent``: requests in flight at once (leases that expire after ``lease_seconds``).
+- ``concurrent``: requests in flight at once (leases that expire after ``lease_seconds``);
+- ``daily_budget`` / ``monthly_budget``: the most that may be spent (in the deployments'
+  price unit) in the current UTC day / month: a request is refused once it is spent
+  (``insufficient_quota``), and each request's cost is charged when it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Count = Annotated[int, Field(ge=1)]
+Money = Annotated[float, Field(gt=0)]
 TokenKind = Literal["input", "output", "total"]
 
 
@@ -37,6 +41,8 @@ class LimitSet(_Frozen):
     tpd: Count | None = None
     tokens: TokenKind = "total"
     concurrent: Count | None = None
+    daily_budget: Money | None = None
+    monthly_budget: Money | None = None
 
     @model_validator(mode="after")
     def _burst_needs_rate(self) -> LimitSet:
@@ -46,9 +52,14 @@ class LimitSet(_Frozen):
 
     @property
     def empty(self) -> bool:
-        return not any(
-            (self.rps, self.rpm, self.rph, self.rpd, self.tpm, self.tpd, self.concurrent)
+        return (
+            not any((self.rps, self.rpm, self.rph, self.rpd, self.tpm, self.tpd, self.concurrent))
+            and not self.budgeted
         )
+
+    @property
+    def budgeted(self) -> bool:
+        return self.daily_budget is not None or self.monthly_budget is not None
 
     def merged(self, override: LimitSet) -> LimitSet:
         """These limits with every field ``override`` sets replacing this one's."""
@@ -102,13 +113,22 @@ class Limits(_Frozen):
     queue: dict[str, TierQueue] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _queued_tiers_exist(self) -> Limits:
+    def _queued_tiers_exist_and_budgets_fit(self) -> Limits:
         tiers = self.all_tiers()
         problems = [
             f"limits.{section}.{tier}: not a tier (known: {', '.join(sorted(tiers))})"
             for section, names in (("max_share", self.max_share), ("queue", self.queue))
             for tier in names
             if tier not in tiers
+        ]
+        # Budgets are rebuilt from the ledger at start, which records keys, owners and models.
+        problems += [
+            f"limits.{where}: budgets apply to tiers, keys, owners, models and global, not here"
+            for where, scoped in (
+                *((f"endpoints.{name}", s) for name, s in self.endpoints.items()),
+                ("anonymous", self.anonymous),
+            )
+            if scoped.budgeted
         ]
         if problems:
             raise ValueError("\n".join(problems))
@@ -121,6 +141,12 @@ class Limits(_Frozen):
         """The tier of that name; an unknown name is ``default``'s."""
         tiers = self.all_tiers()
         return tiers.get(name) or tiers["default"]
+
+    @property
+    def any_budget(self) -> bool:
+        """Whether a spend budget is set in the config (keys may set their own as well)."""
+        sets = [*self.all_tiers().values(), *self.models.values(), self.owner, self.global_]
+        return self.enabled and any(s.budgeted for s in sets)
 
     @property
     def any_limit(self) -> bool:

@@ -48,21 +48,21 @@ class Accounting:
             self._attempts(x, now)
         usage = x.usage
         cost = 0.0
-        grant = x.grant
-        if grant is not None:
-            # Leases released, the token reservation settled to what was counted (a cut
-            # stream: what had been counted when it broke, else its whole reservation;
-            # nothing answered: none).
-            generated = bool(x.attempts) and x.attempts[-1].first_byte > 0
-            used = grant.settle(usage, generated)
-            if used:
-                metrics.tokens_settled(grant.tier, used)
         if usage is not None and x.attempts:
             d = x.attempts[-1].deployment
             metrics.tokens(d.model, usage.prompt_tokens, usage.completion_tokens)
             cost = d.cost(usage.prompt_tokens, usage.completion_tokens)
             if cost:
                 metrics.cost(d.model, cost)
+        grant = x.grant
+        if grant is not None:
+            # Leases released, the token reservation settled to what was counted (a cut
+            # stream: what had been counted when it broke, else its whole reservation;
+            # nothing answered: none), the cost charged to the budgets.
+            generated = bool(x.attempts) and x.attempts[-1].first_byte > 0
+            used = grant.settle(usage, generated, cost)
+            if used:
+                metrics.tokens_settled(grant.tier, used)
         metrics.in_flight -= 1
         latency = now - x.started
         route = x.route

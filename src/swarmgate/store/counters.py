@@ -5,26 +5,30 @@ away and ``limits.redis_failure`` is ``fail_open``, with every limit scaled by t
 share (``scale``). ``take_now`` never awaits, so the check and the charge of all of a
 request's limits happen with no other request in between: all or none, without a lock.
 
-The arithmetic is ``limits.gcra`` and ``limits.windows`` (pure modules that import nothing of
-ours); the Redis script mirrors it.
+The arithmetic is ``limits.gcra``, ``limits.windows`` and ``limits.budget`` (pure modules that
+import nothing of ours); the Redis script mirrors it. A budget's counter is the spend of the
+current UTC day or month, under its check's key plus the period's name (so a new period is a
+new counter); it is checked at ``take`` and charged at ``settle``, with the request's cost.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from swarmgate.limits import budget
 from swarmgate.limits.gcra import gcra, remaining, reset
 from swarmgate.limits.windows import Leases, SlidingLog
 from swarmgate.types import Check, CheckKind, Verdict
 
-RATE, REQUESTS, TOKENS, CONCURRENT = (
+RATE, REQUESTS, TOKENS, CONCURRENT, SPEND = (
     CheckKind.RATE,
     CheckKind.REQUESTS,
     CheckKind.TOKENS,
     CheckKind.CONCURRENT,
+    CheckKind.SPEND,
 )
 SWEEP_EVERY = 4096  # admissions between sweeps of idle counters (bounded memory)
 
@@ -32,6 +36,16 @@ SWEEP_EVERY = 4096  # admissions between sweeps of idle counters (bounded memory
 def _scaled(limit: float, scale: float) -> int:
     """A replica's share of a limit: at least 1, so that a share never refuses everyone."""
     return max(1, math.floor(limit * scale))
+
+
+class Spent:
+    """A budget's spend in one period, and when that period ends (epoch seconds)."""
+
+    __slots__ = ("total", "until")
+
+    def __init__(self, until: float, total: float = 0.0) -> None:
+        self.total = total
+        self.until = until
 
 
 def _state(check: Check) -> Any:
@@ -43,8 +57,14 @@ def _state(check: Check) -> Any:
 
 
 class MemoryCounters:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        scale: float = 1.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall = wall  # budgets follow the calendar
         self._states: dict[str, Any] = {}
         self.scale = scale  # limits are multiplied by it (a replica's share, in fallback)
         self._until_sweep = SWEEP_EVERY
@@ -60,11 +80,18 @@ class MemoryCounters:
         found = []
         # First every check, then (only if all pass) every charge: nothing awaits in between.
         for i, check in enumerate(checks):
+            kind = check.kind
+            if kind is SPEND:
+                spent, left_in_period = self._spent(check)
+                found.append(spent)
+                wait = 0.0 if spent.total < check.limit * scale else left_in_period
+                if wait > longest:
+                    refused, longest = i, wait
+                continue
             state = states.get(check.key)
             if state is None:
                 state = states[check.key] = _state(check)
             found.append(state)
-            kind = check.kind
             limit = check.limit if scale == 1.0 else _scaled(check.limit, scale)
             if kind is REQUESTS or kind is TOKENS:
                 state.trim(now)
@@ -79,6 +106,13 @@ class MemoryCounters:
                 refused, longest = i, wait
         if refused >= 0:
             return Verdict(refused, longest)
+        return self._charge(checks, found, now, tokens, lease)
+
+    def _charge(
+        self, checks: Sequence[Check], found: list[Any], now: float, tokens: int, lease: str
+    ) -> Verdict:
+        """Charge every check (all passed), with each one's remaining and reset."""
+        scale = self.scale
         left: list[float] = []
         resets: list[float] = []
         handles: list[Any] = []
@@ -91,7 +125,10 @@ class MemoryCounters:
                 resets.append(state.times[0] + state.window - now)
                 continue
             handles.append(None)
-            if kind is RATE:
+            if kind is SPEND:
+                left.append(max(0.0, check.limit * scale - state.total))
+                resets.append(state.until - self._wall())
+            elif kind is RATE:
                 interval = check.period / scale
                 burst = check.burst if scale == 1.0 else _scaled(check.burst, scale)
                 state[0] = tat = gcra(state[0], now, interval, burst)[0]
@@ -103,8 +140,24 @@ class MemoryCounters:
                 resets.append(0.0)
         return Verdict(-1, 0.0, tuple(left), tuple(resets), tuple(handles))
 
+    def _spent(self, check: Check) -> tuple[Spent, float]:
+        """The counter of a budget's current period, and the seconds left in it."""
+        now = self._wall()
+        name, left = budget.current(check.period, now)
+        key = check.key + ":" + name
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = Spent(now + left)
+        return state, left
+
     def settle(
-        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+        self,
+        checks: Sequence[Check],
+        verdict: Verdict,
+        lease: str,
+        reserved: int,
+        used: int,
+        cost: float = 0.0,
     ) -> None:
         handles = verdict.handles
         if handles is None:
@@ -113,7 +166,11 @@ class MemoryCounters:
         states = self._states
         for check, handle in zip(checks, handles, strict=True):
             kind = check.kind
-            if kind is CONCURRENT:
+            if kind is SPEND:
+                if cost > 0:
+                    # Charged to the period the request ended in.
+                    self._spent(check)[0].total += cost
+            elif kind is CONCURRENT:
                 state = states.get(check.key)
                 if state is not None:
                     state.release(lease)
@@ -134,8 +191,12 @@ class MemoryCounters:
             return
         self._until_sweep = SWEEP_EVERY
         idle = []
+        wall = self._wall()
         for key, state in self._states.items():
-            if isinstance(state, list):
+            if isinstance(state, Spent):
+                if state.until <= wall:
+                    idle.append(key)
+            elif isinstance(state, list):
                 if state[0] <= now:
                     idle.append(key)
             elif isinstance(state, Leases):
@@ -150,6 +211,19 @@ class MemoryCounters:
 
     def clear(self) -> None:
         self._states.clear()
+
+    async def restore_spend(self, spent: Mapping[str, tuple[float, float]]) -> int:
+        """Budgets after a restart: ``spent`` maps a budget's counter key (its check's key,
+        ``:``, the period's name) to what the ledger holds for the period and the seconds left
+        in it. Counters that exist already are kept (they know more than the ledger's last
+        flush). How many were restored."""
+        wall = self._wall()
+        restored = 0
+        for key, (total, left) in spent.items():
+            if key not in self._states:
+                self._states[key] = Spent(wall + left, total)
+                restored += 1
+        return restored
 
     async def start(self) -> None:
         return None

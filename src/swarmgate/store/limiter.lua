@@ -3,7 +3,9 @@
 -- KEYS: one counter per check. ARGV: lease, tokens, then per check: kind, limit, period, burst.
 -- kind 0: GCRA (string: the theoretical arrival time); 1: requests in a sliding window
 -- (sorted set of leases by time); 2: tokens in a sliding window (sorted set of
--- "lease|amount" by time, plus KEY..":sum"); 3: concurrency leases (sorted set by expiry).
+-- "lease|amount" by time, plus KEY..":sum"); 3: concurrency leases (sorted set by expiry);
+-- 4: a budget (string: the spend of the current period, its key named after the period;
+-- its "period" is the seconds left in it). A budget is only checked here: settle.lua charges.
 -- Time is Redis's own, so that replicas' clocks do not matter.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -53,6 +55,8 @@ for i = 1, n do
     local tat = tonumber(redis.call('GET', key) or '0')
     local allowed_at = math.max(tat, now) + period - burst * period
     if allowed_at > now then wait = allowed_at - now end
+  elseif kind == 4 then
+    if tonumber(redis.call('GET', key) or '0') >= limit then wait = period end
   elseif kind == 3 then
     if redis.call('ZCARD', key) >= limit then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -85,6 +89,9 @@ for i = 1, n do
     redis.call('SET', key, tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
     out[#out + 1] = tostring(math.max(0, math.floor((now + burst * period - tat) / period + 1e-9)))
     resets[i] = tostring(tat - now)
+  elseif kind == 4 then
+    out[#out + 1] = tostring(math.max(0, limit - tonumber(redis.call('GET', key) or '0')))
+    resets[i] = tostring(period)
   elseif kind == 3 then
     redis.call('ZADD', key, now + period, lease)
     redis.call('PEXPIRE', key, ttl)

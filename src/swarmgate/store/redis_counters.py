@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from swarmgate.errors import StoreError
+from swarmgate.limits import budget
 from swarmgate.observability.metrics import Metrics
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
@@ -48,7 +49,11 @@ HEARTBEAT_SECONDS = 2.0  # each replica's mark in names.REPLICAS
 HEARTBEAT_EXPIRY = 10.0  # a replica not heard from for this long is no longer counted
 MAX_UNSENT = 100_000  # settlements kept while Redis is away (leases expire anyway)
 
-Pending = tuple[list[str], list[Any], "asyncio.Future[Verdict]"]
+# An admission waiting for the next round trip: its checks (for the fallback), the script's
+# keys and arguments, and its verdict to come.
+Pending = tuple[Sequence[Check], list[str], list[Any], "asyncio.Future[Verdict]"]
+# A budget's counter outlives its period by this much (a late settlement still finds it).
+SPEND_GRACE = 86400.0
 
 
 class RedisCounters:
@@ -110,26 +115,50 @@ class RedisCounters:
             if not self._fail_open:
                 raise StoreError("redis is unavailable (limits.redis_failure: fail_closed)")
             return self.fallback.take_now(checks, tokens, lease)
+        keys: list[str] = []
         args: list[Any] = [lease, tokens]
+        now = time.time()
         for c in checks:
+            if c.kind is CheckKind.SPEND:
+                name, left = budget.current(c.period, now)
+                keys.append(c.key + ":" + name)
+                args += (4, c.limit, left, 1)
+                continue
+            keys.append(c.key)
             args += (int(c.kind), c.limit, c.period, c.burst)
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._pending.append(([c.key for c in checks], args, future))
+        self._pending.append((checks, keys, args, future))
         self._wake.set()
         return await future
 
     def settle(
-        self, checks: Sequence[Check], verdict: Verdict, lease: str, reserved: int, used: int
+        self,
+        checks: Sequence[Check],
+        verdict: Verdict,
+        lease: str,
+        reserved: int,
+        used: int,
+        cost: float = 0.0,
     ) -> None:
-        if verdict.handles is not None:  # taken by the fallback while Redis was away
-            self.fallback.settle(checks, verdict, lease, reserved, used)
-            return
+        fallback = verdict.handles is not None  # taken by the fallback while Redis was away
+        if fallback:
+            self.fallback.settle(checks, verdict, lease, reserved, used, cost)
         keys: list[str] = []
-        args: list[Any] = [lease, reserved, used]
+        args: list[Any] = [lease, reserved, used, repr(cost)]
+        now = time.time()
         for c in checks:
-            if c.kind is CheckKind.CONCURRENT or (c.kind is CheckKind.TOKENS and used != reserved):
+            kind = c.kind
+            if kind is CheckKind.SPEND:
+                # Sent even when the fallback took the request: Redis's budgets miss nothing.
+                if cost > 0:
+                    name, left = budget.current(c.period, now)
+                    keys.append(c.key + ":" + name)
+                    args += (4, left + SPEND_GRACE)
+            elif fallback:
+                continue
+            elif kind is CheckKind.CONCURRENT or (kind is CheckKind.TOKENS and used != reserved):
                 keys.append(c.key)
-                args += (int(c.kind), c.period)
+                args += (int(kind), c.period)
         if keys:
             if len(self._settles) < MAX_UNSENT:
                 self._settles.append((keys, args))
@@ -153,7 +182,7 @@ class RedisCounters:
             except Exception as exc:
                 # A bug of ours must not leave admissions waiting forever, nor stop the sender.
                 log.exception("rate limiter: a round trip to redis failed unexpectedly")
-                for _, _, future in batch:
+                for *_, future in batch:
                     if not future.done():
                         future.set_exception(StoreError(f"rate limiter error: {exc!r}"))
 
@@ -180,11 +209,11 @@ class RedisCounters:
             )
             self._went_down(exc)
             self._settles[:0] = settles  # sent again once Redis is back
-            for keys, args, future in batch:
-                self._decide_without_redis(keys, args, future)
+            for checks, _, args, future in batch:
+                self._decide_without_redis(checks, args, future)
             return
         self._metrics.limiter_redis("admit" if batch else "settle", time.perf_counter() - started)
-        for (keys, args, future), result in zip(batch, results, strict=False):
+        for (_, keys, args, future), result in zip(batch, results, strict=False):
             if future.cancelled() and isinstance(result, list) and int(result[0]) < 0:
                 # Its request was cancelled while waiting (a shutdown): what the script took
                 # is given back at once, so that no lease waits out its expiry.
@@ -203,7 +232,7 @@ class RedisCounters:
         pipe = self._redis.pipeline(transaction=False)
         for keys, args in settles:
             pipe.evalsha(self._settle_sha, len(keys), *keys, *args)
-        for keys, args, _ in batch:
+        for _, keys, args, _ in batch:
             pipe.evalsha(self._take_sha, len(keys), *keys, *args)
         results = list(await pipe.execute(raise_on_error=False))
         if any(isinstance(r, NoScriptError) for r in results[: len(settles)]):
@@ -213,7 +242,7 @@ class RedisCounters:
     def _give_back(self, keys: list[str], args: list[Any]) -> None:
         lease, tokens = args[0], args[1]
         back_keys: list[str] = []
-        back_args: list[Any] = [lease, tokens, 0]
+        back_args: list[Any] = [lease, tokens, 0, "0"]
         for key, j in zip(keys, range(2, len(args), 4), strict=True):
             kind = args[j]
             if kind in (CheckKind.TOKENS, CheckKind.CONCURRENT):
@@ -224,25 +253,19 @@ class RedisCounters:
             self._wake.set()
 
     def _decide_without_redis(
-        self, keys: list[str], args: list[Any], future: asyncio.Future[Verdict]
+        self, checks: Sequence[Check], args: list[Any], future: asyncio.Future[Verdict]
     ) -> None:
         if future.done():
             return
         if not self._fail_open:
             future.set_exception(StoreError("redis is unavailable"))
             return
-        checks = [
-            Check(CheckKind(kind), key, limit, period, burst)
-            for key, (kind, limit, period, burst) in zip(
-                keys, (args[j : j + 4] for j in range(2, len(args), 4)), strict=True
-            )
-        ]
         future.set_result(self.fallback.take_now(checks, args[1], args[0]))
 
     def _fail_pending(self) -> None:
         batch, self._pending = self._pending, []
-        for keys, args, future in batch:
-            self._decide_without_redis(keys, args, future)
+        for checks, _, args, future in batch:
+            self._decide_without_redis(checks, args, future)
 
     def _went_down(self, exc: BaseException) -> None:
         self.up = False
@@ -272,6 +295,23 @@ class RedisCounters:
         self._metrics.limiter_redis_state("up")
         log.warning("rate limiter: redis is back; limits are exact across replicas again")
         return True
+
+    async def restore_spend(self, spent: Mapping[str, tuple[float, float]]) -> int:
+        """Budgets after Redis lost them (restarted without persistence, flushed): each
+        counter missing in Redis is set from the ledger (``store.counters.MemoryCounters``'s
+        twin); one that exists is kept, being more recent than the ledger. How many were set."""
+        if not spent:
+            return 0
+        try:
+            async with asyncio.timeout(5.0):
+                pipe = self._redis.pipeline(transaction=False)
+                for key, (total, left) in spent.items():
+                    ttl = math.ceil((left + SPEND_GRACE) * 1000)
+                    pipe.set(key, repr(total), nx=True, px=ttl)
+                return sum(1 for done in await pipe.execute() if done)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("rate limiter: budgets not restored from the ledger (%r)", exc)
+            return 0
 
     async def _beat(self) -> None:
         """Every replica marks itself in Redis; the count scales the fallback's limits."""

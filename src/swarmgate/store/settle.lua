@@ -1,15 +1,20 @@
 -- Settle one admitted request: release its concurrency leases, and settle its token
 -- reservation to the usage (less: the reservation's entry is lowered while still in its
--- window; more: the excess is a new entry at now, debt the next admissions pay first).
--- KEYS: the request's token and concurrency counters. ARGV: lease, reserved, used, then per
--- key: kind, period.
+-- window; more: the excess is a new entry at now, debt the next admissions pay first), and
+-- charge its cost to its budgets (the period's counter; "period" is its lifetime in seconds).
+-- KEYS: the request's token, concurrency and budget counters. ARGV: lease, reserved, used,
+-- cost, then per key: kind, period.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lease, reserved, used = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost = ARGV[4]
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local kind, period = tonumber(ARGV[2 + i * 2]), tonumber(ARGV[3 + i * 2])
-  if kind == 3 then
+  local kind, period = tonumber(ARGV[3 + i * 2]), tonumber(ARGV[4 + i * 2])
+  if kind == 4 then
+    redis.call('INCRBYFLOAT', key, cost)
+    redis.call('PEXPIRE', key, math.ceil(period * 1000))
+  elseif kind == 3 then
     redis.call('ZREM', key, lease)
   elseif kind == 2 and used < reserved then
     local member = lease .. '|' .. reserved
