@@ -168,6 +168,9 @@ class CheckKind(enum.IntEnum):
     # At most ``limit`` spent in the current UTC day or month (``period``: limits.budget's DAY
     # or MONTH): checked at admission, charged with the request's cost when it settles.
     SPEND = 4
+    # A pool's capacity across replicas (Redis only): leases like CONCURRENT, with a line of
+    # waiters (limits.capacity) that a freed slot goes to first.
+    CAPACITY = 5
 
 
 class Check(NamedTuple):

@@ -2,7 +2,9 @@
 
 A key limited to 100 requests a minute gets 1,000 requests within seconds, spread over the
 three: exactly 100 succeed. The same for a concurrency limit (the model server never sees more
-than N at once) and a token limit (exactly as many as fit).
+than N at once) and a token limit (exactly as many as fit). And a model's capacity holds across
+them: its server never sees more than its ``max_concurrent``, and a slot freed on one replica
+serves a request waiting on another.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def replicas(
     models = {
         name: {"deployments": [{"url": upstream.url, "max_concurrent": 1000}]}
         for name in ("fast", "slow")
+    }
+    # Two slots for the whole fleet; a request that finds them taken waits, on any replica.
+    models["slow-narrow"] = {
+        "deployments": [{"url": upstream.url, "max_concurrent": 2}],
+        "queue_timeout": 20,
     }
     config: dict[str, Any] = {
         "models": models,
@@ -130,3 +137,13 @@ async def test_a_token_limit_admits_exactly_what_fits(replicas: Replicas) -> Non
     statuses = await fire(replicas, secret, 300, "fast", 30, max_tokens=50)
     assert statuses.count(200) == 2000 // reserved
     assert statuses.count(429) == 300 - 2000 // reserved
+
+
+async def test_a_models_capacity_holds_across_replicas_and_waiters_are_served(
+    replicas: Replicas,
+) -> None:
+    secret = replicas.create_key("default")  # unlimited: only the model's capacity applies
+    replicas.upstream.reset()
+    statuses = await fire(replicas, secret, 24, "slow-narrow", 24)
+    assert statuses == [200] * 24  # every one waited for a slot, wherever it was freed
+    assert replicas.upstream.peak == 2  # three replicas, and never more than the two slots

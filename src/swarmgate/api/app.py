@@ -32,6 +32,7 @@ from swarmgate.config import Settings, config_path_from_env, load_settings, metr
 from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound, StoreError
 from swarmgate.jobs.downloads import Downloads
 from swarmgate.limits.admission import Admission
+from swarmgate.limits.capacity import CapacityLine
 from swarmgate.limits.ledger import Ledger
 from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
@@ -45,6 +46,7 @@ from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
+from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
 from swarmgate.store.retention import Retention
@@ -105,11 +107,16 @@ class Gateway:
         )
         self._retention_task: asyncio.Task[None] | None = None
         self.counters = counters_of(settings, self.metrics)
+        line = None
+        if isinstance(self.counters, RedisCounters) and settings.limits.fleet_capacity:
+            line = CapacityLine(self.counters, self.metrics)
+            self.store.events.subscribe(names.CAPACITY_FREED, line.freed)
         self.admission = Admission(
             settings.limits,
             self.counters,
             self.metrics,
             Networks(settings.auth.ip.trusted_proxies),
+            line,
         )
         self.inference = Inference(
             self.authenticator,

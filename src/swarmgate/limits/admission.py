@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from swarmgate.auth.ip import Networks, client_ip
 from swarmgate.errors import (
+    NoDeployment,
     QuotaExceeded,
     RateLimited,
     RequestsLimited,
@@ -32,6 +33,7 @@ from swarmgate.errors import (
     TokensLimited,
 )
 from swarmgate.limits import budget
+from swarmgate.limits.capacity import CapacityLine, Place
 from swarmgate.limits.grant import Grant, Shown, duration_text, shown_of
 from swarmgate.limits.tiers import Limits, LimitSet
 from swarmgate.observability.metrics import Metrics
@@ -56,6 +58,7 @@ class Plan(NamedTuple):
     tier: str  # the metrics label
     tokens: str  # which tokens count: input, output or total
     shown: tuple[Shown, ...]  # what the x-ratelimit-* headers describe
+    capacity: int = 0  # the model's capacity it was compiled for (with Redis)
 
 
 def checks_of(limits: LimitSet, ident: str, scope: str, lease_seconds: float) -> list[Check]:
@@ -119,6 +122,7 @@ class Admission:
         counters: CounterStore | None = None,
         metrics: Metrics | None = None,
         trusted_proxies: Networks | None = None,
+        line: CapacityLine | None = None,
     ) -> None:
         self.limits = limits = limits or Limits()
         self.counters = counters = counters or MemoryCounters()
@@ -129,6 +133,8 @@ class Admission:
         self._plans: dict[tuple[object, ...], Plan] = {}
         self._replica = os.urandom(6).hex() + ":"
         self._seq = itertools.count()
+        # With Redis: each model's capacity is taken at admission, across replicas.
+        self.line = line
 
     def admit(self, x: Exchange) -> Awaitable[None] | None:
         """None when decided already (no limit, or in-process counters); else an awaitable
@@ -151,6 +157,9 @@ class Admission:
     async def _admit(self, x: Exchange, plan: Plan, tokens: int, lease: str) -> None:
         try:
             verdict = await self.counters.take(plan.checks, tokens, lease)
+            refused = verdict.refused
+            if refused >= 0 and plan.checks[refused].kind is CheckKind.CAPACITY:
+                verdict = await self._wait_for_capacity(x, plan, refused, tokens, lease)
         except StoreError as exc:
             self.metrics.admission(plan.tier, "unavailable")
             raise ServiceUnavailable(
@@ -158,6 +167,25 @@ class Admission:
                 headers={"retry-after": "1"},
             ) from exc
         self._decide(x, plan, verdict, lease, tokens)
+
+    async def _wait_for_capacity(
+        self, x: Exchange, plan: Plan, at: int, tokens: int, lease: str
+    ) -> Verdict:
+        """The model is full across the fleet: wait in its line, by the tier's bounds."""
+        assert self.line is not None and x.pool is not None and x.principal is not None
+        name = x.principal.tier
+        bounds = self.limits.queue.get(name)
+        config = x.pool.config
+        max_wait = bounds.max_wait if bounds and bounds.max_wait is not None else None
+        max_length = bounds.max_length if bounds and bounds.max_length is not None else None
+        place = Place(
+            x.pool.model,
+            plan.tier,
+            self.limits.tier(name).priority,
+            config.queue_timeout if max_wait is None else max_wait,
+            config.queue_size if max_length is None else max_length,
+        )
+        return await self.line.wait(plan.checks, at, tokens, lease, place)
 
     def _decide(self, x: Exchange, plan: Plan, verdict: Verdict, lease: str, tokens: int) -> None:
         metrics = self.metrics
@@ -177,6 +205,11 @@ class Admission:
                 metrics.tokens_reserved(plan.tier, tokens)
             return
         check = plan.checks[verdict.refused]
+        if check.kind is CheckKind.CAPACITY:  # only when the line could not be waited in
+            raise NoDeployment(
+                f"model {x.model!r} is at capacity across the fleet; retry later",
+                headers={"retry-after": "1"},
+            )
         metrics.admission(plan.tier, "refused")
         metrics.limit_exceeded(plan.tier, check.name, check.scope)
         raise refusal(check, verdict.wait, tokens)
@@ -218,15 +251,16 @@ class Admission:
         ip = None
         if p.via == "anonymous":
             ip = client_ip(x.peer, x.head.forwarded_for, self._trusted)
-        key = (p.key_id or p.subject, p.via, p.tier, p.limits, x.pool.model, x.route.name, ip)
+        pool = x.pool
+        key = (p.key_id or p.subject, p.via, p.tier, p.limits, pool.model, x.route.name, ip)
         plan = self._plans.get(key)
-        if plan is None:
+        if plan is None or (self.line is not None and plan.capacity != pool.capacity):
             if len(self._plans) >= PLAN_CACHE:
                 self._plans.clear()
-            plan = self._plans[key] = self._compile(p, x.pool.model, x.route.name, ip)
+            plan = self._plans[key] = self._compile(p, pool.model, pool.capacity, x.route.name, ip)
         return plan
 
-    def _compile(self, p: Principal, model: str, route: str, ip: str | None) -> Plan:
+    def _compile(self, p: Principal, model: str, capacity: int, route: str, ip: str | None) -> Plan:
         limits, lease = self.limits, self.limits.lease_seconds
         tiers = limits.all_tiers()
         tier_name = p.tier if p.tier in tiers else "default"
@@ -252,8 +286,22 @@ class Admission:
             if scoped is not None:
                 checks += checks_of(scoped, ident, scope, lease)
                 kinds.append(scoped.tokens)
+        if self.line is not None:
+            # Last: a request refused by its own limits never waits for the model.
+            checks.append(
+                Check(
+                    CheckKind.CAPACITY,
+                    names.LIMITS + "pool:" + model,
+                    capacity,
+                    lease,
+                    1,
+                    "capacity",
+                    "pool",
+                )
+            )
         # One reservation per request: counted as the first scope's (the caller's) kind.
-        return Plan(tuple(checks), tier_name, kinds[0] if kinds else "total", shown_of(checks))
+        kind = kinds[0] if kinds else "total"
+        return Plan(tuple(checks), tier_name, kind, shown_of(checks), capacity)
 
 
 def refusal(check: Check, wait: float, tokens: int) -> RateLimited:

@@ -107,6 +107,9 @@ class Limits(_Frozen):
     redis_failure: Literal["fail_open", "fail_closed"] = "fail_open"
     # Replicas sharing Redis; None: learned from the replicas' heartbeats in Redis.
     replicas: Count | None = None
+    # With Redis: each model's capacity (its deployments' max_concurrent summed) holds across
+    # replicas, taken at admission; a request that finds it full waits in one fleet-wide line.
+    fleet_capacity: bool = True
     # Fleet saturation (the priority queues, by each tier's ``priority``): tier → the largest
     # share of a pool's slots its requests may hold while others wait, and its own line bounds.
     max_share: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)

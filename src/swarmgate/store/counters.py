@@ -23,12 +23,13 @@ from swarmgate.limits.gcra import gcra, remaining, reset
 from swarmgate.limits.windows import Leases, SlidingLog
 from swarmgate.types import Check, CheckKind, Verdict
 
-RATE, REQUESTS, TOKENS, CONCURRENT, SPEND = (
+RATE, REQUESTS, TOKENS, CONCURRENT, SPEND, CAPACITY = (
     CheckKind.RATE,
     CheckKind.REQUESTS,
     CheckKind.TOKENS,
     CheckKind.CONCURRENT,
     CheckKind.SPEND,
+    CheckKind.CAPACITY,
 )
 SWEEP_EVERY = 4096  # admissions between sweeps of idle counters (bounded memory)
 
@@ -51,8 +52,8 @@ class Spent:
 def _state(check: Check) -> Any:
     if check.kind is RATE:
         return [0.0]  # the theoretical arrival time
-    if check.kind is CONCURRENT:
-        return Leases()
+    if check.kind is CONCURRENT or check.kind is CAPACITY:
+        return Leases()  # a pool's capacity: only the Redis store's fallback sees it
     return SlidingLog(check.period)
 
 
@@ -170,7 +171,7 @@ class MemoryCounters:
                 if cost > 0:
                     # Charged to the period the request ended in.
                     self._spent(check)[0].total += cost
-            elif kind is CONCURRENT:
+            elif kind is CONCURRENT or kind is CAPACITY:
                 state = states.get(check.key)
                 if state is not None:
                     state.release(lease)

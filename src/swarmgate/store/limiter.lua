@@ -5,7 +5,10 @@
 -- (sorted set of leases by time); 2: tokens in a sliding window (sorted set of
 -- "lease|amount" by time, plus KEY..":sum"); 3: concurrency leases (sorted set by expiry);
 -- 4: a budget (string: the spend of the current period, its key named after the period;
--- its "period" is the seconds left in it). A budget is only checked here: settle.lua charges.
+-- its "period" is the seconds left in it). A budget is only checked here: settle.lua charges;
+-- 5: a pool's capacity across the fleet: concurrency leases like 3, with a line of waiters
+-- (KEY..":line", by priority then arrival; KEY..":exp", when each waiter gives up, both
+-- kept by line.lua): a free slot goes to a waiter of the line before any newcomer.
 -- Time is Redis's own, so that replicas' clocks do not matter.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -57,6 +60,16 @@ for i = 1, n do
     if allowed_at > now then wait = allowed_at - now end
   elseif kind == 4 then
     if tonumber(redis.call('GET', key) or '0') >= limit then wait = period end
+  elseif kind == 5 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local line, exp = key .. ':line', key .. ':exp'
+    local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+    for _, member in ipairs(gone) do redis.call('ZREM', line, member) end
+    if #gone > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
+    local ahead = redis.call('ZRANK', line, lease)
+    if not ahead then ahead = redis.call('ZCARD', line) end
+    -- The shortest wait of all: any other refusal (a 429) wins over waiting for capacity.
+    if ahead >= limit - redis.call('ZCARD', key) then wait = 0.000001 end
   elseif kind == 3 then
     if redis.call('ZCARD', key) >= limit then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -92,9 +105,13 @@ for i = 1, n do
   elseif kind == 4 then
     out[#out + 1] = tostring(math.max(0, limit - tonumber(redis.call('GET', key) or '0')))
     resets[i] = tostring(period)
-  elseif kind == 3 then
+  elseif kind == 3 or kind == 5 then
     redis.call('ZADD', key, now + period, lease)
     redis.call('PEXPIRE', key, ttl)
+    if kind == 5 then
+      redis.call('ZREM', key .. ':line', lease)
+      redis.call('ZREM', key .. ':exp', lease)
+    end
     out[#out + 1] = tostring(math.max(0, limit - redis.call('ZCARD', key)))
     resets[i] = '0'
   elseif kind == 1 then

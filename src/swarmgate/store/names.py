@@ -5,3 +5,4 @@ KEY_EVENTS = PREFIX + "events:keys"  # pub/sub: key ids whose cached principals 
 IP_EVENTS = PREFIX + "events:ip"  # pub/sub: CIDRs blocked or unblocked by an operator
 LIMITS = PREFIX + "limit:"  # + scope:ident:limit (rpm, tpd...): one counter of one limit
 REPLICAS = PREFIX + "limits:replicas"  # sorted set: replica id -> its last heartbeat
+CAPACITY_FREED = PREFIX + "events:capacity"  # pub/sub: a pool's capacity key, a slot freed

@@ -44,6 +44,7 @@ log = logging.getLogger("swarmgate.limits")
 
 TAKE = files("swarmgate.store").joinpath("limiter.lua").read_text()
 SETTLE = files("swarmgate.store").joinpath("settle.lua").read_text()
+LINE = files("swarmgate.store").joinpath("line.lua").read_text()
 PROBE_SECONDS = 0.25  # while down: how often Redis is tried again
 HEARTBEAT_SECONDS = 2.0  # each replica's mark in names.REPLICAS
 HEARTBEAT_EXPIRY = 10.0  # a replica not heard from for this long is no longer counted
@@ -76,7 +77,7 @@ class RedisCounters:
         self._replicas_configured = replicas
         self.replicas = replicas or 1
         self.fallback = MemoryCounters(scale=1 / self.replicas)
-        self._take_sha = self._settle_sha = ""
+        self._take_sha = self._settle_sha = self._line_sha = ""
         self._pending: list[Pending] = []
         self._settles: list[tuple[list[str], list[Any]]] = []
         self._wake = asyncio.Event()
@@ -109,6 +110,7 @@ class RedisCounters:
     async def _load_scripts(self) -> None:
         self._take_sha = str(await self._redis.script_load(TAKE))
         self._settle_sha = str(await self._redis.script_load(SETTLE))
+        self._line_sha = str(await self._redis.script_load(LINE))
 
     async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
         if not self.up:
@@ -144,7 +146,7 @@ class RedisCounters:
         if fallback:
             self.fallback.settle(checks, verdict, lease, reserved, used, cost)
         keys: list[str] = []
-        args: list[Any] = [lease, reserved, used, repr(cost)]
+        args: list[Any] = [lease, reserved, used, repr(cost), names.CAPACITY_FREED]
         now = time.time()
         for c in checks:
             kind = c.kind
@@ -156,7 +158,11 @@ class RedisCounters:
                     args += (4, left + SPEND_GRACE)
             elif fallback:
                 continue
-            elif kind is CheckKind.CONCURRENT or (kind is CheckKind.TOKENS and used != reserved):
+            elif (
+                kind is CheckKind.CONCURRENT
+                or kind is CheckKind.CAPACITY
+                or (kind is CheckKind.TOKENS and used != reserved)
+            ):
                 keys.append(c.key)
                 args += (int(kind), c.period)
         if keys:
@@ -242,14 +248,41 @@ class RedisCounters:
     def _give_back(self, keys: list[str], args: list[Any]) -> None:
         lease, tokens = args[0], args[1]
         back_keys: list[str] = []
-        back_args: list[Any] = [lease, tokens, 0, "0"]
+        back_args: list[Any] = [lease, tokens, 0, "0", names.CAPACITY_FREED]
         for key, j in zip(keys, range(2, len(args), 4), strict=True):
             kind = args[j]
-            if kind in (CheckKind.TOKENS, CheckKind.CONCURRENT):
+            if kind in (CheckKind.TOKENS, CheckKind.CONCURRENT, CheckKind.CAPACITY):
                 back_keys.append(key)
                 back_args += (kind, args[j + 2])
         if back_keys:
             self._settles.append((back_keys, back_args))
+            self._wake.set()
+
+    async def join(self, key: str, lease: str, priority: int, wait: float, max_length: int) -> bool:
+        """Put ``lease`` in the line for the pool capacity ``key`` (or keep its place);
+        False when ``max_length`` wait already. While Redis is away there is no line (the
+        fallback's waiters just try again): True."""
+        if not self.up:
+            return True
+        try:
+            async with asyncio.timeout(max(self._timeout, 0.25)):
+                try:
+                    joined = await self._redis.evalsha(
+                        self._line_sha, 1, key, lease, priority, wait, max_length
+                    )
+                except NoScriptError:
+                    await self._load_scripts()
+                    joined = await self._redis.evalsha(
+                        self._line_sha, 1, key, lease, priority, wait, max_length
+                    )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: could not join the line for {key}: {exc!r}") from exc
+        return bool(joined)
+
+    def leave(self, key: str, lease: str, period: float) -> None:
+        """Take ``lease`` out of the line for ``key`` (queued like a settlement)."""
+        if self.up and len(self._settles) < MAX_UNSENT:
+            self._settles.append(([key], [lease, 0, 0, "0", names.CAPACITY_FREED, 5, period]))
             self._wake.set()
 
     def _decide_without_redis(

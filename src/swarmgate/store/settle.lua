@@ -2,16 +2,24 @@
 -- reservation to the usage (less: the reservation's entry is lowered while still in its
 -- window; more: the excess is a new entry at now, debt the next admissions pay first), and
 -- charge its cost to its budgets (the period's counter; "period" is its lifetime in seconds).
--- KEYS: the request's token, concurrency and budget counters. ARGV: lease, reserved, used,
--- cost, then per key: kind, period.
+-- A pool's capacity (kind 5): its lease is released and it leaves the line if it was in it;
+-- while others wait, the pool's key is published on the channel so that every replica's
+-- waiters try again.
+-- KEYS: the request's token, concurrency, budget and capacity counters. ARGV: lease,
+-- reserved, used, cost, the channel, then per key: kind, period.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lease, reserved, used = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local cost = ARGV[4]
+local cost, channel = ARGV[4], ARGV[5]
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local kind, period = tonumber(ARGV[3 + i * 2]), tonumber(ARGV[4 + i * 2])
-  if kind == 4 then
+  local kind, period = tonumber(ARGV[4 + i * 2]), tonumber(ARGV[5 + i * 2])
+  if kind == 5 then
+    redis.call('ZREM', key, lease)
+    redis.call('ZREM', key .. ':line', lease)
+    redis.call('ZREM', key .. ':exp', lease)
+    if redis.call('EXISTS', key .. ':line') == 1 then redis.call('PUBLISH', channel, key) end
+  elseif kind == 4 then
     redis.call('INCRBYFLOAT', key, cost)
     redis.call('PEXPIRE', key, math.ceil(period * 1000))
   elseif kind == 3 then
