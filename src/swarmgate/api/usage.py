@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from swarmgate.api import openapi
-from swarmgate.api.management import request_id_of
+from swarmgate.api.management import principal_of, request_id_of
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.errors import Forbidden
@@ -114,13 +114,7 @@ class _Report:
         self.security = security
 
     async def principal(self, request: Request) -> Principal:
-        client = request.client
-        return await self.security.authenticator.authenticate(
-            request.headers.get("authorization"),
-            client.host if client else None,
-            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
-            request_id_of(request),
-        )
+        return await principal_of(self.security.authenticator, request)
 
     def is_admin(self, principal: Principal) -> bool:
         auth = self.security.settings.auth
