@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarmgate.api import openapi
-from swarmgate.api.management import request_id_of
+from swarmgate.api.management import principal_of, request_id_of
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.keyadmin import Actor
 from swarmgate.auth.keys import NEVER, ExpiresAt
@@ -118,13 +118,7 @@ class _Context:
                 "the admin API is closed: authentication is disabled (auth.enabled: false); "
                 "set auth.open_admin_without_auth: true to open it to every caller"
             )
-        client = request.client
-        principal = await self.security.authenticator.authenticate(
-            request.headers.get("authorization"),
-            client.host if client else None,
-            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
-            request_id_of(request),
-        )
+        principal = await principal_of(self.security.authenticator, request)
         require(principal, ApiScope.ADMIN)
         return principal
 

@@ -33,6 +33,7 @@ from swarmgate.errors import (
     StoreError,
 )
 from swarmgate.pipeline.asgi import new_request_id, valid_request_id
+from swarmgate.types import Authenticator, Principal
 
 log = logging.getLogger("swarmgate.management")
 
@@ -46,6 +47,17 @@ def request_id_of(request: Request) -> str:
         known = (valid_request_id(raw.encode("latin-1")) if raw else None) or new_request_id()
         request.state.request_id = known
     return known
+
+
+async def principal_of(authenticator: Authenticator, request: Request) -> Principal:
+    """The caller of a management route, authenticated as an inference request would be."""
+    client = request.client
+    return await authenticator.authenticate(
+        request.headers.get("authorization"),
+        client.host if client else None,
+        ", ".join(request.headers.getlist("x-forwarded-for")) or None,
+        request_id_of(request),
+    )
 
 
 def error_response(exc: GatewayError, request: Request) -> JSONResponse:

@@ -10,13 +10,14 @@ a 403); a token (JWT) sees its subject's; an anonymous guest has no usage to see
 """
 
 import time
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from swarmgate.api import openapi
-from swarmgate.api.management import request_id_of
+from swarmgate.api.management import principal_of, request_id_of
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.errors import Forbidden
@@ -72,47 +73,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _Report:
-    def __init__(self, security: Security) -> None:
-        self.security = security
-
-    async def principal(self, request: Request) -> Principal:
-        client = request.client
-        return await self.security.authenticator.authenticate(
-            request.headers.get("authorization"),
-            client.host if client else None,
-            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
-            request_id_of(request),
-        )
-
-    def is_admin(self, principal: Principal) -> bool:
-        auth = self.security.settings.auth
-        if not auth.enabled and not auth.open_admin_without_auth:
-            return False  # everyone would be the system principal: as closed as /admin
-        return ApiScope.ADMIN.value in principal.scopes
-
-    async def answer(self, request: Request, query: UsageQuery, fmt: str | None) -> Response:
-        report = await run(self.security.store.usage, query)
-        headers = {"x-request-id": request_id_of(request)}
-        accept = request.headers.get("accept", "")
-        if fmt == "csv" or (fmt is None and "text/csv" in accept):
-            return Response(to_csv(report, query), media_type="text/csv", headers=headers)
-        return JSONResponse(report, headers=headers)
-
-
-def _own(principal: Principal, key: str | None, owner: str | None) -> tuple[str | None, str]:
-    """The (key, owner) a caller without the admin scope may see: its own, nothing else."""
-    if principal.via == "anonymous":
-        raise Forbidden("an anonymous caller has no usage; use an API key")
-    if principal.key_id is None and principal.via == "key":
-        raise Forbidden("this caller has no usage of its own; use an API key")
-    if key is not None and key != principal.key_id:
-        raise Forbidden("a key sees only its own usage", param="key")
-    if owner is not None and owner != principal.subject:
-        raise Forbidden("a key sees only its own usage", param="owner")
-    return principal.key_id, principal.subject
-
-
 Format = Annotated[Literal["json", "csv"] | None, Query(alias="format")]
 Start = Annotated[
     str | None,
@@ -134,9 +94,70 @@ BucketParam = Annotated[
 Name = Annotated[str | None, Query(max_length=200)]
 
 
+@dataclass(frozen=True, slots=True)
+class ReportParameters:
+    """The query parameters both routes take, as given: FastAPI fills them in (a class
+    dependency), ``UsageQuery.parse`` checks them once the caller is known (a 401 first)."""
+
+    start: Start = None
+    end: End = None
+    group_by: GroupBy = None
+    bucket: BucketParam = "day"
+    key: Name = None
+    owner: Name = None
+    model: Name = None
+    fmt: Format = None
+
+
+class _Report:
+    def __init__(self, security: Security) -> None:
+        self.security = security
+
+    async def principal(self, request: Request) -> Principal:
+        return await principal_of(self.security.authenticator, request)
+
+    def is_admin(self, principal: Principal) -> bool:
+        auth = self.security.settings.auth
+        if not auth.enabled and not auth.open_admin_without_auth:
+            return False  # everyone would be the system principal: as closed as /admin
+        return ApiScope.ADMIN.value in principal.scopes
+
+    async def answer(self, request: Request, asked: ReportParameters) -> Response:
+        query = UsageQuery.parse(
+            time.time(),
+            start=asked.start,
+            end=asked.end,
+            group_by=asked.group_by,
+            bucket=asked.bucket,
+            key=asked.key,
+            owner=asked.owner,
+            model=asked.model,
+        )
+        report = await run(self.security.store.usage, query)
+        headers = {"x-request-id": request_id_of(request)}
+        accept = request.headers.get("accept", "")
+        if asked.fmt == "csv" or (asked.fmt is None and "text/csv" in accept):
+            return Response(to_csv(report, query), media_type="text/csv", headers=headers)
+        return JSONResponse(report, headers=headers)
+
+
+def _own(principal: Principal, asked: ReportParameters) -> ReportParameters:
+    """What a caller without the admin scope may see: its own usage, nothing else."""
+    if principal.via == "anonymous":
+        raise Forbidden("an anonymous caller has no usage; use an API key")
+    if principal.key_id is None and principal.via == "key":
+        raise Forbidden("this caller has no usage of its own; use an API key")
+    if asked.key is not None and asked.key != principal.key_id:
+        raise Forbidden("a key sees only its own usage", param="key")
+    if asked.owner is not None and asked.owner != principal.subject:
+        raise Forbidden("a key sees only its own usage", param="owner")
+    return replace(asked, key=principal.key_id, owner=principal.subject)
+
+
 def build_usage_router(security: Security) -> APIRouter:
     router = APIRouter(tags=["usage"])
     report = _Report(security)
+    Asked = Annotated[ReportParameters, Depends()]
 
     @router.get(
         "/v1/usage",
@@ -144,31 +165,11 @@ def build_usage_router(security: Security) -> APIRouter:
         responses=_RESPONSES,
         openapi_extra={"security": [{"bearer": []}]},
     )
-    async def usage(
-        request: Request,
-        start: Start = None,
-        end: End = None,
-        group_by: GroupBy = None,
-        bucket: BucketParam = "day",
-        key: Name = None,
-        owner: Name = None,
-        model: Name = None,
-        fmt: Format = None,
-    ) -> Response:
+    async def usage(request: Request, asked: Asked) -> Response:
         principal = await report.principal(request)
         if not report.is_admin(principal):
-            key, owner = _own(principal, key, owner)
-        query = UsageQuery.parse(
-            time.time(),
-            start=start,
-            end=end,
-            group_by=group_by,
-            bucket=bucket,
-            key=key,
-            owner=owner,
-            model=model,
-        )
-        return await report.answer(request, query, fmt)
+            asked = _own(principal, asked)
+        return await report.answer(request, asked)
 
     @router.get(
         "/admin/usage",
@@ -177,31 +178,11 @@ def build_usage_router(security: Security) -> APIRouter:
         responses=_RESPONSES,
         openapi_extra={"security": [{"bearer": []}]},
     )
-    async def admin_usage(
-        request: Request,
-        start: Start = None,
-        end: End = None,
-        group_by: GroupBy = None,
-        bucket: BucketParam = "day",
-        key: Name = None,
-        owner: Name = None,
-        model: Name = None,
-        fmt: Format = None,
-    ) -> Response:
+    async def admin_usage(request: Request, asked: Asked) -> Response:
         principal = await report.principal(request)
         if not report.is_admin(principal):
             require(principal, ApiScope.ADMIN)
             raise Forbidden("the admin API is closed while authentication is disabled")
-        query = UsageQuery.parse(
-            time.time(),
-            start=start,
-            end=end,
-            group_by=group_by,
-            bucket=bucket,
-            key=key,
-            owner=owner,
-            model=model,
-        )
-        return await report.answer(request, query, fmt)
+        return await report.answer(request, asked)
 
     return router
