@@ -5,8 +5,10 @@
 Both read the ledger through ``limits.usage``; errors are OpenAI's schema, as everywhere in the
 management app. On ``/v1/usage`` a caller with the ``admin`` scope sees everyone's usage and may
 filter by key, owner and model; any other key sees only its own (naming another key or owner is
-a 403); a token (JWT) sees its subject's; an anonymous guest has no usage to see (403). CSV with
-``format=csv`` or ``Accept: text/csv``.
+a 403); a token (JWT) sees its subject's, the rows whose owner is that name (as for the owner
+limits and budgets: a key's owner and a token's subject are one name space), and may not filter
+by key; an anonymous guest has no usage to see (403). CSV with ``format=csv`` or ``Accept:
+text/csv``.
 """
 
 import time
@@ -103,13 +105,22 @@ class _Report:
 def _own(principal: Principal, key: str | None, owner: str | None) -> tuple[str | None, str]:
     """The (key, owner) a caller without the admin scope may see: its own, nothing else."""
     if principal.via == "anonymous":
-        raise Forbidden("an anonymous caller has no usage; use an API key")
-    if principal.key_id is None and principal.via == "key":
+        raise Forbidden(
+            "an anonymous caller has no usage of its own; authenticate with an API key or a "
+            "token to see yours"
+        )
+    if principal.via == "jwt":
+        if key is not None:
+            raise Forbidden(
+                "a token cannot filter by key (group_by=key shows its subject's keys)",
+                param="key",
+            )
+    elif principal.key_id is None:
         raise Forbidden("this caller has no usage of its own; use an API key")
-    if key is not None and key != principal.key_id:
+    elif key is not None and key != principal.key_id:
         raise Forbidden("a key sees only its own usage", param="key")
     if owner is not None and owner != principal.subject:
-        raise Forbidden("a key sees only its own usage", param="owner")
+        raise Forbidden("a caller sees only its own usage", param="owner")
     return principal.key_id, principal.subject
 
 
@@ -140,7 +151,7 @@ def build_usage_router(security: Security) -> APIRouter:
 
     @router.get(
         "/v1/usage",
-        summary="Usage of this key (an admin: of everyone), aggregated",
+        summary="Usage of this key or token subject (an admin: everyone's), aggregated",
         responses=_RESPONSES,
         openapi_extra={"security": [{"bearer": []}]},
     )
