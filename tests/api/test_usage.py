@@ -295,6 +295,17 @@ def test_a_token_cannot_ask_for_anyone_elses(open_gw: Gateway, mixed: dict[str, 
     assert_error(call(open_gw.url + "/admin/usage", key=token("alice")), 403, "permission_error")
 
 
+def test_a_token_named_like_the_guest_sees_no_guests_usage(
+    open_gw: Gateway, mixed: dict[str, Any]
+) -> None:
+    """Guests are recorded under the owner ``anonymous``: a token whose subject is that name
+    must not be shown their usage as its own."""
+    for query in ("", "?owner=anonymous"):
+        reply = call(open_gw.url + "/v1/usage" + query, key=token("anonymous"))
+        assert_error(reply, 403, "permission_error")
+        assert "data" not in reply.body
+
+
 def test_an_admin_token_sees_everyones(open_gw: Gateway, mixed: dict[str, Any]) -> None:
     reply = call(open_gw.url + "/v1/usage?group_by=owner&bucket=none", key=token("root", "admin"))
     assert reply.status == 200, reply.text

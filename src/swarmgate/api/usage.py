@@ -7,8 +7,8 @@ management app. On ``/v1/usage`` a caller with the ``admin`` scope sees everyone
 filter by key, owner and model; any other key sees only its own (naming another key or owner is
 a 403); a token (JWT) sees its subject's, the rows whose owner is that name (as for the owner
 limits and budgets: a key's owner and a token's subject are one name space), and may not filter
-by key; an anonymous guest has no usage to see (403). CSV with ``format=csv`` or ``Accept:
-text/csv``.
+by key, except that a token whose subject is the guests' owner name (``anonymous``) is refused;
+an anonymous guest has no usage to see (403). CSV with ``format=csv`` or ``Accept: text/csv``.
 """
 
 import time
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from swarmgate.api import openapi
 from swarmgate.api.management import request_id_of
+from swarmgate.auth.authenticator import GUEST
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.errors import Forbidden
@@ -110,6 +111,13 @@ def _own(principal: Principal, key: str | None, owner: str | None) -> tuple[str 
             "token to see yours"
         )
     if principal.via == "jwt":
+        # Guests are recorded under this owner name: a token with it for a subject would be
+        # shown every guest's requests as its own.
+        if principal.subject == GUEST.subject:
+            raise Forbidden(
+                f"a token whose subject is {GUEST.subject!r} shares the owner name of anonymous "
+                "guests in the ledger: its usage cannot be told apart; use an API key"
+            )
         if key is not None:
             raise Forbidden(
                 "a token cannot filter by key (group_by=key shows its subject's keys)",
