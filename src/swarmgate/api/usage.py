@@ -7,8 +7,8 @@ management app. On ``/v1/usage`` a caller with the ``admin`` scope sees everyone
 filter by key, owner and model; any other key sees only its own (naming another key or owner is
 a 403); a token (JWT) sees its subject's, the rows whose owner is that name (as for the owner
 limits and budgets: a key's owner and a token's subject are one name space), and may not filter
-by key, except that a token whose subject is the guests' owner name (``anonymous``) is refused;
-an anonymous guest has no usage to see (403). CSV with ``format=csv`` or ``Accept: text/csv``.
+by key (a token whose subject is the guests' owner name, ``anonymous``, is refused); an
+anonymous guest has no usage to see (403). CSV with ``format=csv`` or ``Accept: text/csv``.
 """
 
 import time
