@@ -1,16 +1,20 @@
 """The usage ledger end to end: requests through the official SDK become one record each
 (answered, refused by a limit or for an unknown model, failed, cut), unauthenticated ones
-none; ``GET /v1/usage`` shows a key its own usage and an admin everyone's; ``GET
-/admin/usage``; JSON and CSV; errors in OpenAI's schema."""
+none; ``GET /v1/usage`` shows a key its own usage, a token (JWT) its subject's, an anonymous
+guest none (403) and an admin everyone's; ``GET /admin/usage``; JSON and CSV; errors in
+OpenAI's schema."""
 
 from __future__ import annotations
 
 import csv
 import io
+import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import jwt
 import openai
 import pytest
 import yaml
@@ -187,3 +191,142 @@ def test_errors_are_openai_errors(gw: Gateway, traffic: dict[str, Any]) -> None:
         assert_error(reply, 400, "invalid_request_error")
         assert reply.body["error"]["param"] in {"start", "group_by"}, reply.body
     assert_error(call(gw.url + "/admin/usage", key=traffic["a"]), 403, "permission_error")
+
+
+# ----------------------------------------------------------------- tokens and guests
+
+JWT_SECRET = "jwt-" + secrets.token_hex(24)
+
+
+def token(subject: str, role: str = "user") -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "role": role, "iat": now, "exp": now + 600}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def open_gw(procs: Processes) -> Iterator[Gateway]:
+    """A gateway taking API keys, HS256 tokens and anonymous guests."""
+    sim = procs.sim({"chat": FAST})
+    gateway = procs.gateway(
+        {
+            "models": {"chat": {"deployments": [{"url": sim.url, "name": "sim-a", **PRICES}]}},
+            "ledger": {"flush_interval": 0.1},
+            "auth": {"anonymous": True, "jwt": {"enabled": True, "algorithms": ["HS256"]}},
+        },
+        {"SWARMGATE_AUTH__JWT__HS256_SECRET": JWT_SECRET},
+    )
+    yield gateway
+    assert_clean_log(gateway)
+
+
+@pytest.fixture(scope="module")
+def mixed(open_gw: Gateway) -> dict[str, Any]:
+    """Requests by two tokens, by keys of alice and of carol, and by a guest."""
+    gw = open_gw
+    key_alice, secret_alice = create_key(gw, owner="alice")
+    key_carol, secret_carol = create_key(gw, owner="carol")
+    sent = {
+        "t-alice-1": token("alice"),
+        "t-alice-2": token("alice"),
+        "t-bob": token("bob"),
+        "k-alice": secret_alice,
+        "k-carol": secret_carol,
+    }
+    for rid, credential in sent.items():
+        with client(gw, credential, rid) as c:
+            c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3)
+    body = {"model": "chat", "messages": MESSAGES, "max_tokens": 3}
+    guest = call(  # no Authorization header at all
+        gw.url + "/v1/chat/completions", "POST", json_body=body, headers={"X-Request-ID": "guest"}
+    )
+    assert guest.status == 200, guest.text
+    with client(gw, token("alice"), "t-alice-404") as c, pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="nope", messages=MESSAGES)
+    expected = {*sent, "t-alice-404", "guest"}
+    wait_for(lambda: expected <= set(ledger_rows(gw)), 10, 0.1, "the ledger rows")
+    rows = ledger_rows(gw)
+    assert {rid: (rows[rid]["key_id"], rows[rid]["owner"]) for rid in expected} == {
+        "t-alice-1": (None, "alice"),
+        "t-alice-2": (None, "alice"),
+        "t-alice-404": (None, "alice"),
+        "t-bob": (None, "bob"),
+        "k-alice": (key_alice, "alice"),
+        "k-carol": (key_carol, "carol"),
+        "guest": (None, "anonymous"),
+    }
+    return {"key_alice": key_alice, "key_carol": key_carol}
+
+
+def by_owner_and_key(body: dict[str, Any]) -> dict[tuple[str, str | None], int]:
+    return {(row["owner"], row["key"]): row["requests"] for row in body["data"]}
+
+
+def test_a_token_sees_its_subjects_usage(open_gw: Gateway, mixed: dict[str, Any]) -> None:
+    """A token's subject is an owner, as for the owner limits and budgets: alice's token
+    sees alice's requests, by token and by her key, and nobody else's."""
+    base = open_gw.url + "/v1/usage?group_by=owner,key&bucket=none"
+    for query in ("", "&owner=alice"):
+        reply = call(base + query, key=token("alice"))
+        assert reply.status == 200, reply.text
+        assert by_owner_and_key(reply.body) == {
+            ("alice", None): 3,
+            ("alice", mixed["key_alice"]): 1,
+        }
+        assert reply.body["filters"]["owner"] == "alice"
+        assert (reply.body["totals"]["requests"], reply.body["totals"]["errors"]) == (4, 1)
+    bob = call(base, key=token("bob")).body
+    assert by_owner_and_key(bob) == {("bob", None): 1}
+    assert call(base, key=token("dave")).body["data"] == []  # a subject with no usage yet
+    csv_reply = call(base + "&format=csv", key=token("bob"))
+    assert [r["owner"] for r in csv.DictReader(io.StringIO(csv_reply.text))] == ["bob"]
+
+
+def test_a_token_cannot_ask_for_anyone_elses(open_gw: Gateway, mixed: dict[str, Any]) -> None:
+    base = open_gw.url + "/v1/usage"
+    for query, param in (
+        ("owner=bob", "owner"),
+        ("owner=anonymous", "owner"),
+        (f"key={mixed['key_carol']}", "key"),
+    ):
+        reply = call(f"{base}?{query}", key=token("alice"))
+        assert_error(reply, 403, "permission_error")
+        assert reply.body["error"]["param"] == param
+    assert_error(call(open_gw.url + "/admin/usage", key=token("alice")), 403, "permission_error")
+
+
+def test_a_token_named_like_the_guest_sees_no_guests_usage(
+    open_gw: Gateway, mixed: dict[str, Any]
+) -> None:
+    """Guests are recorded under the owner ``anonymous``: a token whose subject is that name
+    must not be shown their usage as its own."""
+    for query in ("", "?owner=anonymous"):
+        reply = call(open_gw.url + "/v1/usage" + query, key=token("anonymous"))
+        assert_error(reply, 403, "permission_error")
+        assert "data" not in reply.body
+
+
+def test_an_admin_token_sees_everyones(open_gw: Gateway, mixed: dict[str, Any]) -> None:
+    reply = call(open_gw.url + "/v1/usage?group_by=owner&bucket=none", key=token("root", "admin"))
+    assert reply.status == 200, reply.text
+    by = {row["owner"]: row["requests"] for row in reply.body["data"]}
+    assert by == {"alice": 4, "bob": 1, "carol": 1, "anonymous": 1}
+
+
+def test_an_anonymous_caller_gets_a_403_and_no_data(
+    open_gw: Gateway, mixed: dict[str, Any]
+) -> None:
+    """The guest's own request is in the ledger (the admin sees it), yet a caller without
+    credentials is told plainly that usage needs a key or a token; a bad credential is a
+    401, never downgraded to a guest."""
+    by = by_owner_and_key(admin(open_gw, "GET", "/v1/usage?group_by=owner,key&bucket=none").body)
+    assert by[("anonymous", None)] == 1
+    base = open_gw.url + "/v1/usage"
+    for query in ("", "?owner=anonymous", f"?key={mixed['key_alice']}", "?format=csv"):
+        reply = call(base + query)
+        assert_error(reply, 403, "permission_error")
+        assert "data" not in reply.body
+        assert "API key" in reply.body["error"]["message"]
+    assert_error(call(open_gw.url + "/admin/usage"), 403, "permission_error")
+    assert_error(call(base, key="sk-sg-" + "x" * 43), 401, "authentication_error")
+    assert_error(call(base, key=token("alice")[:-4] + "AAAA"), 401, "authentication_error")

@@ -5,8 +5,10 @@
 Both read the ledger through ``limits.usage``; errors are OpenAI's schema, as everywhere in the
 management app. On ``/v1/usage`` a caller with the ``admin`` scope sees everyone's usage and may
 filter by key, owner and model; any other key sees only its own (naming another key or owner is
-a 403); a token (JWT) sees its subject's; an anonymous guest has no usage to see (403). CSV with
-``format=csv`` or ``Accept: text/csv``.
+a 403); a token (JWT) sees its subject's, the rows whose owner is that name (as for the owner
+limits and budgets: a key's owner and a token's subject are one name space), and may not filter
+by key (a token whose subject is the guests' owner name, ``anonymous``, is refused); an
+anonymous guest has no usage to see (403). CSV with ``format=csv`` or ``Accept: text/csv``.
 """
 
 import time
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from swarmgate.api import openapi
 from swarmgate.api.management import principal_of, request_id_of
+from swarmgate.auth.authenticator import GUEST
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.errors import Forbidden
@@ -144,13 +147,29 @@ class _Report:
 def _own(principal: Principal, asked: ReportParameters) -> ReportParameters:
     """What a caller without the admin scope may see: its own usage, nothing else."""
     if principal.via == "anonymous":
-        raise Forbidden("an anonymous caller has no usage; use an API key")
-    if principal.key_id is None and principal.via == "key":
+        raise Forbidden(
+            "an anonymous caller has no usage of its own; authenticate with an API key or a "
+            "token to see yours"
+        )
+    if principal.via == "jwt":
+        # Guests are recorded under this owner name: a token with it for a subject would be
+        # shown every guest's requests as its own.
+        if principal.subject == GUEST.subject:
+            raise Forbidden(
+                f"a token whose subject is {GUEST.subject!r} shares the owner name of anonymous "
+                "guests in the ledger: its usage cannot be told apart; use an API key"
+            )
+        if asked.key is not None:
+            raise Forbidden(
+                "a token cannot filter by key (group_by=key shows its subject's keys)",
+                param="key",
+            )
+    elif principal.key_id is None:
         raise Forbidden("this caller has no usage of its own; use an API key")
-    if asked.key is not None and asked.key != principal.key_id:
+    elif asked.key is not None and asked.key != principal.key_id:
         raise Forbidden("a key sees only its own usage", param="key")
     if asked.owner is not None and asked.owner != principal.subject:
-        raise Forbidden("a key sees only its own usage", param="owner")
+        raise Forbidden("a caller sees only its own usage", param="owner")
     return replace(asked, key=principal.key_id, owner=principal.subject)
 
 
