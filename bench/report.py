@@ -27,6 +27,7 @@ class RowResult:
     label: str
     rounds: list[list[Cell]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # per round: Redis round trips per request
 
     def median(self, concurrency: int) -> Cell | None:
         cells = [c for r in self.rounds for c in r if c.concurrency == concurrency]
@@ -99,6 +100,10 @@ def markdown(
     for row in results.values():
         ratio, added = derived(results, row)
         lines.append(f"| {row.label} | {_num(ratio, 2, 'x')} | {_num(added, 3)} |")
+    trips = [(row, row.notes) for row in results.values() if row.notes]
+    if trips:
+        lines += ["", "| row | Redis round trips per admitted request (each round) |", "|---|---|"]
+        lines += [f"| {row.label} | {', '.join(notes)} |" for row, notes in trips]
     failures = [(row, f) for row in results.values() for f in row.failures]
     if failures:
         lines += ["", "Failures (the figures above are medians over the cells that completed):"]
@@ -126,6 +131,7 @@ def record(
                 "rps_ratio_to_minimal_uvicorn_c50": ratio,
                 "added_p50_ms_over_direct_c1": added,
                 "failures": row.failures,
+                "redis_round_trips_per_admitted_request": row.notes,
             }
         )
     return {"header": dict(header), "concurrencies": list(concurrencies), "rows": rows}

@@ -23,6 +23,8 @@ NGINX_PROXY_PORT = 18081
 MINIMAL_PORT = 18090
 LITELLM_PORT = 18095
 GATEWAY_PORT = 18000
+REDIS_PORT = 18379
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 UPSTREAM = f"http://127.0.0.1:{UPSTREAM_PORT}"
 
 VENV = REPO / ".venv" / "bin"
@@ -58,6 +60,7 @@ class Row:
     headers: Mapping[str, str] = field(default_factory=dict)
     auth: bool = False  # a request without ``headers`` must then be refused
     refusals: tuple[int, ...] = (401,)  # the statuses that count as refused
+    redis: bool = False  # needs the run's Redis (started once, for the rows that need it)
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,17 @@ def minimal_service(server: str) -> Service:
 BENCH_LIMITS = {"tiers": {"default": {"rpm": 10**9, "tpm": 10**12, "concurrent": 10**5}}}
 
 
-def gateway_config(name: str = "bench", limits: dict[str, Any] | None = None) -> Path:
+def redis_service() -> Service:
+    """A Redis for the Redis-mode rows: in memory only, nothing saved."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    argv = [binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no"]
+    return Service("redis", argv, REDIS_PORT, ready_path="")
+
+
+def gateway_config(
+    name: str = "bench", limits: dict[str, Any] | None = None, redis: bool = False
+) -> Path:
     """bench/gateway.yaml with its store and spool paths made absolute (a baseline commit may
     resolve relative paths differently), and a store of its own per ``name`` (a baseline's
     older schema must not meet a newer one)."""
@@ -173,6 +186,8 @@ def gateway_config(name: str = "bench", limits: dict[str, Any] | None = None) ->
     config["audit"] = {"spool_path": str(WORK / f"{name}-audit.spool")}
     if limits is not None:
         config["limits"] = limits
+    if redis:
+        config["redis"] = {"url": REDIS_URL}
     WORK.mkdir(exist_ok=True)
     path = WORK / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -186,8 +201,9 @@ def gateway_service(
     auth: bool,
     store: str = "bench",
     limits: dict[str, Any] | None = None,
+    redis: bool = False,
 ) -> Service:
-    config = gateway_config(store, limits)
+    config = gateway_config(store, limits, redis)
     argv = [str(VENV / "swarmgate"), "serve", "--config", str(config)]
     argv += ["--port", str(GATEWAY_PORT), "--workers", str(workers), "--server", server]
     env = {"SWARMGATE_ADMIN_KEY": keys.gateway_admin}
@@ -196,6 +212,8 @@ def gateway_service(
     name = f"swarmgate-{server}-{workers}w-auth-{'on' if auth else 'off'}"
     if limits is not None:
         name += "-limits"
+    if redis:
+        name += "-redis"
     return Service(name, argv, GATEWAY_PORT, env=env, start_timeout=90.0)
 
 
@@ -282,6 +300,18 @@ def all_rows(keys: Keys) -> list[Row]:
     )
     label = "swarmgate uvicorn 1w, auth on, limits on (rpm, tpm, concurrent)"
     rows.append(Row("sg-uvicorn-1w-limits", label, service, bearer, auth=True))
+    # Redis mode: the same gateway with Redis (auth caches and events through it), limits off
+    # and on; with limits on every admission is one Lua call, coalesced per event-loop tick.
+    service = gateway_service(
+        keys, "uvicorn", 1, auth=True, store="bench-redis", limits={"enabled": False}, redis=True
+    )
+    label = "swarmgate uvicorn 1w, auth on, Redis, limits off"
+    rows.append(Row("sg-uvicorn-1w-redis", label, service, bearer, auth=True, redis=True))
+    service = gateway_service(
+        keys, "uvicorn", 1, auth=True, store="bench-redis-limits", limits=BENCH_LIMITS, redis=True
+    )
+    label = "swarmgate uvicorn 1w, auth on, Redis, limits on (rpm, tpm, concurrent, capacity)"
+    rows.append(Row("sg-uvicorn-1w-redis-limits", label, service, bearer, auth=True, redis=True))
     service = gateway_service(keys, "uvicorn", 1, auth=False)
     rows.append(Row("sg-uvicorn-1w-noauth", "swarmgate uvicorn 1w, auth off", service))
     master = {"Authorization": f"Bearer {keys.litellm_master}"}

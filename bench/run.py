@@ -98,6 +98,7 @@ def bench_row(
     tool: str,
     levels: Sequence[int],
     cells: list[wrk.Cell],
+    notes: list[str],
 ) -> None:
     """Measure ``row`` at each concurrency, appending to ``cells`` (kept if a later one fails)."""
     script = wrk.write_script(WORK / f"{row.key}.lua", row.headers)
@@ -126,6 +127,25 @@ def bench_row(
             )
         if upstream.process.poll() is not None:
             raise BenchError("the upstream nginx died during the row")
+        if row.redis:
+            trips = redis_round_trips(server.url)
+            if trips is not None:
+                print(f"  redis round trips per admitted request: {trips:.3f}", flush=True)
+                notes.append(f"{trips:.3f}")
+
+
+def redis_round_trips(url: str) -> float | None:
+    """The limiter's round trips to Redis that carried admissions, per admitted request,
+    over the row's whole run (warm-ups included), from the gateway's own metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    trips = admitted = 0.0
+    for line in text.splitlines():
+        if line.startswith('gateway_limiter_redis_seconds_count{op="admit"}'):
+            trips = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gateway_admissions_total{") and 'decision="admitted"' in line:
+            admitted += float(line.rsplit(" ", 1)[1])
+    return trips / admitted if admitted else None
 
 
 def _version(argv: Sequence[str]) -> str:
@@ -191,21 +211,25 @@ def main(argv: Sequence[str]) -> int:
         stale.unlink()  # a fresh store per run: the admin key is new every run
     started = datetime.now(UTC)
     results = {r.key: report.RowResult(r.key, r.label) for r in selected}
-    with running(bench_rows.upstream_service()) as upstream:
+    with contextlib.ExitStack() as services:
+        upstream = services.enter_context(running(bench_rows.upstream_service()))
+        if any(r.redis for r in selected):
+            services.enter_context(running(bench_rows.redis_service()))
         for round_ in range(args.repeat):
             for row in selected:
                 print(f"[round {round_ + 1}/{args.repeat}] {row.label}", flush=True)
                 if row.key == "litellm" and not bench_rows.LITELLM_VENV.exists():
                     results[row.key].failures.append("bench/.venv-litellm missing (run.sh)")
                     continue
-                begun, cells = time.monotonic(), list[wrk.Cell]()
+                begun, cells, notes = time.monotonic(), list[wrk.Cell](), list[str]()
                 try:
-                    bench_row(row, upstream, args, tool, levels, cells)
+                    bench_row(row, upstream, args, tool, levels, cells, notes)
                 except (BenchError, RuntimeError, subprocess.SubprocessError) as exc:
                     print(f"  FAILED: {exc}", flush=True)
                     results[row.key].failures.append(f"round {round_ + 1}: {exc}")
                 if cells:
                     results[row.key].rounds.append(cells)
+                results[row.key].notes += notes
                 print(f"  ({time.monotonic() - begun:.0f} s)", flush=True)
     info = header(args, started)
     text = report.markdown(results, levels, info)

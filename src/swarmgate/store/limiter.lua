@@ -9,13 +9,8 @@
 -- 5: a pool's capacity across the fleet: concurrency leases like 3, with a line of waiters
 -- (KEY..":line", by priority then arrival; KEY..":exp", when each waiter gives up, both
 -- kept by line.lua): a free slot goes to a waiter of the line before any newcomer.
--- Time is Redis's own, so that replicas' clocks do not matter.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lease = ARGV[1]
-local tokens = tonumber(ARGV[2])
-local n = #KEYS
-local refused, longest = -1, 0
+-- Time is Redis's own (``now``, from the batch), so that replicas' clocks do not matter.
+-- Loaded as part of one script with settle.lua and batch.lua (store/redis_counters.py).
 
 local function amount_of(member)
   return tonumber(string.match(member, '|([%d%.]+)$')) or 0
@@ -31,7 +26,7 @@ local function trim_tokens(key, horizon)
   end
 end
 
-local function window_wait(key, kind, total, cost, limit, period)
+local function window_wait(key, kind, total, cost, limit, period, now)
   local excess = total + cost - limit
   if excess <= 0 then return 0 end
   if cost > limit then return -1 end
@@ -48,6 +43,11 @@ local function window_wait(key, kind, total, cost, limit, period)
   return period
 end
 
+local function take(KEYS, ARGV, now)
+local lease = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local n = #KEYS
+local refused, longest = -1, 0
 for i = 1, n do
   local key = KEYS[i]
   local b = 2 + (i - 1) * 4
@@ -77,11 +77,11 @@ for i = 1, n do
     end
   elseif kind == 1 then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-    wait = window_wait(key, kind, redis.call('ZCARD', key), 1, limit, period)
+    wait = window_wait(key, kind, redis.call('ZCARD', key), 1, limit, period, now)
   else
     trim_tokens(key, now - period)
     local total = tonumber(redis.call('GET', key .. ':sum') or '0')
-    wait = window_wait(key, kind, total, tokens, limit, period)
+    wait = window_wait(key, kind, total, tokens, limit, period, now)
   end
   if wait ~= 0 and longest ~= -1 and (wait == -1 or wait > longest) then
     refused, longest = i, wait
@@ -132,3 +132,4 @@ for i = 1, n do
 end
 for i = 1, n do out[#out + 1] = resets[i] end
 return out
+end

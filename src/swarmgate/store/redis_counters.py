@@ -1,10 +1,12 @@
 """The Redis counter store: every replica's admissions on one Redis primary, exact.
 
-Each admission is one run of ``limiter.lua`` (EVALSHA; reloaded on NOSCRIPT), which checks
-and charges all of a request's limits atomically: all or none. The admissions of one event
-loop tick are coalesced: ``take`` queues the request and one long-lived sender task sends
-everything queued as one pipeline (one round trip for many admissions), while the next
-batch gathers behind it. Settlements (``settle.lua``) ride along with the next batch.
+Each admission is one run of ``take`` (``limiter.lua``), which checks and charges all of a
+request's limits atomically: all or none. The admissions of one event loop tick are
+coalesced: ``take`` queues the request and one long-lived sender task sends everything queued
+as one run of the batch script (``batch.lua`` over ``limiter.lua`` and ``settle.lua``: one
+EVALSHA, reloaded on NOSCRIPT, however many admissions it carries), while the next batch
+gathers behind it. Settlements (``settle``) ride along with the next batch. A plan's check
+arguments are encoded once, so a request adds its lease and its tokens.
 
 Failure: a round trip is bounded by ``limits.redis_timeout``. When it fails or times out the
 store is *down*: admissions are decided at once by an in-process ``MemoryCounters`` whose
@@ -42,9 +44,13 @@ from swarmgate.types import Check, CheckKind, Verdict
 
 log = logging.getLogger("swarmgate.limits")
 
-TAKE = files("swarmgate.store").joinpath("limiter.lua").read_text()
-SETTLE = files("swarmgate.store").joinpath("settle.lua").read_text()
-LINE = files("swarmgate.store").joinpath("line.lua").read_text()
+_LUA = files("swarmgate.store")
+# One script: ``take`` (limiter.lua) and ``settle`` (settle.lua) run by batch.lua over a tick's
+# operations, so that a round trip is one command however many it carries.
+BATCH = "\n".join(
+    _LUA.joinpath(name).read_text() for name in ("limiter.lua", "settle.lua", "batch.lua")
+)
+LINE = _LUA.joinpath("line.lua").read_text()
 PROBE_SECONDS = 0.25  # while down: how often Redis is tried again
 HEARTBEAT_SECONDS = 2.0  # each replica's mark in names.REPLICAS
 HEARTBEAT_EXPIRY = 10.0  # a replica not heard from for this long is no longer counted
@@ -52,7 +58,7 @@ MAX_UNSENT = 100_000  # settlements kept while Redis is away (leases expire anyw
 
 # An admission waiting for the next round trip: its checks (for the fallback), the script's
 # keys and arguments, and its verdict to come.
-Pending = tuple[Sequence[Check], list[str], list[Any], "asyncio.Future[Verdict]"]
+Pending = tuple[Sequence[Check], list[bytes], list[Any], "asyncio.Future[Verdict]"]
 # A budget's counter outlives its period by this much (a late settlement still finds it).
 SPEND_GRACE = 86400.0
 
@@ -77,7 +83,10 @@ class RedisCounters:
         self._replicas_configured = replicas
         self.replicas = replicas or 1
         self.fallback = MemoryCounters(scale=1 / self.replicas)
-        self._take_sha = self._settle_sha = self._line_sha = ""
+        self._batch_sha = self._line_sha = ""
+        # The arguments of a plan's checks, encoded once (budgets, whose keys change with the
+        # period, are encoded per request).
+        self._encoded: dict[tuple[Check, ...], tuple[list[bytes], list[bytes]]] = {}
         self._pending: list[Pending] = []
         self._settles: list[tuple[list[str], list[Any]]] = []
         self._wake = asyncio.Event()
@@ -92,7 +101,7 @@ class RedisCounters:
             async with asyncio.timeout(2.0):
                 await self._load_scripts()
                 # A run with no counters: proves the script runs here, not just that it loads.
-                await self._redis.evalsha(self._take_sha, 0, "probe", "0")
+                await self._redis.evalsha(self._batch_sha, 0, 0, 0)
             self.up = True
         except ResponseError as exc:
             await self._redis.aclose()
@@ -108,8 +117,7 @@ class RedisCounters:
         self._heartbeat = loop.create_task(self._beat(), name="swarmgate-limiter-heartbeat")
 
     async def _load_scripts(self) -> None:
-        self._take_sha = str(await self._redis.script_load(TAKE))
-        self._settle_sha = str(await self._redis.script_load(SETTLE))
+        self._batch_sha = str(await self._redis.script_load(BATCH))
         self._line_sha = str(await self._redis.script_load(LINE))
 
     async def take(self, checks: Sequence[Check], tokens: int, lease: str) -> Verdict:
@@ -117,21 +125,37 @@ class RedisCounters:
             if not self._fail_open:
                 raise StoreError("redis is unavailable (limits.redis_failure: fail_closed)")
             return self.fallback.take_now(checks, tokens, lease)
-        keys: list[str] = []
-        args: list[Any] = [lease, tokens]
-        now = time.time()
-        for c in checks:
-            if c.kind is CheckKind.SPEND:
-                name, left = budget.current(c.period, now)
-                keys.append(c.key + ":" + name)
-                args += (4, c.limit, left, 1)
-                continue
-            keys.append(c.key)
-            args += (int(c.kind), c.limit, c.period, c.burst)
+        keys, static = self._encoded.get(tuple(checks)) or self._encode(checks)
+        args: list[Any] = [lease, tokens, *static]
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._pending.append((checks, keys, args, future))
         self._wake.set()
         return await future
+
+    def _encode(self, checks: Sequence[Check]) -> tuple[list[bytes], list[bytes]]:
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        now = time.time()
+        spends = False
+        for c in checks:
+            if c.kind is CheckKind.SPEND:
+                spends = True
+                name, left = budget.current(c.period, now)
+                keys.append((c.key + ":" + name).encode())
+                args += (b"4", repr(float(c.limit)).encode(), repr(left).encode(), b"1")
+                continue
+            keys.append(c.key.encode())
+            args += (
+                b"%d" % c.kind,
+                repr(float(c.limit)).encode(),
+                repr(float(c.period)).encode(),
+                b"%d" % c.burst,
+            )
+        if not spends:
+            if len(self._encoded) >= 10_000:
+                self._encoded.clear()
+            self._encoded[tuple(checks)] = (keys, args)
+        return keys, args
 
     def settle(
         self,
@@ -172,6 +196,7 @@ class RedisCounters:
 
     async def _send(self) -> None:
         while True:
+            _stop_if_cancelled()
             if not self.up:
                 self._fail_pending()
                 if not await self._probe():
@@ -200,15 +225,20 @@ class RedisCounters:
             async with asyncio.timeout(self._timeout):
                 try:
                     results = await self._execute(batch, settles)
-                    noscript = any(isinstance(r, NoScriptError) for r in results)
                 except NoScriptError:
-                    noscript = True
-                if noscript:
                     # Redis restarted (or was flushed of scripts): load them and run again.
-                    # A script cache is flushed whole, so none of the batch ran: running it
-                    # again charges each admission once.
+                    # The script did not run, so running it again charges each admission once.
                     await self._load_scripts()
                     results = await self._execute(batch, settles)
+        except NoScriptError as exc:
+            raise StoreError(f"the rate limiter's script cannot be loaded: {exc}") from exc
+        except ResponseError as exc:
+            # The script failed while running: a bug of ours, not an outage (no fallback).
+            log.error("rate limiter: the script failed in redis: %s", exc)
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError(f"the rate limiter's script failed: {exc}"))
+            return
         except (RedisError, OSError, TimeoutError) as exc:
             self._metrics.limiter_redis_error(
                 "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -224,33 +254,30 @@ class RedisCounters:
                 # Its request was cancelled while waiting (a shutdown): what the script took
                 # is given back at once, so that no lease waits out its expiry.
                 self._give_back(keys, args)
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(StoreError(f"the rate limiter's script failed: {result}"))
-            else:
+            if not future.done():
                 future.set_result(_verdict(result, (len(args) - 2) // 4))
 
     async def _execute(
         self, batch: list[Pending], settles: list[tuple[list[str], list[Any]]]
     ) -> list[Any]:
-        # Settlements first: what finished before these admissions were asked frees room.
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args in settles:
-            pipe.evalsha(self._settle_sha, len(keys), *keys, *args)
-        for _, keys, args, _ in batch:
-            pipe.evalsha(self._take_sha, len(keys), *keys, *args)
-        results = list(await pipe.execute(raise_on_error=False))
-        if any(isinstance(r, NoScriptError) for r in results[: len(settles)]):
-            raise NoScriptError("settle.lua is not loaded")
-        return results[len(settles) :]
+        """One run of the batch script: the settlements first (what finished before these
+        admissions were asked frees room), then the admissions; their answers, in order."""
+        keys: list[Any] = []
+        args: list[Any] = [len(settles), len(batch)]
+        for op_keys, op_args in settles:
+            keys += op_keys
+            args += (len(op_keys), len(op_args), *op_args)
+        for _, taken_keys, op_args, _ in batch:
+            keys += taken_keys
+            args += (len(taken_keys), len(op_args), *op_args)
+        return list(await self._redis.evalsha(self._batch_sha, len(keys), *keys, *args))
 
-    def _give_back(self, keys: list[str], args: list[Any]) -> None:
+    def _give_back(self, keys: list[bytes], args: list[Any]) -> None:
         lease, tokens = args[0], args[1]
-        back_keys: list[str] = []
+        back_keys: list[Any] = []
         back_args: list[Any] = [lease, tokens, 0, "0", names.CAPACITY_FREED]
         for key, j in zip(keys, range(2, len(args), 4), strict=True):
-            kind = args[j]
+            kind = int(args[j])
             if kind in (CheckKind.TOKENS, CheckKind.CONCURRENT, CheckKind.CAPACITY):
                 back_keys.append(key)
                 back_args += (kind, args[j + 2])
@@ -361,6 +388,7 @@ class RedisCounters:
                         if self._replicas_configured is None and count >= 1:
                             self.replicas = count
                             self.fallback.scale = 1 / count
+            _stop_if_cancelled()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def close(self) -> None:
@@ -378,6 +406,15 @@ class RedisCounters:
                 await self._redis.zrem(names.REPLICAS, self._id)
         self._fail_pending()
         await self._redis.aclose()
+
+
+def _stop_if_cancelled() -> None:
+    """End a loop whose cancellation an ``asyncio.timeout`` turned into a ``TimeoutError``
+    (a cancel that lands as the timeout expires: Python 3.11 loses it), else ``close``
+    would wait for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _verdict(result: list[Any], n: int) -> Verdict:

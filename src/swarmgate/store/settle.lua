@@ -7,8 +7,7 @@
 -- waiters try again.
 -- KEYS: the request's token, concurrency, budget and capacity counters. ARGV: lease,
 -- reserved, used, cost, the channel, then per key: kind, period.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function settle(KEYS, ARGV, now)
 local lease, reserved, used = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, channel = ARGV[4], ARGV[5]
 for i = 1, #KEYS do
@@ -41,3 +40,4 @@ for i = 1, #KEYS do
   end
 end
 return 1
+end
