@@ -19,6 +19,7 @@ def test_defaults_fill_a_minimal_profile() -> None:
     assert profile.servers[0].host == "127.0.0.1"
     assert profile.servers[0].port == 0
     assert model.slots == 4
+    assert model.prefill_tokens_per_second is None  # ttft_ms whatever the prompt's length
     assert model.prefix_cache.enabled
     assert model.failures.error_rate == 0
     assert not model.is_embedding
@@ -35,6 +36,10 @@ def test_defaults_fill_a_minimal_profile() -> None:
         (
             {"servers": [{"name": "a", "models": {"m": {"tokens_per_second": 0}}}]},
             "tokens_per_second",
+        ),
+        (
+            {"servers": [{"name": "a", "models": {"m": {"prefill_tokens_per_second": 0}}}]},
+            "servers[0].models.m.prefill_tokens_per_second:",
         ),
         ({"servers": [{"name": "a"}]}, "servers[0].models: required"),
         ({"servers": [{"name": "a", "models": {}}]}, "servers[0].models:"),

@@ -66,6 +66,18 @@ _METRICS: tuple[tuple[str, str, str, _Read], ...] = (
         lambda e: e.counters.prefix_cache_hits,
     ),
     (
+        "vllm:gpu_prefix_cache_queries_total",
+        "counter",
+        "GPU prefix cache queries, in terms of number of queried tokens (vLLM's older name).",
+        lambda e: e.counters.prefix_cache_queries,
+    ),
+    (
+        "vllm:gpu_prefix_cache_hits_total",
+        "counter",
+        "GPU prefix cache hits, in terms of number of cached tokens (vLLM's older name).",
+        lambda e: e.counters.prefix_cache_hits,
+    ),
+    (
         "vllm:request_success_total",
         "counter",
         "Count of successfully processed requests.",

@@ -24,11 +24,14 @@ class _Frozen(BaseModel):
 
 
 class PrefixCacheProfile(_Frozen):
-    """vLLM-style automatic prefix caching: chained hashes of ``block_tokens``-sized blocks."""
+    """The model's KV cache, in blocks of ``block_tokens``, and vLLM-style automatic prefix
+    caching over it (``enabled``): chained hashes of full prompt blocks, kept after a request
+    ends in the room running requests leave free (``capacity_blocks`` in all)."""
 
     enabled: bool = True
     block_tokens: Annotated[int, Field(ge=1)] = 16
     capacity_blocks: Annotated[int, Field(ge=1)] = 4096
+    # Time to first token of a fully cached prompt, when there is no prefill_tokens_per_second.
     hit_ttft_ms: NonNegative = 15.0
 
 
@@ -50,8 +53,12 @@ class FailureProfile(_Frozen):
 
 
 class ModelProfile(_Frozen):
+    # Without prefill_tokens_per_second: the time to first token of an uncached prompt of any
+    # length. With it: the fixed part (scheduling, the first decode step), to which each
+    # uncached prompt token adds 1 / prefill_tokens_per_second.
     ttft_ms: NonNegative = 120.0
     jitter_ms: NonNegative = 0.0
+    prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
     tokens_per_second: Annotated[float, Field(gt=0)] = 60.0
     slots: Annotated[int, Field(ge=1)] = 4
     max_queue: Annotated[int, Field(ge=0)] = 256
