@@ -19,8 +19,8 @@ def tokens(n: int, salt: str = "t") -> list[str]:
     return [f"{salt}{i}" for i in range(n)]
 
 
-def engine(seed: int = 0, **profile: Any) -> ModelEngine:
-    return ModelEngine("m", ModelProfile(**profile), random.Random(seed))
+def engine(seed: int = 0, speed: float = 1.0, **profile: Any) -> ModelEngine:
+    return ModelEngine("m", ModelProfile(**profile).at_speed(speed), random.Random(seed))
 
 
 async def prefill_seconds(model: ModelEngine, prompt: list[str]) -> float:
@@ -97,6 +97,15 @@ async def test_ttft_is_the_same_for_the_same_seed_and_requests() -> None:
 
     assert await run(7) == await run(7)
     assert await run(7) != await run(8)
+
+
+async def test_speed_scales_prefill_and_decode() -> None:
+    fast, slow = engine(**LONG), engine(speed=0.25, **LONG)
+    prompt = tokens(992)  # 62 full blocks
+    assert await prefill_seconds(fast, prompt) == pytest.approx(0.020 + 0.992)
+    assert await prefill_seconds(slow, prompt) == pytest.approx(4 * (0.020 + 0.992))
+    assert await prefill_seconds(slow, prompt) == pytest.approx(4 * 0.020)  # cached: overhead
+    assert (fast.profile.tokens_per_second, slow.profile.tokens_per_second) == (60, 15)
 
 
 async def test_slots_queue_in_fifo_order_and_reject_beyond_max_queue() -> None:

@@ -1,5 +1,5 @@
 """Over HTTP: prefill time that grows with the uncached prompt, the prefix cache each server
-keeps, and what it reports (usage, /metrics).
+keeps, what it reports (usage, /metrics), and servers of different speeds.
 
 Wall-clock assertions are lower bounds (a sleep never ends early) or ratios wide enough for a
 busy two-core machine."""
@@ -129,3 +129,27 @@ async def test_without_prefix_caching_usage_has_no_details_and_nothing_hits(
         assert ttft >= 0.4
         assert "prompt_tokens_details" not in usage
     assert metric(await scrape(http, fleet.urls["a"]), "vllm:prefix_cache_hits_total", "m") == 0
+
+
+async def test_a_slower_server_takes_proportionally_longer(
+    sim_fleet: Any, http: aiohttp.ClientSession
+) -> None:
+    model = {"ttft_ms": 5, "tokens_per_second": 400, "prefill_tokens_per_second": 32000}
+    servers = [
+        {"name": "fast", "models": {"m": model}},
+        {"name": "slow", "speed": 0.25, "models": {"m": model}},
+    ]
+    fleet = await sim_fleet({"servers": servers})
+    # About 0.12 s of prefill and 0.1 s of decoding at full speed.
+    body = chat(SYSTEM, max_tokens=40)
+
+    async def total(url: str) -> float:
+        start = time.monotonic()
+        async with http.post(url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            assert (await r.json())["usage"]["completion_tokens"] == 40
+        return time.monotonic() - start
+
+    fast, slow = await total(fleet.urls["fast"]), await total(fleet.urls["slow"])
+    assert slow >= 4 * (0.005 + prompt_tokens(body) / 32000 + 40 / 400)
+    assert slow > 2 * fast

@@ -18,6 +18,7 @@ def test_defaults_fill_a_minimal_profile() -> None:
     model = profile.servers[0].models["m"]
     assert profile.servers[0].host == "127.0.0.1"
     assert profile.servers[0].port == 0
+    assert profile.servers[0].speed == 1
     assert model.slots == 4
     assert model.prefill_tokens_per_second is None  # ttft_ms whatever the prompt's length
     assert model.prefix_cache.enabled
@@ -41,6 +42,7 @@ def test_defaults_fill_a_minimal_profile() -> None:
             {"servers": [{"name": "a", "models": {"m": {"prefill_tokens_per_second": 0}}}]},
             "servers[0].models.m.prefill_tokens_per_second:",
         ),
+        ({"servers": [{"name": "a", "speed": 0, "models": {"m": {}}}]}, "servers[0].speed:"),
         ({"servers": [{"name": "a"}]}, "servers[0].models: required"),
         ({"servers": [{"name": "a", "models": {}}]}, "servers[0].models:"),
         ({"servers": []}, "servers:"),

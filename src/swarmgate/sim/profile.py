@@ -78,6 +78,25 @@ class ModelProfile(_Frozen):
     def is_embedding(self) -> bool:
         return self.embedding_dim > 0
 
+    def at_speed(self, speed: float) -> ModelProfile:
+        """This model on hardware ``speed`` times as fast: every duration divided by it, every
+        rate multiplied (injected failures, such as ``slow_first_byte_ms``, stay as they are)."""
+        if speed == 1:
+            return self
+        prefill = self.prefill_tokens_per_second
+        cache = self.prefix_cache.model_copy(
+            update={"hit_ttft_ms": self.prefix_cache.hit_ttft_ms / speed}
+        )
+        return self.model_copy(
+            update={
+                "ttft_ms": self.ttft_ms / speed,
+                "jitter_ms": self.jitter_ms / speed,
+                "prefill_tokens_per_second": None if prefill is None else prefill * speed,
+                "tokens_per_second": self.tokens_per_second * speed,
+                "prefix_cache": cache,
+            }
+        )
+
     @model_validator(mode="after")
     def _one_kind(self) -> ModelProfile:
         if self.embedding_dim and self.modality != "text":
@@ -89,6 +108,8 @@ class ServerProfile(_Frozen):
     name: Annotated[str, Field(min_length=1)]
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: pick a free port
+    # This server's hardware relative to the profiles' (0.5: half as fast), for skewed fleets.
+    speed: Annotated[float, Field(gt=0)] = 1.0
     models: Annotated[dict[str, ModelProfile], Field(min_length=1)]
 
 

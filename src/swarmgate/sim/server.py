@@ -61,7 +61,11 @@ class SimServer:
         self.name = profile.name
         self.testing = testing
         self.engines = {
-            model: ModelEngine(model, mp, random.Random(f"{seed}:{profile.name}:{model}:ttft"))
+            model: ModelEngine(
+                model,
+                mp.at_speed(profile.speed),
+                random.Random(f"{seed}:{profile.name}:{model}:ttft"),
+            )
             for model, mp in profile.models.items()
         }
         self._failure_rng = random.Random(f"{seed}:{profile.name}:failures")
