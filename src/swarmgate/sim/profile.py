@@ -16,6 +16,8 @@ from swarmgate.config import read_yaml, validation_problems
 from swarmgate.errors import ConfigError
 
 NonNegative = Annotated[float, Field(ge=0)]
+# Whose metric names a server's /metrics uses.
+MetricsKind = Literal["vllm", "sglang", "llamacpp"]
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -110,7 +112,14 @@ class ServerProfile(_Frozen):
     port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: pick a free port
     # This server's hardware relative to the profiles' (0.5: half as fast), for skewed fleets.
     speed: Annotated[float, Field(gt=0)] = 1.0
+    metrics: MetricsKind = "vllm"
     models: Annotated[dict[str, ModelProfile], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_model_for_llamacpp(self) -> ServerProfile:
+        if self.metrics == "llamacpp" and len(self.models) > 1:
+            raise ValueError("a server with llama.cpp's metrics serves one model")
+        return self
 
 
 class FleetProfile(_Frozen):

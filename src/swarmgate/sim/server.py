@@ -374,6 +374,6 @@ class SimServer:
 
     async def metrics(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
         return web.Response(
-            text=metrics.render(self.engines.values()),
+            text=metrics.render(self.engines.values(), self.profile.metrics),
             headers={"Content-Type": metrics.CONTENT_TYPE},
         )
