@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from swarmgate.errors import ServiceUnavailable
+from swarmgate.errors import BadRequest, ServiceUnavailable
 from swarmgate.sim.engine import ModelEngine, ttft_seconds
 from swarmgate.sim.profile import ModelProfile
 
@@ -154,3 +154,81 @@ async def test_a_cancelled_waiter_leaves_the_queue_without_leaking_a_slot() -> N
     assert (model.running, model.blocks_in_use) == (0, 0)
     async with model.slot([], 1):
         assert model.running == 1
+
+
+async def test_with_wait_for_blocks_a_request_waits_for_room_first_come_first_served() -> None:
+    cache = {"block_tokens": 4, "capacity_blocks": 10, "wait_for_blocks": True}
+    model = engine(slots=4, prefix_cache=cache)
+    release = {name: asyncio.Event() for name in "abc"}
+    admitted: list[str] = []
+
+    async def request(name: str, prompt: list[str], kv_tokens: int) -> None:
+        async with model.slot(prompt, kv_tokens):
+            admitted.append(name)
+            await release[name].wait()
+
+    a = asyncio.create_task(request("a", tokens(8, "a"), 32))  # 8 blocks
+    await asyncio.sleep(0)
+    b = asyncio.create_task(request("b", tokens(8, "b"), 16))  # 4 blocks: waits for room
+    await asyncio.sleep(0)
+    c = asyncio.create_task(request("c", tokens(4, "c"), 4))  # 1 block: fits, but after b
+    await asyncio.sleep(0)
+    assert (admitted, model.running, model.waiting, model.blocks_in_use) == (["a"], 1, 2, 8)
+    release["a"].set()
+    await a
+    await asyncio.sleep(0)
+    assert (admitted, model.running, model.blocks_in_use) == (["a", "b", "c"], 2, 5)
+    release["b"].set()
+    release["c"].set()
+    await asyncio.gather(b, c)
+    assert (model.running, model.waiting, model.blocks_in_use) == (0, 0, 0)
+
+
+async def test_with_wait_for_blocks_a_shared_prefix_held_by_others_costs_no_room() -> None:
+    cache = {"block_tokens": 4, "capacity_blocks": 10, "wait_for_blocks": True}
+    model = engine(slots=4, prefix_cache=cache)
+    system = tokens(24, "sys")  # 6 blocks
+    async with model.slot([*system, *tokens(4, "u1")], 32):  # 6 shared + 2 private
+        assert model.blocks_in_use == 8
+        # Alone it would need 8 blocks; the 6 it shares with the running request are held.
+        async with model.slot([*system, *tokens(4, "u2")], 32) as second:
+            assert second.cached_tokens == 24
+            assert model.blocks_in_use == 10
+
+
+async def test_with_wait_for_blocks_a_request_that_can_never_fit_is_refused() -> None:
+    cache = {"block_tokens": 4, "capacity_blocks": 10, "wait_for_blocks": True}
+    model = engine(prefix_cache=cache)
+    with pytest.raises(BadRequest, match="11 KV-cache blocks"):
+        async with model.slot(tokens(8), 44):
+            pass
+    async with model.slot(tokens(8), 40) as prefill:  # exactly the capacity
+        assert prefill.blocks.private == 8
+    # Without wait_for_blocks, blocks are overcommitted and the gauge reads 1.
+    loose = engine(prefix_cache={**cache, "wait_for_blocks": False})
+    async with loose.slot(tokens(8), 80):
+        assert (loose.blocks_in_use, loose.kv_cache_usage) == (20, 1.0)
+
+
+async def test_a_cancelled_head_of_the_queue_lets_the_next_request_in() -> None:
+    cache = {"block_tokens": 4, "capacity_blocks": 10, "wait_for_blocks": True}
+    model = engine(slots=4, prefix_cache=cache)
+    release = asyncio.Event()
+
+    async def hold(kv_tokens: int) -> None:
+        async with model.slot([], kv_tokens):
+            await release.wait()
+
+    holder = asyncio.create_task(hold(32))  # 8 blocks
+    await asyncio.sleep(0)
+    big = asyncio.create_task(hold(16))  # waits for room
+    await asyncio.sleep(0)
+    small = asyncio.create_task(hold(8))  # would fit, waits behind big
+    await asyncio.sleep(0)
+    assert (model.running, model.waiting) == (1, 2)
+    big.cancel()
+    await asyncio.sleep(0)
+    assert (model.running, model.waiting, model.blocks_in_use) == (2, 0, 10)
+    release.set()
+    await asyncio.gather(holder, small)
+    assert (model.running, model.blocks_in_use) == (0, 0)

@@ -14,7 +14,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from swarmgate.errors import ServiceUnavailable
+from swarmgate.errors import BadRequest, ServiceUnavailable
 from swarmgate.sim.kvcache import Blocks, KVCache
 from swarmgate.sim.profile import ModelProfile
 
@@ -79,6 +79,7 @@ class ModelEngine:
         self.kv = KVCache(cache.capacity_blocks, cache.block_tokens, prefix_caching=cache.enabled)
         self.running = 0
         self._waiting: collections.deque[_Ticket] = collections.deque()
+        self._wait_for_blocks = cache.wait_for_blocks
         self._rng = rng
 
     @property
@@ -97,18 +98,33 @@ class ModelEngine:
     async def slot(self, prompt: list[str], kv_tokens: int = 0) -> AsyncIterator[Prefill]:
         """Hold one generation slot (FIFO) and the KV blocks of ``prompt`` and of
         ``kv_tokens`` in all (prompt and output), meanwhile; the prefix cache is looked up
-        when the slot is granted, as vLLM's scheduler does. Raises ``ServiceUnavailable`` at
-        once if the queue is full.
+        when the slot is granted, as vLLM's scheduler does. With ``wait_for_blocks`` the
+        request also waits for room for its blocks. Raises ``ServiceUnavailable`` at once if
+        the queue is full, ``BadRequest`` if the blocks could never fit.
         """
+        if self._wait_for_blocks:
+            needed = self.kv.blocks_for(max(kv_tokens, len(prompt)))
+            if needed > self.kv.capacity:
+                raise BadRequest(
+                    f"the request needs {needed} KV-cache blocks of {self.kv.block_tokens} "
+                    f"tokens; the model has {self.kv.capacity}",
+                    param="max_tokens",
+                )
         prefill = await self._acquire(prompt, kv_tokens)
         try:
             yield prefill
         finally:
             self.kv.give_back(prefill.blocks)
-            self._release()
+            self.running -= 1
+            self._schedule()
+
+    def _admissible(self, prompt: list[str], kv_tokens: int) -> bool:
+        if self.running >= self.profile.slots:
+            return False
+        return not self._wait_for_blocks or self.kv.fits(prompt, kv_tokens)
 
     async def _acquire(self, prompt: list[str], kv_tokens: int) -> Prefill:
-        if self.running < self.profile.slots and not self._waiting:
+        if not self._waiting and self._admissible(prompt, kv_tokens):
             self.running += 1
             return self._grant(prompt, kv_tokens)
         if len(self._waiting) >= self.profile.max_queue:
@@ -126,23 +142,32 @@ class ModelEngine:
             granted = ticket.granted
             if granted.done() and not granted.cancelled():
                 self.kv.give_back(granted.result().blocks)
-                self._release()
+                self.running -= 1
             else:
-                with contextlib.suppress(ValueError):  # already skipped by _release
+                with contextlib.suppress(ValueError):  # already skipped by _schedule
                     self._waiting.remove(ticket)
+            # Either way the head of the queue may now be admissible.
+            self._schedule()
             raise
 
-    def _release(self) -> None:
-        # The slot passes straight to the next waiter, so ``running`` does not change and no
-        # newcomer can overtake the queue between this release and the waiter's wake-up. The
-        # waiter's blocks are taken in the same step, so a scrape never sees a running request
-        # holding no cache.
+    def _schedule(self) -> None:
+        """Admit waiters from the head of the queue while there is a slot (and room).
+
+        Called in the same step as every release, so that no newcomer can overtake the queue
+        before the waiter wakes up, and the waiter's blocks are taken at once: a scrape never
+        sees a running request holding no cache. The head that does not fit blocks those
+        behind it (first come, first served, as vLLM's scheduler).
+        """
         while self._waiting:
-            ticket = self._waiting.popleft()
-            if not ticket.granted.done():
-                ticket.granted.set_result(self._grant(ticket.prompt, ticket.kv_tokens))
+            ticket = self._waiting[0]
+            if ticket.granted.done():  # cancelled, not yet removed by its task
+                self._waiting.popleft()
+                continue
+            if not self._admissible(ticket.prompt, ticket.kv_tokens):
                 return
-        self.running -= 1
+            self._waiting.popleft()
+            self.running += 1
+            ticket.granted.set_result(self._grant(ticket.prompt, ticket.kv_tokens))
 
     def _grant(self, prompt: list[str], kv_tokens: int) -> Prefill:
         """Take the blocks of a request entering a slot and count its prompt."""

@@ -74,6 +74,15 @@ class KVCache:
     def blocks_for(self, tokens: int) -> int:
         return math.ceil(tokens / self.block_tokens)
 
+    def fits(self, prompt: list[str], kv_tokens: int) -> bool:
+        """Whether ``take`` would find room without holding more than the capacity: prompt
+        blocks other running requests already hold cost nothing, free cached ones and new
+        ones a block each."""
+        keys = block_keys(prompt, self.block_tokens) if self.prefix_caching else []
+        shared = sum(1 for key in keys if key in self._holders)
+        needed = self.blocks_for(max(kv_tokens, len(prompt))) - shared
+        return self.held + needed <= self.capacity
+
     def take(self, prompt: list[str], kv_tokens: int) -> Blocks:
         """Hold the blocks for ``kv_tokens`` (at least the prompt) and say how many leading
         prompt tokens were cached. The hit run ends at the first block not in the cache."""

@@ -35,6 +35,9 @@ class PrefixCacheProfile(_Frozen):
     capacity_blocks: Annotated[int, Field(ge=1)] = 4096
     # Time to first token of a fully cached prompt, when there is no prefill_tokens_per_second.
     hit_ttft_ms: NonNegative = 15.0
+    # True: a request also waits for room for its blocks, as vLLM's scheduler makes it (one
+    # that could never fit is a 400). False: blocks are overcommitted; only slots queue.
+    wait_for_blocks: bool = False
 
 
 class FailureProfile(_Frozen):
