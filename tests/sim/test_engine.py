@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -232,3 +233,26 @@ async def test_a_cancelled_head_of_the_queue_lets_the_next_request_in() -> None:
     release.set()
     await asyncio.gather(holder, small)
     assert (model.running, model.blocks_in_use) == (0, 0)
+
+
+async def test_with_shared_prefill_prompts_prefill_one_after_another() -> None:
+    now = [100.0]
+    profile = ModelProfile(slots=4, shared_prefill=True, **LONG)  # 1000 tokens/s, 20 ms fixed
+    model = ModelEngine("m", profile, random.Random(0), clock=lambda: now[0])
+    async with contextlib.AsyncExitStack() as stack:
+        grants = [
+            await stack.enter_async_context(model.slot(tokens(n, f"p{n}"), n + 16))
+            for n in (500, 300, 200)
+        ]
+        # Each waits for the prefills admitted before it, then does its own.
+        assert [g.seconds for g in grants] == pytest.approx([0.520, 0.820, 1.020])
+    now[0] += 0.6  # the lane is busy until 101.0
+    assert await prefill_seconds(model, tokens(100, "q")) == pytest.approx(0.4 + 0.020 + 0.100)
+    now[0] += 10  # idle again; a cached prompt occupies no prefill time
+    assert await prefill_seconds(model, tokens(496, "p500")) == pytest.approx(0.020)
+    assert await prefill_seconds(model, tokens(100, "q")) == pytest.approx(0.020 + 0.004)
+    # Per slot (the default), prompts prefill side by side.
+    alone = engine(slots=4, **LONG)
+    assert [await prefill_seconds(alone, tokens(n, f"p{n}")) for n in (500, 300)] == (
+        pytest.approx([0.520, 0.320])
+    )

@@ -43,6 +43,10 @@ def test_defaults_fill_a_minimal_profile() -> None:
             "servers[0].models.m.prefill_tokens_per_second:",
         ),
         ({"servers": [{"name": "a", "speed": 0, "models": {"m": {}}}]}, "servers[0].speed:"),
+        (
+            {"servers": [{"name": "a", "models": {"m": {"shared_prefill": True}}}]},
+            "shared_prefill needs prefill_tokens_per_second",
+        ),
         ({"servers": [{"name": "a"}]}, "servers[0].models: required"),
         ({"servers": [{"name": "a", "models": {}}]}, "servers[0].models:"),
         ({"servers": []}, "servers:"),

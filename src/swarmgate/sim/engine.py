@@ -11,12 +11,14 @@ import asyncio
 import collections
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from swarmgate.errors import BadRequest, ServiceUnavailable
 from swarmgate.sim.kvcache import Blocks, KVCache
 from swarmgate.sim.profile import ModelProfile
+from swarmgate.types import Clock
 
 
 @dataclass(slots=True)
@@ -71,7 +73,13 @@ class _Ticket:
 class ModelEngine:
     """Slots, queue, KV cache and counters of one model on one server."""
 
-    def __init__(self, name: str, profile: ModelProfile, rng: random.Random) -> None:
+    def __init__(
+        self,
+        name: str,
+        profile: ModelProfile,
+        rng: random.Random,
+        clock: Clock = time.monotonic,  # the event loop's clock, for the shared prefill
+    ) -> None:
         self.name = name
         self.profile = profile
         self.counters = ModelCounters()
@@ -81,6 +89,8 @@ class ModelEngine:
         self._waiting: collections.deque[_Ticket] = collections.deque()
         self._wait_for_blocks = cache.wait_for_blocks
         self._rng = rng
+        self._clock = clock
+        self._prefill_free_at = 0.0  # with shared_prefill: when the last prefill admitted ends
 
     @property
     def waiting(self) -> int:
@@ -180,4 +190,12 @@ class ModelEngine:
         seconds = ttft_seconds(
             self.profile, blocks.cached_tokens, prompt_tokens, self._rng.random()
         )
+        rate = self.profile.prefill_tokens_per_second
+        if self.profile.shared_prefill and rate is not None:
+            # One prefill at a time, in admission order: vLLM's scheduler spends its token
+            # budget on the oldest prefill first, so a prompt waits for those before it.
+            now = self._clock()
+            start = max(now, self._prefill_free_at)
+            self._prefill_free_at = start + (prompt_tokens - blocks.cached_tokens) / rate
+            seconds += start - now
         return Prefill(seconds, prompt_tokens, blocks)

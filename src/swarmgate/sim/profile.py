@@ -64,6 +64,9 @@ class ModelProfile(_Frozen):
     ttft_ms: NonNegative = 120.0
     jitter_ms: NonNegative = 0.0
     prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+    # True: the model prefills one prompt at a time at that rate, in admission order (one GPU's
+    # compute, shared by the slots). False: each slot prefills on its own at that rate.
+    shared_prefill: bool = False
     tokens_per_second: Annotated[float, Field(gt=0)] = 60.0
     slots: Annotated[int, Field(ge=1)] = 4
     max_queue: Annotated[int, Field(ge=0)] = 256
@@ -103,9 +106,11 @@ class ModelProfile(_Frozen):
         )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> ModelProfile:
+    def _consistent(self) -> ModelProfile:
         if self.embedding_dim and self.modality != "text":
             raise ValueError("embedding_dim is for text models only")
+        if self.shared_prefill and self.prefill_tokens_per_second is None:
+            raise ValueError("shared_prefill needs prefill_tokens_per_second")
         return self
 
 
