@@ -6,6 +6,7 @@ busy two-core machine."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -153,3 +154,15 @@ async def test_a_slower_server_takes_proportionally_longer(
     fast, slow = await total(fleet.urls["fast"]), await total(fleet.urls["slow"])
     assert slow >= 4 * (0.005 + prompt_tokens(body) / 32000 + 40 / 400)
     assert slow > 2 * fast
+
+
+async def test_with_shared_prefill_concurrent_long_prompts_wait_for_each_other(
+    sim_fleet: Any, http: aiohttp.ClientSession
+) -> None:
+    model = {**PREFILL, "shared_prefill": True, "slots": 4}
+    fleet = await sim_fleet({"servers": [{"name": "a", "models": {"m": model}}]})
+    bodies = [chat({"role": "system", "content": f"{n} " + SYSTEM["content"]}) for n in (1, 2)]
+    alone = prompt_tokens(bodies[0]) / 8000  # about 0.47 s each
+    ttfts = await asyncio.gather(*(first_byte(http, fleet.urls["a"], b) for b in bodies))
+    # Both got a slot at once; the second's prefill began when the first's ended.
+    assert max(t for t, _ in ttfts) >= 2 * alone
