@@ -104,7 +104,9 @@ def test_the_cache_never_outgrows_the_room_running_requests_leave(
     running = []
     for n, (prefix, length, suffix, output, end_one) in enumerate(plan):
         prompt = tokens(length, f"p{prefix}-") + tokens(suffix, f"r{n}-")
+        fits = kv.fits(prompt, len(prompt) + output)
         blocks = kv.take(prompt, len(prompt) + output)
+        assert fits == (kv.held <= capacity)  # fits says exactly whether taking stays within
         assert blocks.cached_tokens % block_tokens == 0
         assert 0 <= blocks.cached_tokens <= len(prompt)
         running.append(blocks)
