@@ -10,9 +10,10 @@ FAST = {"ttft_ms": 5, "tokens_per_second": 2000}
 StartSim = Callable[..., Awaitable[str]]
 
 
-def metric(text: str, name: str, model: str) -> float:
-    """One sample from Prometheus text, e.g. ``metric(t, "vllm:num_requests_running", "m")``."""
-    prefix = f'{name}{{model_name="{model}"}} '
+def metric(text: str, name: str, model: str | None) -> float:
+    """One sample from Prometheus text, e.g. ``metric(t, "vllm:num_requests_running", "m")``;
+    ``model=None`` for an unlabelled sample (llama.cpp's)."""
+    prefix = f"{name} " if model is None else f'{name}{{model_name="{model}"}} '
     for line in text.splitlines():
         if line.startswith(prefix):
             return float(line[len(prefix) :])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 import swarmgate.sim
 from swarmgate.errors import ConfigError
@@ -18,7 +20,9 @@ def test_defaults_fill_a_minimal_profile() -> None:
     model = profile.servers[0].models["m"]
     assert profile.servers[0].host == "127.0.0.1"
     assert profile.servers[0].port == 0
+    assert profile.servers[0].speed == 1
     assert model.slots == 4
+    assert model.prefill_tokens_per_second is None  # ttft_ms whatever the prompt's length
     assert model.prefix_cache.enabled
     assert model.failures.error_rate == 0
     assert not model.is_embedding
@@ -35,6 +39,15 @@ def test_defaults_fill_a_minimal_profile() -> None:
         (
             {"servers": [{"name": "a", "models": {"m": {"tokens_per_second": 0}}}]},
             "tokens_per_second",
+        ),
+        (
+            {"servers": [{"name": "a", "models": {"m": {"prefill_tokens_per_second": 0}}}]},
+            "servers[0].models.m.prefill_tokens_per_second:",
+        ),
+        ({"servers": [{"name": "a", "speed": 0, "models": {"m": {}}}]}, "servers[0].speed:"),
+        (
+            {"servers": [{"name": "a", "models": {"m": {"shared_prefill": True}}}]},
+            "shared_prefill needs prefill_tokens_per_second",
         ),
         ({"servers": [{"name": "a"}]}, "servers[0].models: required"),
         ({"servers": [{"name": "a", "models": {}}]}, "servers[0].models:"),
@@ -118,3 +131,13 @@ def test_demo_fleet_has_two_replicas_of_seed_004_models_an_embedder_and_media() 
     phi = [s.models["phi-3-mini"] for s in profile.servers if "phi-3-mini" in s.models]
     assert max(m.tokens_per_second for m in mixtral) < min(p.tokens_per_second for p in phi)
     assert mixtral[0].tokens_per_second != mixtral[1].tokens_per_second
+
+
+def test_every_profile_in_the_simulator_docs_is_valid() -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "simulator.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", page.read_text(), re.DOTALL)
+    profiles = [parse_fleet_profile(yaml.safe_load(block)) for block in blocks]
+    assert len(profiles) >= 2
+    skewed = profiles[-1]
+    assert [s.speed for s in skewed.servers] == [1, 1, 0.5, 0.25]
+    assert len({s.models["llama"] for s in skewed.servers}) == 1  # one model, four boxes

@@ -16,6 +16,8 @@ from swarmgate.config import read_yaml, validation_problems
 from swarmgate.errors import ConfigError
 
 NonNegative = Annotated[float, Field(ge=0)]
+# Whose metric names a server's /metrics uses.
+MetricsKind = Literal["vllm", "sglang", "llamacpp"]
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -24,12 +26,18 @@ class _Frozen(BaseModel):
 
 
 class PrefixCacheProfile(_Frozen):
-    """vLLM-style automatic prefix caching: chained hashes of ``block_tokens``-sized blocks."""
+    """The model's KV cache, in blocks of ``block_tokens``, and vLLM-style automatic prefix
+    caching over it (``enabled``): chained hashes of full prompt blocks, kept after a request
+    ends in the room running requests leave free (``capacity_blocks`` in all)."""
 
     enabled: bool = True
     block_tokens: Annotated[int, Field(ge=1)] = 16
     capacity_blocks: Annotated[int, Field(ge=1)] = 4096
+    # Time to first token of a fully cached prompt, when there is no prefill_tokens_per_second.
     hit_ttft_ms: NonNegative = 15.0
+    # True: a request also waits for room for its blocks, as vLLM's scheduler makes it (one
+    # that could never fit is a 400). False: blocks are overcommitted; only slots queue.
+    wait_for_blocks: bool = False
 
 
 class FailureProfile(_Frozen):
@@ -50,8 +58,15 @@ class FailureProfile(_Frozen):
 
 
 class ModelProfile(_Frozen):
+    # Without prefill_tokens_per_second: the time to first token of an uncached prompt of any
+    # length. With it: the fixed part (scheduling, the first decode step), to which each
+    # uncached prompt token adds 1 / prefill_tokens_per_second.
     ttft_ms: NonNegative = 120.0
     jitter_ms: NonNegative = 0.0
+    prefill_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+    # True: the model prefills one prompt at a time at that rate, in admission order (one GPU's
+    # compute, shared by the slots). False: each slot prefills on its own at that rate.
+    shared_prefill: bool = False
     tokens_per_second: Annotated[float, Field(gt=0)] = 60.0
     slots: Annotated[int, Field(ge=1)] = 4
     max_queue: Annotated[int, Field(ge=0)] = 256
@@ -71,10 +86,31 @@ class ModelProfile(_Frozen):
     def is_embedding(self) -> bool:
         return self.embedding_dim > 0
 
+    def at_speed(self, speed: float) -> ModelProfile:
+        """This model on hardware ``speed`` times as fast: every duration divided by it, every
+        rate multiplied (injected failures, such as ``slow_first_byte_ms``, stay as they are)."""
+        if speed == 1:
+            return self
+        prefill = self.prefill_tokens_per_second
+        cache = self.prefix_cache.model_copy(
+            update={"hit_ttft_ms": self.prefix_cache.hit_ttft_ms / speed}
+        )
+        return self.model_copy(
+            update={
+                "ttft_ms": self.ttft_ms / speed,
+                "jitter_ms": self.jitter_ms / speed,
+                "prefill_tokens_per_second": None if prefill is None else prefill * speed,
+                "tokens_per_second": self.tokens_per_second * speed,
+                "prefix_cache": cache,
+            }
+        )
+
     @model_validator(mode="after")
-    def _one_kind(self) -> ModelProfile:
+    def _consistent(self) -> ModelProfile:
         if self.embedding_dim and self.modality != "text":
             raise ValueError("embedding_dim is for text models only")
+        if self.shared_prefill and self.prefill_tokens_per_second is None:
+            raise ValueError("shared_prefill needs prefill_tokens_per_second")
         return self
 
 
@@ -82,7 +118,16 @@ class ServerProfile(_Frozen):
     name: Annotated[str, Field(min_length=1)]
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: pick a free port
+    # This server's hardware relative to the profiles' (0.5: half as fast), for skewed fleets.
+    speed: Annotated[float, Field(gt=0)] = 1.0
+    metrics: MetricsKind = "vllm"
     models: Annotated[dict[str, ModelProfile], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_model_for_llamacpp(self) -> ServerProfile:
+        if self.metrics == "llamacpp" and len(self.models) > 1:
+            raise ValueError("a server with llama.cpp's metrics serves one model")
+        return self
 
 
 class FleetProfile(_Frozen):

@@ -23,7 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmgate.errors import BadRequest, GatewayError, InvalidJSON, ModelNotFound, Unauthorized
 from swarmgate.sim import failures, media, metrics, pull, text, wire
-from swarmgate.sim.engine import ModelEngine
+from swarmgate.sim.engine import ModelEngine, Prefill
 from swarmgate.sim.failures import NO_FAILURE, FailurePlan
 from swarmgate.sim.profile import ServerProfile
 from swarmgate.sim.request import (
@@ -61,7 +61,11 @@ class SimServer:
         self.name = profile.name
         self.testing = testing
         self.engines = {
-            model: ModelEngine(model, mp, random.Random(f"{seed}:{profile.name}:{model}:ttft"))
+            model: ModelEngine(
+                model,
+                mp.at_speed(profile.speed),
+                random.Random(f"{seed}:{profile.name}:{model}:ttft"),
+            )
             for model, mp in profile.models.items()
         }
         self._failure_rng = random.Random(f"{seed}:{profile.name}:failures")
@@ -204,9 +208,9 @@ class SimServer:
         plan, early = await self._profile_failures(request, engine, plan)
         if early is not None:
             return early
-        async with engine.slot(len(tokens) + limit):
-            await asyncio.sleep(engine.prefill(tokens))
-            return await self._generate(request, plan, engine, gen, tokens, limit, chat=chat)
+        async with engine.slot(tokens, len(tokens) + limit) as prefill:
+            await asyncio.sleep(prefill.seconds)
+            return await self._generate(request, plan, engine, gen, prefill, limit, chat=chat)
 
     async def _generate(
         self,
@@ -214,21 +218,24 @@ class SimServer:
         plan: FailurePlan,
         engine: ModelEngine,
         gen: GenerationRequest,
-        prompt: list[str],
+        prefill: Prefill,
         limit: int,
         *,
         chat: bool,
     ) -> web.StreamResponse:
         out = text.generate(text.request_seed(gen.seed, gen.prompt, self._text_rng), limit)
         finish = "stop" if gen.max_tokens is None else "length"
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(out))
+        usage = Usage(prompt_tokens=prefill.prompt_tokens, completion_tokens=len(out))
+        cached = prefill.cached_tokens if engine.kv.prefix_caching else None
         id_ = wire.completion_id("chatcmpl" if chat else "cmpl")
         created = int(time.time())
         if gen.stream:
             fmt = wire.ChunkFormat(
                 chat=chat, id=id_, created=created, model=gen.model, include_usage=gen.include_usage
             )
-            return await stream_tokens(request, engine, fmt, out, finish, usage, plan.reset_after)
+            return await stream_tokens(
+                request, engine, fmt, out, finish, usage, cached, plan.reset_after
+            )
         await asyncio.sleep(len(out) / engine.profile.tokens_per_second)
         engine.counters.generation_tokens += len(out)
         engine.counters.requests_finished += 1
@@ -240,6 +247,7 @@ class SimServer:
             text="".join(out),
             finish_reason=finish,
             usage=usage,
+            cached_tokens=cached,
         )
         return await self._respond(request, plan, body)
 
@@ -256,8 +264,8 @@ class SimServer:
             return early
         tokens = [text.tokenize(s) for s in req.inputs]
         flat = [t for ts in tokens for t in ts]
-        async with engine.slot(len(flat)):
-            await asyncio.sleep(engine.prefill(flat))
+        async with engine.slot(flat) as prefill:
+            await asyncio.sleep(prefill.seconds)
             body = wire.embedding_list(req.model, self._vectors(req, dim), len(flat))
             engine.counters.requests_finished += 1
         return await self._respond(request, plan, body)
@@ -273,8 +281,8 @@ class SimServer:
         plan, early = await self._profile_failures(request, engine, plan)
         if early is not None:
             return early
-        async with engine.slot(1):
-            await asyncio.sleep(engine.prefill(text.tokenize(req.prompt)))
+        async with engine.slot(text.tokenize(req.prompt)) as prefill:
+            await asyncio.sleep(prefill.seconds)
             images = [media.png(f"{req.prompt}#{i}", *size) for i in range(req.n)]
             engine.counters.requests_finished += 1
         body = wire.images_response(int(time.time()), images, req.response_format)
@@ -288,8 +296,8 @@ class SimServer:
         plan, early = await self._profile_failures(request, engine, plan)
         if early is not None:
             return early
-        async with engine.slot(1):
-            await asyncio.sleep(engine.prefill(text.tokenize(req.input)))
+        async with engine.slot(text.tokenize(req.input)) as prefill:
+            await asyncio.sleep(prefill.seconds)
             audio = media.pcm(media.speech_seconds(req.input))
             content_type = "audio/wav" if req.response_format == "wav" else "audio/pcm"
             response = web.StreamResponse(headers={"Content-Type": content_type})
@@ -331,8 +339,8 @@ class SimServer:
         if early is not None:
             return early
         audio = upload.file.read()
-        async with engine.slot(1):
-            await asyncio.sleep(engine.prefill([]))
+        async with engine.slot([], 1) as prefill:
+            await asyncio.sleep(prefill.seconds)
             said = media.transcript(audio)
             engine.counters.requests_finished += 1
         if fmt == "text":
@@ -366,6 +374,6 @@ class SimServer:
 
     async def metrics(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
         return web.Response(
-            text=metrics.render(self.engines.values()),
+            text=metrics.render(self.engines.values(), self.profile.metrics),
             headers={"Content-Type": metrics.CONTENT_TYPE},
         )

@@ -29,6 +29,7 @@ async def stream_tokens(
     tokens: list[str],
     finish_reason: str,
     usage: Usage,
+    cached_tokens: int | None,
     reset_after: int | None,
 ) -> web.StreamResponse:
     """Send ``tokens`` as SSE events, the first at once (prefill is done).
@@ -57,7 +58,7 @@ async def stream_tokens(
             sent = due
             if sent == len(tokens):
                 if fmt.include_usage:
-                    pending.append(fmt.usage(usage))
+                    pending.append(fmt.usage(usage, cached_tokens))
                 pending.append(DONE)
             if budget is not None and len(pending) >= budget:
                 await response.write(b"".join(pending[:budget]))

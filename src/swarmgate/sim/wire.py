@@ -21,12 +21,17 @@ def completion_id(prefix: str) -> str:
     return f"{prefix}-{os.urandom(12).hex()}"
 
 
-def usage_json(usage: Usage) -> JSON:
-    return {
+def usage_json(usage: Usage, cached_tokens: int | None = None) -> JSON:
+    """OpenAI's ``CompletionUsage``; with ``cached_tokens``, the prompt's prefix-cache hit in
+    ``prompt_tokens_details`` (as vLLM reports it with ``--enable-prompt-tokens-details``)."""
+    body: JSON = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if cached_tokens is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return body
 
 
 def error_json(status: int, message: str, code: str | None = None) -> JSON:
@@ -35,7 +40,14 @@ def error_json(status: int, message: str, code: str | None = None) -> JSON:
 
 
 def chat_completion(
-    *, id: str, created: int, model: str, text: str, finish_reason: str, usage: Usage
+    *,
+    id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage,
+    cached_tokens: int | None = None,
 ) -> JSON:
     return {
         "id": id,
@@ -56,12 +68,19 @@ def chat_completion(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": usage_json(usage),
+        "usage": usage_json(usage, cached_tokens),
     }
 
 
 def text_completion(
-    *, id: str, created: int, model: str, text: str, finish_reason: str, usage: Usage
+    *,
+    id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage,
+    cached_tokens: int | None = None,
 ) -> JSON:
     return {
         "id": id,
@@ -69,7 +88,7 @@ def text_completion(
         "created": created,
         "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage_json(usage),
+        "usage": usage_json(usage, cached_tokens),
     }
 
 
@@ -111,13 +130,13 @@ class ChunkFormat:
             + self._tail
         )
 
-    def usage(self, usage: Usage) -> bytes:
+    def usage(self, usage: Usage, cached_tokens: int | None = None) -> bytes:
         """OpenAI's final usage-only chunk: no choices."""
         return (
             b"data: "
             + self._envelope[:-1]
             + b',"choices":[],"usage":'
-            + orjson.dumps(usage_json(usage))
+            + orjson.dumps(usage_json(usage, cached_tokens))
             + b"}\n\n"
         )
 
