@@ -120,6 +120,8 @@ class Deployment(Frozen):
     # (5 s for uvicorn, which serves vLLM and SGLang, and for llama.cpp's server).
     keepalive: Seconds = 4.0
     name: str | None = None  # shown in responses and metrics; default: host:port
+    # Where its Prometheus metrics are read, when ``scrape.interval`` is set; null: not read.
+    metrics_path: Annotated[str, Field(pattern=r"^/")] | None = "/metrics"
     # Resolved from api_key_env by the loader; never written in YAML.
     api_key: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -298,6 +300,16 @@ class Native(Frozen):
     download_idle_timeout: Seconds = 300.0
 
 
+class Scrape(Frozen):
+    """Reading the deployments' own ``/metrics`` (queue, running, KV cache) for the
+    resource-aware balancer (docs/routing-aware.md). Off unless ``interval`` is set."""
+
+    interval: Seconds | None = None
+    timeout: Seconds = 1.0  # a scrape not answered by then fails (the figures are kept)
+    # Figures this old are dropped; a balancer weighs them less as they approach it.
+    stale_after: Seconds = 10.0
+
+
 class Settings(Frozen):
     server: Server = Server()
     default_model: str | None = None
@@ -311,6 +323,7 @@ class Settings(Frozen):
     ledger: Ledger = Ledger()
     native: Native = Native()
     limits: Limits = Limits()
+    scrape: Scrape = Scrape()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

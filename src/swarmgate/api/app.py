@@ -46,6 +46,7 @@ from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
+from swarmgate.routing.scrape import Scraper
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
@@ -60,6 +61,7 @@ from swarmgate.types import (
     Send,
     Transport,
 )
+from swarmgate.upstream.exposition import HttpExpositions
 from swarmgate.upstream.transport import HttpTransport
 
 log = logging.getLogger("swarmgate")
@@ -90,6 +92,7 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics(metrics_dir_from_env(), settings.monitoring.active_users_window)
         self.fleet = Fleet(settings)
+        self.scraper = Scraper(self.fleet, HttpExpositions(), settings.scrape)
         self.transport = transport or HttpTransport()
         self.store = store.open(settings)
         self.security = Security(settings, self.metrics, self.store)
@@ -265,6 +268,7 @@ class Gateway:
         self.metrics.start()
         await self.health.start()
         self.downloads.start()
+        self.scraper.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short. And collect
         # the young generation less often: a request allocates a few hundred objects that
@@ -299,6 +303,7 @@ class Gateway:
             await self.ledger.stop()
         # Before the transport and the store: interrupted jobs are marked failed in the store.
         await self.downloads.stop()
+        await self.scraper.stop()
         await self.transport.close()
         await self.counters.close()
         await self.metrics.stop()

@@ -22,6 +22,7 @@ from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
 from swarmgate.limits.queue import SlotQueue, TierPolicy
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
+from swarmgate.routing.load import Load
 from swarmgate.types import ModelType, Origin, Outcome
 
 # Consecutive failed attempts after which a deployment counts as down in health reports (until
@@ -48,6 +49,7 @@ class Deployment:
     cost_per_request: float
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...]
+    metrics_url: str | None = None  # its Prometheus metrics, read by ``routing/scrape.py``
 
     @classmethod
     def build(cls, name: str, model: str, dep: DeploymentConfig, timeouts: Timeouts) -> Deployment:
@@ -69,6 +71,7 @@ class Deployment:
                 (b"x-swarmgate-deployment", name.encode()),
                 (b"x-swarmgate-model", model.encode()),
             ),
+            metrics_url=dep.url + dep.metrics_path if dep.metrics_path else None,
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -138,6 +141,8 @@ class DeploymentState:
     failures: int = 0  # consecutive failed attempts, as traffic saw them
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
+    # Its own metrics as last scraped: replaced whole by the scraper, read by balancers.
+    load: Load | None = None
 
     @property
     def name(self) -> str:
