@@ -22,7 +22,7 @@ from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.exchange import Exchange
 from swarmgate.pipeline.request import ROUTES, Body, InferenceRequest, Route, parse, parse_upload
 from swarmgate.pipeline.stages import Admission, authorize
-from swarmgate.routing.balancers import RoutingFacts
+from swarmgate.routing.aware import facts_for
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
 from swarmgate.types import ASGIScope, Authenticator, Receive, Send
@@ -87,7 +87,8 @@ class Inference:
             admitting = self.admission.admit(x)  # None: decided without waiting
             if admitting is not None:
                 await admitting
-            plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
+            x.facts = facts = facts_for(pool.balancer, pool.model, request.stream, request.payload)
+            plan = self.router.plan(pool, facts)
             await self.caller.run(x, plan, receive, send)
         except GatewayError as exc:
             x.status, x.error = exc.status, exc.message

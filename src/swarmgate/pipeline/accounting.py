@@ -46,6 +46,8 @@ class Accounting:
         now = time.perf_counter()
         if x.attempts:
             self._attempts(x, now)
+            if x.facts is not None and x.pool is not None:
+                _learn(x, now)
         usage = x.usage
         cost = 0.0
         if usage is not None and x.attempts:
@@ -112,6 +114,16 @@ class Accounting:
             len(x.attempts),
             (x.error or "").replace('"', "'"),
         )
+
+
+def _learn(x: Exchange, now: float) -> None:
+    """Tell a balancer that learns from served requests (``finished``: the prefix index, the
+    latency averages) how the last attempt ended; the others have no such method."""
+    finished = getattr(x.pool.balancer if x.pool is not None else None, "finished", None)
+    if finished is not None and x.facts is not None:
+        last = x.attempts[-1]
+        end = last.first_byte or last.ended or now
+        finished(last.deployment.name, x.facts, last.outcome, end - last.started)
 
 
 def _record(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from swarmgate.limits.grant import Grant
 from swarmgate.pipeline.asgi import RequestHead, read_head
 from swarmgate.pipeline.request import InferenceRequest, Route
+from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Deployment, DeploymentState, Lease, Pool
 from swarmgate.types import ASGIScope, Outcome, Principal, Usage
 
@@ -41,6 +42,7 @@ class Exchange:
     principal: Principal | None = None
     request: InferenceRequest | None = None
     pool: Pool | None = None
+    facts: RoutingFacts | None = None  # what its pool's balancer was told; told again at finish
     grant: Grant | None = None  # the limits it was admitted under, settled in finish
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage | None = None  # counted from the answer; None: nothing to account

@@ -161,7 +161,7 @@ class PrefixAware:
         if block_chars < 1 or load_factor < 1 or slack < 0:
             raise ValueError("block_chars >= 1, load_factor >= 1 and slack >= 0, please")
         self.fallback = fallback
-        self.index = index or PrefixIndex()
+        self.index = index if index is not None else PrefixIndex()  # an empty one is falsy
         self.block_chars = block_chars
         self.load_factor = load_factor
         self.slack = slack
