@@ -188,6 +188,8 @@ class Redis(Frozen):
     # The longest an admin change waits for its event to reach Redis; past it the event is
     # retried in the background (replicas' caches expire within ``auth.cache_ttl`` anyway).
     publish_timeout: Seconds = 0.25
+    # Replicas share where prompts were served, for prefix-aware balancers (hints only).
+    share_placements: bool = True
 
 
 class JWTClaims(Frozen):

@@ -45,6 +45,7 @@ from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
 from swarmgate.routing.scrape import Scraper
 from swarmgate.store import names
@@ -95,6 +96,11 @@ class Gateway:
         self.scraper = Scraper(self.fleet, HttpExpositions(), settings.scrape)
         self.transport = transport or HttpTransport()
         self.store = store.open(settings)
+        self.hints: PlacementHints | None = None
+        if settings.redis.url and settings.redis.share_placements:
+            self.hints = PlacementHints(
+                self.fleet, self.store.events, publish_timeout=settings.redis.publish_timeout
+            )
         self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
         self.ledger: Ledger | None = None
@@ -269,6 +275,9 @@ class Gateway:
         await self.health.start()
         self.downloads.start()
         self.scraper.start()
+        if self.hints is not None:
+            self.hints.attach()
+            self.hints.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short. And collect
         # the young generation less often: a request allocates a few hundred objects that
@@ -304,6 +313,8 @@ class Gateway:
         # Before the transport and the store: interrupted jobs are marked failed in the store.
         await self.downloads.stop()
         await self.scraper.stop()
+        if self.hints is not None:
+            await self.hints.stop()
         await self.transport.close()
         await self.counters.close()
         await self.metrics.stop()

@@ -156,7 +156,7 @@ class PrefixAware:
         block_chars: int = BLOCK_CHARS,
         load_factor: float = 1.5,
         slack: float = 4.0,
-        on_served: Callable[[tuple[int, ...], str], None] | None = None,
+        on_served: Callable[[str, str, tuple[int, ...]], None] | None = None,
     ) -> None:
         if block_chars < 1 or load_factor < 1 or slack < 0:
             raise ValueError("block_chars >= 1, load_factor >= 1 and slack >= 0, please")
@@ -165,7 +165,8 @@ class PrefixAware:
         self.block_chars = block_chars
         self.load_factor = load_factor
         self.slack = slack
-        self.on_served = on_served  # placements go on to other replicas from here
+        # (model, deployment, blocks) of each placement: to the other replicas (routing/hints.py)
+        self.on_served = on_served
 
     def facts(self, model: str, stream: bool, payload: Mapping[str, Any]) -> PromptFacts:
         return PromptFacts.of(model, stream, blocks_of(prompt_text(payload), self.block_chars))
@@ -197,7 +198,7 @@ class PrefixAware:
             if blocks:
                 self.index.record(blocks, name)
                 if self.on_served is not None:
-                    self.on_served(blocks, name)
+                    self.on_served(facts.model, name, blocks)
         finished = getattr(self.fallback, "finished", None)
         if finished is not None:
             finished(name, facts, outcome, seconds)
