@@ -4,6 +4,8 @@ does not."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,10 +22,14 @@ from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.aware import aware_balancer
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
 from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
+from swarmgate.routing.prefix import PrefixAware
+from swarmgate.routing.resource import ResourceAware
 from swarmgate.routing.scrape import Scraper
 from swarmgate.sim import Fleet as SimFleet
 from swarmgate.sim import parse_fleet_profile, start_fleet
+from swarmgate.store.events import RedisBus
 from swarmgate.upstream.exposition import HttpExpositions
 from swarmgate.upstream.transport import HttpTransport
 from tests.pipeline.fleets import Answer, LetIn
@@ -144,3 +150,83 @@ async def test_prefix_aware_routing_finds_the_cache_more_often_than_round_robin(
     prefix = await run(aware_balancer("prefix_aware"))
     assert prefix >= 1.5 * round_robin
     assert prefix > 0.5
+
+
+async def test_three_replicas_sharing_redis_keep_the_hit_rate_of_one(redis_url: str) -> None:
+    # Each round of requests goes to the next of three gateway replicas (as a load balancer
+    # in front of them might), so every prompt meets replicas that have not served it; each
+    # replica's placements reach the others through Redis before the next request (a bounded
+    # wait for the hint). Each replica's tie-breaks are seeded: the run without hints loses
+    # the same hits every time.
+
+    servers = [{"name": f"s{i}", "port": 0, "models": {"m": MODEL}} for i in range(2)]
+
+    async def run(replicas: int, share: bool) -> float:
+        sims = await start_fleet(parse_fleet_profile({"seed": 3, "servers": servers}), testing=True)
+        urls = list(sims.urls.values())
+        gateways, buses, hints, transports = [], [], [], []
+        try:
+            for j in range(replicas):
+                settings = _settings(urls)
+                fleet = Fleet(settings)
+                fallback = ResourceAware(rng=random.Random(j))
+                fleet.snapshot.pools["m"].balancer = PrefixAware(fallback)
+                if share:
+                    bus = RedisBus(redis_url)
+                    h = PlacementHints(fleet, bus, interval=0.01)
+                    await bus.start()
+                    h.attach()
+                    h.start()
+                    buses.append(bus)
+                    hints.append(h)
+                metrics = Metrics()
+                transport = HttpTransport()
+                transports.append(transport)
+                gateways.append(
+                    Inference(
+                        LetIn(),
+                        fleet,
+                        Admission(settings.limits, metrics=metrics),
+                        Router(),
+                        Caller(transport, Queueing(settings.limits, metrics)),
+                        Accounting(metrics),
+                        1 << 20,
+                    )
+                )
+            prompt = cached = served = 0
+            for round_ in range(4):
+                for user, system in enumerate(SYSTEMS):
+                    body = {
+                        "model": "m",
+                        "max_tokens": 2,
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": f"user {user} asks question {round_}"},
+                        ],
+                    }
+                    answer = await _post(gateways[round_ % replicas], body)
+                    served += 1
+                    assert answer.status == 200, answer.body
+                    usage = orjson.loads(answer.body)["usage"]
+                    prompt += usage["prompt_tokens"]
+                    cached += usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+                    if share and replicas > 1:
+                        # Every other replica has heard this placement.
+                        async with asyncio.timeout(5):
+                            while sum(h.received for h in hints) < served * (replicas - 1):
+                                await asyncio.sleep(0.005)
+            return cached / prompt
+        finally:
+            for h in hints:
+                await h.stop()
+            for bus in buses:
+                await bus.close()
+            for transport in transports:
+                await transport.close()
+            await sims.stop()
+
+    one = await run(1, share=False)
+    shared = await run(3, share=True)
+    alone = await run(3, share=False)
+    assert shared >= 0.95 * one
+    assert alone < 0.95 * one  # without the hints, three replicas do lose hits
