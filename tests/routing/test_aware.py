@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
+from swarmgate.config import parse_settings
 from swarmgate.errors import UpstreamUnreachable
 from swarmgate.routing.aware import aware_balancer, facts_for
 from swarmgate.routing.balancers import RoutingFacts, WeightedRoundRobin
+from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.load import Load
+from swarmgate.routing.plan import Plan
 from swarmgate.routing.prefix import PrefixAware, PromptFacts
 from swarmgate.routing.resource import ResourceAware
 from swarmgate.upstream.memory import MemoryResponse, SentRequest
@@ -112,3 +116,28 @@ async def test_a_refused_request_advertises_no_holder() -> None:
     gw, balancer = _gateway(handler)
     assert (await gw.post(_chat("q"))).status == 400
     assert len(balancer.index) == 0
+
+
+def test_resource_aware_through_a_pools_plan_reads_the_scraped_load() -> None:
+    urls = ["http://a:1", "http://b:2"]
+    fleet = Fleet(
+        parse_settings({"models": {"m": {"deployments": [{"url": u} for u in urls]}}}, {})
+    )
+    pool = fleet.snapshot.pools["m"]
+    pool.balancer = ResourceAware(clock=lambda: 100.0)
+    busy, idle = pool.members
+    busy.load = Load(100.0, waiting=12, running=8, kv_usage=0.9)  # other clients' work
+    idle.load = Load(100.0, waiting=0, running=0, kv_usage=0.0)
+    leases = []
+    picks = []
+    for _ in range(20):
+        chosen = Plan(pool, RoutingFacts("m")).next()
+        leases.append(chosen.lease())
+        picks.append(chosen.name)
+    # The idle one takes requests until its own in-flight count matches the busy one's queue.
+    assert picks.count("m@b:2") >= 15
+    for lease in leases:
+        lease.release()
+    busy.load = Load(100.0 - 60, waiting=12, running=8, kv_usage=0.9)  # stale: ignored
+    assert Plan(pool, RoutingFacts("m")).next().name in {"m@a:1", "m@b:2"}
+    assert {Plan(pool, RoutingFacts("m")).next().name for _ in range(50)} == {"m@a:1", "m@b:2"}
