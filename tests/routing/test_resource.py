@@ -126,3 +126,25 @@ def test_a_slow_deployment_is_given_fewer_requests() -> None:
     balancer.finished("fast", FACTS, Outcome.TIMEOUT, 60.0)  # not a latency
     picks = _burst(balancer, [View("slow"), View("fast")], 60)
     assert picks["fast"] >= 2 * picks["slow"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 20), st.floats(0.5, 4, allow_nan=False), figures, st.floats(0, 15)
+        ),
+        min_size=2,
+        max_size=5,
+    )
+)
+def test_choose_takes_a_candidate_of_least_cost(
+    candidates: list[tuple[int, float, tuple[int, int, float | None], float]],
+) -> None:
+    # choose() inlines cost(): the two must agree.
+    views = [
+        View(f"d{i}", weight, in_flight, load=Load(NOW - age, waiting, running, kv))
+        for i, (in_flight, weight, (waiting, running, kv), age) in enumerate(candidates)
+    ]
+    costs = [cost(v, NOW, half_life=2.0, stale_after=10.0, kv_requests=4.0) for v in views]
+    chosen = _balancer().choose(views, FACTS)
+    assert costs[chosen] == pytest.approx(min(costs))

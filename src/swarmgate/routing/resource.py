@@ -91,11 +91,16 @@ class ResourceAware:
         self._clock = clock
         self._latency: dict[str, float] = {}  # name → moving average of seconds
 
-    def latency_factors(self, views: Sequence[DeploymentView]) -> list[float]:
-        known = [self._latency.get(v.name) for v in views]
+    def latency_factors(self, views: Sequence[DeploymentView]) -> list[float] | None:
+        """Each candidate's latency against the candidates' mean; None while fewer than two
+        of them have one (then latency does not count)."""
+        latency = self._latency
+        if len(latency) < 2:
+            return None
+        known = [latency.get(v.name) for v in views]
         seen = [s for s in known if s is not None]
         if len(seen) < 2:
-            return [1.0] * len(views)
+            return None
         mean = sum(seen) / len(seen)
         low, high = LATENCY_CLAMP
         return [1.0 if s is None else min(high, max(low, s / mean)) for s in known]
@@ -105,17 +110,23 @@ class ResourceAware:
             return 0
         now = self._clock()
         factors = self.latency_factors(views)
+        half_life, stale_after, kv_requests = self.half_life, self.stale_after, self.kv_requests
         best: list[int] = []
         best_cost = float("inf")
+        # ``cost`` inlined: this runs for every request of the pool.
         for i, view in enumerate(views):
-            c = cost(
-                view,
-                now,
-                half_life=self.half_life,
-                stale_after=self.stale_after,
-                kv_requests=self.kv_requests,
-                latency_factor=factors[i],
-            )
+            expected = float(view.in_flight)
+            load: Load | None = getattr(view, "load", None)
+            if load is not None:
+                age = now - load.at
+                if age < stale_after:
+                    fresh = 0.5 ** (max(0.0, age) / half_life)
+                    expected += fresh * (
+                        load.waiting + load.running + kv_requests * (load.kv_usage or 0.0)
+                    )
+            c = (expected + 1.0) / view.weight
+            if factors is not None:
+                c *= factors[i]
             if c < best_cost - 1e-9:
                 best, best_cost = [i], c
             elif c <= best_cost + 1e-9:
