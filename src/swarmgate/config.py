@@ -116,12 +116,12 @@ class Deployment(Frozen):
     # top of the per-token prices.
     cost_per_request: Annotated[float, Field(ge=0)] = 0.0
     timeouts: Timeouts | None = None
+    # Where its Prometheus metrics are read, when ``scrape.interval`` is set; null: not read.
+    metrics_path: Annotated[str, Field(pattern=r"^/")] | None = "/metrics"
     # Seconds an idle connection to it is kept open: below the server's own keep-alive timeout
     # (5 s for uvicorn, which serves vLLM and SGLang, and for llama.cpp's server).
     keepalive: Seconds = 4.0
     name: str | None = None  # shown in responses and metrics; default: host:port
-    # Where its Prometheus metrics are read, when ``scrape.interval`` is set; null: not read.
-    metrics_path: Annotated[str, Field(pattern=r"^/")] | None = "/metrics"
     # Resolved from api_key_env by the loader; never written in YAML.
     api_key: str | None = Field(default=None, exclude=True, repr=False)
 

@@ -44,10 +44,10 @@ from swarmgate.pipeline.native_request import PARSERS
 from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
+from swarmgate.routing import scrape
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
-from swarmgate.routing.scrape import Scraper
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
@@ -93,7 +93,7 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics(metrics_dir_from_env(), settings.monitoring.active_users_window)
         self.fleet = Fleet(settings)
-        self.scraper = Scraper(self.fleet, HttpExpositions(), settings.scrape)
+        self.scraper = scrape.Scraper(self.fleet, HttpExpositions(), settings.scrape)
         self.transport = transport or HttpTransport()
         self.store = store.open(settings)
         self.hints: PlacementHints | None = None

@@ -44,12 +44,12 @@ class Deployment:
     # by the total timeout, not by the time-to-first-token bound.
     unary_timeouts: Timeouts
     api_key: str | None
+    metrics_url: str | None  # its Prometheus metrics, read by ``routing/scrape.py``
     input_cost_per_1k: float
     output_cost_per_1k: float
     cost_per_request: float
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...]
-    metrics_url: str | None = None  # its Prometheus metrics, read by ``routing/scrape.py``
 
     @classmethod
     def build(cls, name: str, model: str, dep: DeploymentConfig, timeouts: Timeouts) -> Deployment:
@@ -64,6 +64,7 @@ class Deployment:
             timeouts=timeouts,
             unary_timeouts=timeouts.model_copy(update={"first_byte": timeouts.total}),
             api_key=dep.api_key,
+            metrics_url=dep.url + dep.metrics_path if dep.metrics_path else None,
             input_cost_per_1k=dep.input_cost_per_1k,
             output_cost_per_1k=dep.output_cost_per_1k,
             cost_per_request=dep.cost_per_request,
@@ -71,7 +72,6 @@ class Deployment:
                 (b"x-swarmgate-deployment", name.encode()),
                 (b"x-swarmgate-model", model.encode()),
             ),
-            metrics_url=dep.url + dep.metrics_path if dep.metrics_path else None,
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -137,12 +137,12 @@ class DeploymentState:
     """A deployment at run time. Balancers read it through ``DeploymentView``."""
 
     deployment: Deployment
+    # Its own metrics as last scraped: replaced whole by the scraper, read by balancers.
+    load: Load | None = None
     in_flight: int = 0
     failures: int = 0  # consecutive failed attempts, as traffic saw them
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
-    # Its own metrics as last scraped: replaced whole by the scraper, read by balancers.
-    load: Load | None = None
 
     @property
     def name(self) -> str:
