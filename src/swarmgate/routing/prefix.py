@@ -147,6 +147,9 @@ def _load(view: DeploymentView) -> float:
 
 class PrefixAware:
     __slots__ = ("block_chars", "fallback", "index", "load_factor", "on_served", "slack")
+    # The balancers branch's ``Balancer.session`` (a ``SessionKey | None`` there): this
+    # balancer keys on no session, so the request path never looks one up for it.
+    session: Any = None
 
     def __init__(
         self,
