@@ -72,7 +72,7 @@ def test_by_name_with_options() -> None:
 def test_the_prompt_is_hashed_only_for_a_prefix_aware_pool() -> None:
     for balancer in (WeightedRoundRobin(), aware_balancer("resource_aware")):
         facts = facts_for(balancer, "m", True, Untouchable())
-        assert type(facts) is RoutingFacts and facts == ("m", True)
+        assert type(facts) is RoutingFacts and (facts.model, facts.stream) == ("m", True)
     facts = facts_for(aware_balancer("prefix_aware"), "m", False, _chat("hi"))
     assert isinstance(facts, PromptFacts) and len(facts.blocks) == len(SYSTEM) // 1024
 
