@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from swarmgate.api.app import Gateway
 from swarmgate.api.v1 import Inference
 from swarmgate.config import parse_settings
 from swarmgate.observability.metrics import Metrics
@@ -230,3 +232,25 @@ async def test_three_replicas_sharing_redis_keep_the_hit_rate_of_one(redis_url: 
     alone = await run(3, share=False)
     assert shared >= 0.95 * one
     assert alone < 0.95 * one  # without the hints, three replicas do lose hits
+
+
+async def test_the_gateway_runs_the_scraper_from_startup_to_shutdown(
+    sims: SimFleet, tmp_path: Path
+) -> None:
+    raw = {
+        "models": {"m": {"deployments": [{"url": u} for u in sims.urls.values()]}},
+        "store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"},
+        "audit": {"spool_path": str(tmp_path / "audit.spool")},
+        "auth": {"secret": "s" * 40},
+        "scrape": {"interval": 0.05},
+    }
+    gw = Gateway(parse_settings(raw, {}))
+    await gw.startup()
+    try:
+        members = gw.fleet.snapshot.pools["m"].members
+        async with asyncio.timeout(10):  # a bounded wait for the first round
+            while any(m.load is None for m in members):
+                await asyncio.sleep(0.01)
+    finally:
+        await gw.shutdown()
+    assert gw.scraper._task is None
