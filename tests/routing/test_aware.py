@@ -63,8 +63,8 @@ def test_by_name_with_options() -> None:
     assert isinstance(prefix, PrefixAware)
     assert prefix.load_factor == 2.0 and prefix.index.capacity == 10
     assert isinstance(prefix.fallback, ResourceAware) and prefix.fallback.stale_after == 3
-    with pytest.raises(ValueError, match="block_chars: not an option of strategy resource_aware"):
-        aware_balancer("resource_aware", {"block_chars": 5})
+    with pytest.raises(ValueError, match="block_bytes: not an option of strategy resource_aware"):
+        aware_balancer("resource_aware", {"block_bytes": 5})
     with pytest.raises(ValueError, match="unknown strategy"):
         aware_balancer("nope")
 

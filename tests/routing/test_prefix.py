@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.prefix import (
-    BLOCK_CHARS,
+    BLOCK_BYTES,
     PrefixAware,
     PrefixIndex,
     PromptFacts,
@@ -69,8 +69,8 @@ def test_requests_sharing_a_long_system_prompt_go_to_one_deployment() -> None:
 def test_the_longest_matching_prefix_wins() -> None:
     balancer = _balancer()
     views = [View("a"), View("b")]
-    base = "x" * (4 * BLOCK_CHARS)
-    balancer.index.record(blocks_of([base[: 2 * BLOCK_CHARS]]), "a")
+    base = "x" * (4 * BLOCK_BYTES)
+    balancer.index.record(blocks_of([base[: 2 * BLOCK_BYTES]]), "a")
     balancer.index.record(blocks_of([base]), "b")
     facts = PromptFacts.of("m", False, blocks_of([base + "tail"]))
     assert balancer.choose(views, facts) == 1

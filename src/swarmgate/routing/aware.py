@@ -17,7 +17,7 @@ from swarmgate.routing.prefix import PrefixAware, PrefixIndex
 from swarmgate.routing.resource import ResourceAware
 
 RESOURCE_OPTIONS = frozenset({"half_life", "stale_after", "kv_requests"})
-PREFIX_OPTIONS = frozenset({"block_chars", "load_factor", "slack", "index_blocks"})
+PREFIX_OPTIONS = frozenset({"block_bytes", "load_factor", "slack", "index_blocks"})
 AWARE = {"resource_aware": RESOURCE_OPTIONS, "prefix_aware": PREFIX_OPTIONS | RESOURCE_OPTIONS}
 
 

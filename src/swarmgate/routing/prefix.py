@@ -2,7 +2,7 @@
 so that the server's prefix cache (vLLM's automatic prefix caching, SGLang's radix cache,
 llama.cpp's slot cache) skips its prefill.
 
-A prompt is cut into blocks of ``block_chars`` bytes of its messages' text; block *i*'s
+A prompt's text (its messages', UTF-8) is cut into blocks of ``block_bytes``; block *i*'s
 hash is chained over blocks 0..i, so equal hashes mean equal prefixes, and the hashes are
 stable across processes (checksums, not ``hash()``) so that replicas can share them
 (``routing/hints.py``). They are computed in the request path only for a pool whose balancer
@@ -30,7 +30,7 @@ from typing import Any
 from swarmgate.routing.balancers import Balancer, DeploymentView, RoutingFacts
 from swarmgate.types import Outcome
 
-BLOCK_CHARS = 1024  # ~256 tokens of English; smaller blocks cost more hashing per request
+BLOCK_BYTES = 1024  # ~256 tokens of English; smaller blocks cost more hashing per request
 MAX_BLOCKS = 64  # prompts are hashed up to their first 64 KB
 HOLDERS = 4  # deployments remembered per block, most recent first
 
@@ -50,7 +50,7 @@ class PromptFacts(RoutingFacts):
         return facts
 
 
-def blocks_of(parts: Iterable[str], block_chars: int = BLOCK_CHARS) -> tuple[int, ...]:
+def blocks_of(parts: Iterable[str], block_bytes: int = BLOCK_BYTES) -> tuple[int, ...]:
     """The prefix hashes of the full blocks of the text ``parts`` make laid end to end.
 
     CRC-32 and Adler-32 both continue over concatenated input, so each block's pair is the
@@ -58,11 +58,11 @@ def blocks_of(parts: Iterable[str], block_chars: int = BLOCK_CHARS) -> tuple[int
     a 64-bit key. Not collision-proof, and need not be: a false match costs a cache miss.
     (BLAKE2b per block cost 3-4 µs here, eight times as much.)"""
     data = "".join(parts).encode()
-    full = min(len(data) // block_chars, MAX_BLOCKS)
+    full = min(len(data) // block_bytes, MAX_BLOCKS)
     out = []
     crc = adler = 1
-    for start in range(0, full * block_chars, block_chars):
-        chunk = data[start : start + block_chars]
+    for start in range(0, full * block_bytes, block_bytes):
+        chunk = data[start : start + block_bytes]
         crc = zlib.crc32(chunk, crc)
         adler = zlib.adler32(chunk, adler)
         out.append(crc << 32 | adler)
@@ -146,7 +146,7 @@ def _load(view: DeploymentView) -> float:
 
 
 class PrefixAware:
-    __slots__ = ("block_chars", "fallback", "index", "load_factor", "on_served", "slack")
+    __slots__ = ("block_bytes", "fallback", "index", "load_factor", "on_served", "slack")
     # The balancers branch's ``Balancer.session`` (a ``SessionKey | None`` there): this
     # balancer keys on no session, so the request path never looks one up for it.
     session: Any = None
@@ -156,23 +156,23 @@ class PrefixAware:
         fallback: Balancer,
         *,
         index: PrefixIndex | None = None,
-        block_chars: int = BLOCK_CHARS,
+        block_bytes: int = BLOCK_BYTES,
         load_factor: float = 1.5,
         slack: float = 4.0,
         on_served: Callable[[str, str, tuple[int, ...]], None] | None = None,
     ) -> None:
-        if block_chars < 1 or load_factor < 1 or slack < 0:
-            raise ValueError("block_chars >= 1, load_factor >= 1 and slack >= 0, please")
+        if block_bytes < 1 or load_factor < 1 or slack < 0:
+            raise ValueError("block_bytes >= 1, load_factor >= 1 and slack >= 0, please")
         self.fallback = fallback
         self.index = index if index is not None else PrefixIndex()  # an empty one is falsy
-        self.block_chars = block_chars
+        self.block_bytes = block_bytes
         self.load_factor = load_factor
         self.slack = slack
         # (model, deployment, blocks) of each placement: to the other replicas (routing/hints.py)
         self.on_served = on_served
 
     def facts(self, model: str, stream: bool, payload: Mapping[str, Any]) -> PromptFacts:
-        return PromptFacts.of(model, stream, blocks_of(prompt_text(payload), self.block_chars))
+        return PromptFacts.of(model, stream, blocks_of(prompt_text(payload), self.block_bytes))
 
     def choose(self, views: Sequence[DeploymentView], request: RoutingFacts) -> int:
         blocks: tuple[int, ...] = getattr(request, "blocks", ())
