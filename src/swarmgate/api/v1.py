@@ -84,7 +84,7 @@ class Inference:
                 x.request = request = await self._upload(receive, x)
             x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
             authorize(x)
-            admitting = self.admission.admit(x)  # None: decided without waiting
+            admitting = self.admission.admit(x, receive)  # None: decided without waiting
             if admitting is not None:
                 await admitting
             plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
