@@ -39,6 +39,7 @@ from swarmgate.limits.tiers import Limits, LimitSet
 from swarmgate.observability.metrics import Metrics
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
+from swarmgate.store.redis_counters import RedisCounters
 from swarmgate.store.usage import UsageFilter, UsageStore
 from swarmgate.types import Check, CheckKind, CounterStore, Principal, Receive, Verdict
 
@@ -131,7 +132,9 @@ class Admission:
         self._memory = counters if isinstance(counters, MemoryCounters) else None
         self._trusted = trusted_proxies or Networks()
         self._plans: dict[tuple[object, ...], Plan] = {}
-        self._replica = os.urandom(6).hex() + ":"
+        # A lease names its replica: with Redis, the one the heartbeats mark alive.
+        replica = counters.replica_id if isinstance(counters, RedisCounters) else None
+        self._replica = (replica or os.urandom(6).hex()) + ":"
         self._seq = itertools.count()
         # With Redis: each model's capacity is taken at admission, across replicas.
         self.line = line
