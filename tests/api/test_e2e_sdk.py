@@ -59,6 +59,8 @@ def stack(procs: Processes, recorder: Recorder) -> Iterator[Stack]:
         "models": {
             "chat": {
                 "aliases": ["chatty"],
+                # Sequential requests alternate: the tests below see both replicas answer.
+                "balancer": "round_robin",
                 "deployments": [
                     {"url": first, "name": "chat-a"},
                     {"url": second, "name": "chat-b"},
