@@ -212,14 +212,14 @@ class Model(Frozen):
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
+    # How a request picks one of the deployments (docs/routing.md); the default weighs each
+    # deployment's requests in flight against its weight.
+    balancer: Balancing = Balancing()
     # When every deployment is at max_concurrent: how long a request may wait for a slot, and
     # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
     # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
-    # How a request picks one of the deployments (docs/routing.md); the default weighs each
-    # deployment's requests in flight against its weight.
-    balancer: Balancing = Balancing()
     deployments: tuple[Deployment, ...]
 
     @field_validator("deployments")

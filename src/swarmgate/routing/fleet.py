@@ -147,6 +147,9 @@ class DeploymentState:
     def weight(self) -> float:
         return self.deployment.weight
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.deployment.cost(prompt_tokens, completion_tokens)
+
     @property
     def max_concurrent(self) -> int:
         return self.deployment.max_concurrent
@@ -158,9 +161,6 @@ class DeploymentState:
     @property
     def healthy(self) -> bool:
         return self.failures < FAILURES_DOWN
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.deployment.cost(prompt_tokens, completion_tokens)
 
     def lease(self) -> Lease:
         return Lease(self)
