@@ -57,6 +57,8 @@ def test_the_example_configuration_parses() -> None:
     assert settings.models["embed-small"].type is ModelType.EMBEDDING
     assert settings.models["phi-3-mini"].aliases == ("phi3",)
     assert len(settings.models["hermes-2"].deployments) == 2
+    sticky = settings.models["hermes-2"].balancer
+    assert (sticky.strategy, sticky.hash_on) == ("consistent_hash", ("header", "user"))
     assert settings.server.max_body_bytes == 4194304
     assert settings.timeouts == Timeouts(connect=5, first_byte=60, idle=30, total=600)
     assert settings.limits.max_share == {"free": 0.5}
