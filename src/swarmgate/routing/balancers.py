@@ -119,19 +119,30 @@ def least_loaded(
 ) -> int:
     """Of the candidates at ``among``, the one with the fewest requests in flight for its size
     (weight or capacity); among equals, a random one, in proportion to size."""
-    best: list[int] = []
+    # On the hot path (the default balancer): one pass; a list only when loads tie.
+    best = 0
     best_load = float("inf")
+    tied: list[int] | None = None
     for i in among:
         view = views[i]
-        load = view.in_flight / _size(view, by_capacity)
+        load = view.in_flight / (view.max_concurrent if by_capacity else view.weight)
         if load < best_load:
-            best, best_load = [i], load
+            best, best_load, tied = i, load, None
         elif load == best_load:
-            best.append(i)
-    if len(best) == 1:
-        return best[0]
-    sizes = [_size(views[i], by_capacity) for i in best]
-    return best[_draw(sizes, rng.random() * sum(sizes))]
+            if tied is None:
+                tied = [best]
+            tied.append(i)
+    if tied is None:
+        return best
+    total = 0.0
+    for i in tied:
+        total += _size(views[i], by_capacity)
+    point = rng.random() * total
+    for i in tied:
+        point -= _size(views[i], by_capacity)
+        if point < 0:
+            return i
+    return tied[-1]  # rounding left the point at the very end
 
 
 class WeightedRoundRobin:
@@ -248,29 +259,31 @@ class ConsistentHash:
         if key is None:
             return self._fallback.choose(views, request)
         by_capacity = self._by_capacity
-        position = {view.name: i for i, view in enumerate(views)}
-        in_flight = sum(view.in_flight for view in views) + 1
-        share = self.load_factor * in_flight / sum(_size(view, by_capacity) for view in views)
-        # The bounds add up to at least every request in flight, this one included: some
-        # candidate is always below its own, so the walk ends before the ring does.
-        for name in self._ring_for(views).successors(key):
-            i = position.get(name)
-            if i is not None and views[i].in_flight < ceil(share * _size(views[i], by_capacity)):
-                return i
-        return self._fallback.choose(views, request)
-
-    def _ring_for(self, views: Sequence[DeploymentView]) -> HashRing:
-        # Rebuilt only when a deployment appears (or its weight changes): a pool's members are
-        # fixed, and one that is busy or already tried is simply not among the candidates.
         ring = self._ring
         members = ring.members
-        for view in views:
-            if members.get(view.name) != view.weight:
-                self._ring = ring = HashRing(
-                    {**members, **{v.name: v.weight for v in views}}.items()
-                )
-                break
-        return ring
+        position: dict[str, int] = {}
+        in_flight = 1  # this request
+        total = 0.0
+        grown = False
+        for i, view in enumerate(views):
+            name = view.name
+            position[name] = i
+            in_flight += view.in_flight
+            total += _size(view, by_capacity)
+            grown = grown or members.get(name) != view.weight
+        if grown:
+            # Only when a deployment appears (or its weight changes): a pool's members are
+            # fixed, and one that is busy or already tried is simply not among the candidates.
+            members = {**members, **{view.name: view.weight for view in views}}
+            self._ring = ring = HashRing(members.items())
+        share = self.load_factor * in_flight / total
+        # The bounds add up to at least every request in flight, this one included: some
+        # candidate is always below its own, so the walk ends before the ring does.
+        for name in ring.successors(key):
+            at = position.get(name)
+            if at is not None and views[at].in_flight < ceil(share * _size(views[at], by_capacity)):
+                return at
+        return self._fallback.choose(views, request)
 
 
 class CostAware:
