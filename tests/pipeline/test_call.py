@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ import pytest
 
 from swarmgate.config import parse_settings
 from swarmgate.errors import UpstreamUnreachable
+from swarmgate.routing.balancers import DeploymentView, LeastOutstanding, RoutingFacts, SessionKey
 from swarmgate.upstream.memory import MemoryResponse, SentRequest
 from tests.pipeline.fleets import Gateway
 
@@ -260,6 +261,28 @@ async def test_a_session_header_keeps_a_conversation_on_one_deployment() -> None
             where.setdefault(f"conv-{conversation}", set()).add(name)
     assert all(len(names) == 1 for names in where.values()), where
     assert len(set().union(*where.values())) > 1  # the conversations spread out
+
+
+async def test_the_session_key_is_looked_for_only_when_the_balancer_keys_on_one() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    seen: list[RoutingFacts] = []
+
+    class Recording(LeastOutstanding):
+        def choose(self, views: Sequence[DeploymentView], request: RoutingFacts) -> int:
+            seen.append(request)
+            return super().choose(views, request)
+
+    session = [(b"x-session-id", b"conv-1")]
+    gw = Gateway(ok, A, B)
+    gw.fleet.resolve("m").balancer = Recording()
+    await gw.post({**CHAT, "user": "u"}, headers=session)
+    sticky = Recording()
+    sticky.session = SessionKey(["header"])
+    gw.fleet.resolve("m").balancer = sticky
+    await gw.post({**CHAT, "user": "u"}, headers=session)
+    assert [facts.session for facts in seen] == [None, "conv-1"]
 
 
 async def test_sessions_may_be_keyed_by_the_user_field_of_the_body() -> None:
