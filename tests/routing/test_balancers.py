@@ -271,6 +271,8 @@ def test_the_session_key_comes_from_the_first_source_the_request_has() -> None:
     assert SessionKey(["key"]).of(headers, body, Principal("sub-1", Role.USER, frozenset())) == (
         "sub-1"
     )
+    anonymous = Principal("anonymous", Role.GUEST, frozenset(), via="anonymous")
+    assert SessionKey(["key"]).of(headers, body, anonymous) is None  # all of them share it
     assert SessionKey(["header", "user", "key"]).of([], body, caller) == "user-7"
     assert SessionKey(["header", "user"]).of([(b"x-session-id", b"")], {}, None) is None
 

@@ -60,7 +60,8 @@ class RoutingFacts(NamedTuple):
 
 class SessionKey:
     """Where a request's session key comes from: the first of ``sources`` it has, of a
-    header, the body's ``user`` field and the caller's API key id (a JWT's subject)."""
+    header, the body's ``user`` field and the caller's API key id (a JWT's subject; callers
+    without a key have none)."""
 
     __slots__ = ("_header", "sources")
 
@@ -83,7 +84,8 @@ class SessionKey:
                 user = payload.get("user")
                 if isinstance(user, str) and user:
                     return user
-            elif principal is not None:
+            elif principal is not None and principal.via != "anonymous":
+                # Callers without a key share one principal: not a session of theirs.
                 return principal.key_id or principal.subject
         return None
 
