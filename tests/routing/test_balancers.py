@@ -290,3 +290,19 @@ def test_cost_aware_takes_the_cheapest_then_the_next_when_it_is_full() -> None:
 def test_cost_aware_breaks_price_ties_by_load() -> None:
     views = [View("a", in_flight=4), View("b", in_flight=1), View("c", per_request=1.0)]
     assert CostAware().choose(views, FACTS) == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 0.01, 0.02]), st.integers(0, 9)), min_size=1, max_size=6
+    ),
+    st.integers(0, 2**32),
+)
+def test_cost_aware_never_takes_a_dearer_deployment_or_a_busier_equal(
+    offers: list[tuple[float, int]], seed: int
+) -> None:
+    views = [View(f"d{i}", in_flight=n, per_request=p) for i, (p, n) in enumerate(offers)]
+    chosen = views[CostAware(rng=random.Random(seed)).choose(views, FACTS)]
+    cheapest = min(v.per_request for v in views)
+    assert chosen.per_request == cheapest
+    assert chosen.in_flight == min(v.in_flight for v in views if v.per_request == cheapest)
