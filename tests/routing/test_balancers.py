@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from math import ceil
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmgate.routing.balancers import (
@@ -201,6 +201,7 @@ def test_an_overloaded_owner_hands_its_sessions_on_until_it_recovers() -> None:
     assert ch.choose(views, _sticky("s")) == owner  # back once the load is down
 
 
+@settings(deadline=None)  # two rings of up to 3,840 points each: slow on a busy machine
 @given(
     st.lists(st.tuples(st.integers(0, 30), st.sampled_from([1, 2, 4])), min_size=1, max_size=6),
     st.text(min_size=1, max_size=12),
