@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarmgate.config import STRATEGY_OPTIONS, Balancing
 from swarmgate.routing.balancers import (
+    Balancer,
     ConsistentHash,
     CostAware,
     DeploymentView,
@@ -21,6 +23,7 @@ from swarmgate.routing.balancers import (
     RoutingFacts,
     SessionKey,
     WeightedRoundRobin,
+    balancer_for,
 )
 from swarmgate.types import Principal, Role
 
@@ -307,3 +310,26 @@ def test_cost_aware_never_takes_a_dearer_deployment_or_a_busier_equal(
     cheapest = min(v.per_request for v in views)
     assert chosen.per_request == cheapest
     assert chosen.in_flight == min(v.in_flight for v in views if v.per_request == cheapest)
+
+
+BUILT: dict[str, type[Balancer]] = {
+    "least_outstanding": LeastOutstanding,
+    "round_robin": RoundRobin,
+    "weighted_round_robin": WeightedRoundRobin,
+    "power_of_two": PowerOfTwo,
+    "consistent_hash": ConsistentHash,
+    "cost": CostAware,
+}
+
+
+def test_every_strategy_the_config_takes_builds_its_balancer() -> None:
+    assert set(BUILT) == set(STRATEGY_OPTIONS)
+    for name, kind in BUILT.items():
+        built = balancer_for(Balancing.model_validate(name))
+        assert type(built) is kind
+        assert (built.session is not None) == (name == "consistent_hash")
+    sticky = balancer_for(
+        Balancing.model_validate({"strategy": "consistent_hash", "header": "X-A"})
+    )
+    assert sticky.session is not None
+    assert sticky.session.of([(b"x-a", b"s1")], {}, None) == "s1"

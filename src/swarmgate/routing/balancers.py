@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from math import ceil
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, assert_never
 
 from swarmgate.routing.hashring import HashRing
 from swarmgate.types import Principal
@@ -326,26 +326,29 @@ class CostAware:
 
 def balancer_for(settings: Balancing, rng: random.Random | None = None) -> Balancer:
     """The balancer a model's ``balancer`` setting names, with its options."""
-    strategy = settings.strategy
     relative_to = settings.relative_to
-    if strategy == "round_robin":
-        return RoundRobin()
-    if strategy == "weighted_round_robin":
-        return WeightedRoundRobin()
-    if strategy == "power_of_two":
-        return PowerOfTwo(relative_to=relative_to, rng=rng)
-    if strategy == "consistent_hash":
-        return ConsistentHash(
-            SessionKey(settings.hash_on, settings.header),
-            load_factor=settings.load_factor,
-            relative_to=relative_to,
-            rng=rng,
-        )
-    if strategy == "cost":
-        return CostAware(
-            prompt_tokens=settings.prompt_tokens,
-            completion_tokens=settings.completion_tokens,
-            relative_to=relative_to,
-            rng=rng,
-        )
-    return LeastOutstanding(relative_to=relative_to, rng=rng)
+    match settings.strategy:
+        case "least_outstanding":
+            return LeastOutstanding(relative_to=relative_to, rng=rng)
+        case "round_robin":
+            return RoundRobin()
+        case "weighted_round_robin":
+            return WeightedRoundRobin()
+        case "power_of_two":
+            return PowerOfTwo(relative_to=relative_to, rng=rng)
+        case "consistent_hash":
+            return ConsistentHash(
+                SessionKey(settings.hash_on, settings.header),
+                load_factor=settings.load_factor,
+                relative_to=relative_to,
+                rng=rng,
+            )
+        case "cost":
+            return CostAware(
+                prompt_tokens=settings.prompt_tokens,
+                completion_tokens=settings.completion_tokens,
+                relative_to=relative_to,
+                rng=rng,
+            )
+        case unknown:  # a strategy the config takes and no branch builds: mypy says so
+            assert_never(unknown)
