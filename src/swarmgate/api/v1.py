@@ -23,6 +23,7 @@ from swarmgate.pipeline.exchange import Exchange
 from swarmgate.pipeline.request import ROUTES, Body, InferenceRequest, Route, parse, parse_upload
 from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.aware import facts_for
+from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
 from swarmgate.types import ASGIScope, Authenticator, Receive, Send
@@ -84,10 +85,17 @@ class Inference:
                 x.request = request = await self._upload(receive, x)
             x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
             authorize(x)
-            admitting = self.admission.admit(x)  # None: decided without waiting
+            admitting = self.admission.admit(x, receive)  # None: decided without waiting
             if admitting is not None:
                 await admitting
-            x.facts = facts = facts_for(pool.balancer, pool.model, request.stream, request.payload)
+            balancer = pool.balancer
+            session = balancer.session  # None unless the balancer keys on a session
+            if session is None:  # the prompt is hashed only for a prefix-aware pool
+                facts = facts_for(balancer, pool.model, request.stream, request.payload)
+            else:
+                key = session.of(x.scope["headers"], request.payload, x.principal)
+                facts = RoutingFacts(pool.model, request.stream, key)
+            x.facts = facts
             plan = self.router.plan(pool, facts)
             await self.caller.run(x, plan, receive, send)
         except GatewayError as exc:

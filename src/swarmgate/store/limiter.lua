@@ -12,6 +12,23 @@
 -- Time is Redis's own (``now``, from the batch), so that replicas' clocks do not matter.
 -- Loaded as part of one script with settle.lua and batch.lua (store/redis_counters.py).
 
+local replicas_key  -- set by batch.lua: the sorted set of the replicas alive
+
+-- A full concurrency or capacity counter: drop the leases of replicas that are not marked alive
+-- any more (a lease is "<replica id>:<n>"); how many went.
+local function drop_dead(key)
+  if not replicas_key then return 0 end
+  local dropped = 0
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local owner = string.match(member, '^([^:]+):')
+    if owner and not redis.call('ZSCORE', replicas_key, owner) then
+      redis.call('ZREM', key, member)
+      dropped = dropped + 1
+    end
+  end
+  return dropped
+end
+
 local function amount_of(member)
   return tonumber(string.match(member, '|([%d%.]+)$')) or 0
 end
@@ -48,6 +65,7 @@ local lease = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local n = #KEYS
 local refused, longest = -1, 0
+local held_count, queued = {}, {}  -- per check: its set's size once trimmed; in the line
 for i = 1, n do
   local key = KEYS[i]
   local b = 2 + (i - 1) * 4
@@ -61,23 +79,38 @@ for i = 1, n do
   elseif kind == 4 then
     if tonumber(redis.call('GET', key) or '0') >= limit then wait = period end
   elseif kind == 5 then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    local line, exp = key .. ':line', key .. ':exp'
-    local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
-    for _, member in ipairs(gone) do redis.call('ZREM', line, member) end
-    if #gone > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
-    local ahead = redis.call('ZRANK', line, lease)
-    if not ahead then ahead = redis.call('ZCARD', line) end
-    -- The shortest wait of all: any other refusal (a 429) wins over waiting for capacity.
-    if ahead >= limit - redis.call('ZCARD', key) then wait = 0.000001 end
-  elseif kind == 3 then
-    if redis.call('ZCARD', key) >= limit then
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-      if redis.call('ZCARD', key) >= limit then wait = 1 end
+    local line, ahead = key .. ':line', 0
+    if redis.call('EXISTS', line) == 1 then  -- only a saturated pool has a line
+      local exp = key .. ':exp'
+      local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+      for _, member in ipairs(gone) do redis.call('ZREM', line, member) end
+      if #gone > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
+      ahead = redis.call('ZRANK', line, lease)
+      if ahead then queued[i] = true else ahead = redis.call('ZCARD', line) end
     end
+    local held = redis.call('ZCARD', key)
+    if ahead >= limit - held then  -- expired leases and those of dead replicas leave first
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      held = redis.call('ZCARD', key)
+      if ahead >= limit - held then held = held - drop_dead(key) end
+    end
+    held_count[i] = held
+    -- The shortest wait of all: any other refusal (a 429) wins over waiting for capacity.
+    if ahead >= limit - held then wait = 0.000001 end
+  elseif kind == 3 then
+    local held = redis.call('ZCARD', key)
+    if held >= limit then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      held = redis.call('ZCARD', key)
+      if held >= limit then held = held - drop_dead(key) end
+      if held >= limit then wait = 1 end
+    end
+    held_count[i] = held
   elseif kind == 1 then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-    wait = window_wait(key, kind, redis.call('ZCARD', key), 1, limit, period, now)
+    local held = redis.call('ZCARD', key)
+    held_count[i] = held
+    wait = window_wait(key, kind, held, 1, limit, period, now)
   else
     trim_tokens(key, now - period)
     local total = tonumber(redis.call('GET', key .. ':sum') or '0')
@@ -108,16 +141,16 @@ for i = 1, n do
   elseif kind == 3 or kind == 5 then
     redis.call('ZADD', key, now + period, lease)
     redis.call('PEXPIRE', key, ttl)
-    if kind == 5 then
+    if queued[i] then
       redis.call('ZREM', key .. ':line', lease)
       redis.call('ZREM', key .. ':exp', lease)
     end
-    out[#out + 1] = tostring(math.max(0, limit - redis.call('ZCARD', key)))
+    out[#out + 1] = tostring(math.max(0, limit - held_count[i] - 1))  -- leases are unique
     resets[i] = '0'
   elseif kind == 1 then
     redis.call('ZADD', key, now, lease)
     redis.call('PEXPIRE', key, ttl)
-    out[#out + 1] = tostring(math.max(0, limit - redis.call('ZCARD', key)))
+    out[#out + 1] = tostring(math.max(0, limit - held_count[i] - 1))
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     resets[i] = tostring(tonumber(oldest[2]) + period - now)
   else
