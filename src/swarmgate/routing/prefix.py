@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from swarmgate.routing.balancers import Balancer, DeploymentView, RoutingFacts
+from swarmgate.routing.balancers import Balancer, DeploymentView, RoutingFacts, SessionKey
 from swarmgate.types import Outcome
 
 BLOCK_BYTES = 1024  # ~256 tokens of English; smaller blocks cost more hashing per request
@@ -147,9 +147,8 @@ def _load(view: DeploymentView) -> float:
 
 class PrefixAware:
     __slots__ = ("block_bytes", "fallback", "index", "load_factor", "on_served", "slack")
-    # The balancers branch's ``Balancer.session`` (a ``SessionKey | None`` there): this
-    # balancer keys on no session, so the request path never looks one up for it.
-    session: Any = None
+    # Keys on no session: the request path never looks one up for it.
+    session: SessionKey | None = None
 
     def __init__(
         self,

@@ -30,9 +30,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from swarmgate.routing.balancers import DeploymentView, RoutingFacts
+from swarmgate.routing.balancers import DeploymentView, RoutingFacts, SessionKey
 from swarmgate.routing.load import Load
 from swarmgate.types import Clock, Outcome
 
@@ -73,9 +72,8 @@ def cost(
 
 class ResourceAware:
     __slots__ = ("_clock", "_latency", "_random", "half_life", "kv_requests", "stale_after")
-    # The balancers branch's ``Balancer.session`` (a ``SessionKey | None`` there): this
-    # balancer keys on no session, so the request path never looks one up for it.
-    session: Any = None
+    # Keys on no session: the request path never looks one up for it.
+    session: SessionKey | None = None
 
     def __init__(
         self,
