@@ -135,6 +135,15 @@ STRATEGY_OPTIONS: dict[str, frozenset[str]] = {
     "power_of_two": frozenset({"relative_to"}),
     "consistent_hash": frozenset({"relative_to", "hash_on", "header", "load_factor"}),
     "cost": frozenset({"relative_to", "prompt_tokens", "completion_tokens"}),
+    "resource_aware": frozenset({"options"}),
+    "prefix_aware": frozenset({"options"}),
+}
+# The options of the balancers that read scraped metrics (docs/routing-aware.md), given as
+# ``balancer: {strategy: prefix_aware, options: {block_bytes: 512}}``.
+RESOURCE_OPTIONS = frozenset({"half_life", "stale_after", "kv_requests"})
+AWARE_OPTIONS: dict[str, frozenset[str]] = {
+    "resource_aware": RESOURCE_OPTIONS,
+    "prefix_aware": RESOURCE_OPTIONS | {"block_bytes", "load_factor", "slack", "index_blocks"},
 }
 STRATEGY_ALIASES = {"least_connections": "least_outstanding", "least_requests": "least_outstanding"}
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 §5.6.2)
@@ -153,6 +162,8 @@ class Balancing(Frozen):
         "power_of_two",
         "consistent_hash",
         "cost",
+        "resource_aware",
+        "prefix_aware",
     ] = "least_outstanding"
     # What a deployment's in-flight count is measured against: its weight or max_concurrent.
     relative_to: Literal["weight", "capacity"] = "weight"
@@ -166,6 +177,8 @@ class Balancing(Frozen):
     # The request whose price ranks the deployments: a typical one of this model's.
     prompt_tokens: Annotated[int, Field(ge=0)] = 1000
     completion_tokens: Annotated[int, Field(ge=0)] = 250
+    # The resource- and prefix-aware balancers' own options (AWARE_OPTIONS).
+    options: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +208,14 @@ class Balancing(Frozen):
 
     @model_validator(mode="after")
     def _options_fit(self) -> Balancing:
+        aware = AWARE_OPTIONS.get(self.strategy, frozenset())
+        unknown = sorted(set(self.options) - aware)
+        if unknown:
+            takes = ", ".join(sorted(aware)) or "none"
+            raise ValueError(
+                f"options {', '.join(unknown)}: not options of strategy {self.strategy}"
+                f" (it takes {takes})"
+            )
         allowed = STRATEGY_OPTIONS[self.strategy]
         stray = sorted(self.model_fields_set - allowed - {"strategy"})
         if stray:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from swarmgate.config import parse_settings
-from swarmgate.errors import UpstreamUnreachable
+from swarmgate.errors import ConfigError, UpstreamUnreachable
 from swarmgate.routing.aware import aware_balancer, facts_for
 from swarmgate.routing.balancers import RoutingFacts, WeightedRoundRobin
 from swarmgate.routing.fleet import Fleet
@@ -141,3 +141,18 @@ def test_resource_aware_through_a_pools_plan_reads_the_scraped_load() -> None:
     busy.load = Load(100.0 - 60, waiting=12, running=8, kv_usage=0.9)  # stale: ignored
     assert Plan(pool, RoutingFacts("m")).next().name in {"m@a:1", "m@b:2"}
     assert {Plan(pool, RoutingFacts("m")).next().name for _ in range(50)} == {"m@a:1", "m@b:2"}
+
+
+def test_the_config_names_the_aware_balancers_and_checks_their_options() -> None:
+    def models(balancer: object) -> dict[str, object]:
+        return {"models": {"m": {"deployments": [{"url": "http://a:1"}], "balancer": balancer}}}
+
+    prefix = {"strategy": "prefix_aware", "options": {"block_bytes": 512, "index_blocks": 10}}
+    pool = Fleet(parse_settings(models(prefix), {})).resolve("m")
+    assert isinstance(pool.balancer, PrefixAware) and pool.balancer.block_bytes == 512
+    resource = Fleet(parse_settings(models("resource_aware"), {})).resolve("m")
+    assert isinstance(resource.balancer, ResourceAware)
+    with pytest.raises(ConfigError, match="blok: not options of strategy prefix_aware"):
+        parse_settings(models({"strategy": "prefix_aware", "options": {"blok": 5}}), {})
+    with pytest.raises(ConfigError, match="it takes none"):
+        parse_settings(models({"strategy": "round_robin", "options": {"slack": 5}}), {})

@@ -25,6 +25,8 @@ from swarmgate.routing.balancers import (
     WeightedRoundRobin,
     balancer_for,
 )
+from swarmgate.routing.prefix import PrefixAware
+from swarmgate.routing.resource import ResourceAware
 from swarmgate.types import Principal, Role
 
 FACTS = RoutingFacts("m")
@@ -319,6 +321,8 @@ BUILT: dict[str, type[Balancer]] = {
     "power_of_two": PowerOfTwo,
     "consistent_hash": ConsistentHash,
     "cost": CostAware,
+    "resource_aware": ResourceAware,
+    "prefix_aware": PrefixAware,
 }
 
 

@@ -12,20 +12,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from swarmgate.config import AWARE_OPTIONS as AWARE
+from swarmgate.config import RESOURCE_OPTIONS
 from swarmgate.routing.balancers import Balancer, RoutingFacts
 from swarmgate.routing.prefix import PrefixAware, PrefixIndex
 from swarmgate.routing.resource import ResourceAware
 
-RESOURCE_OPTIONS = frozenset({"half_life", "stale_after", "kv_requests"})
-PREFIX_OPTIONS = frozenset({"block_bytes", "load_factor", "slack", "index_blocks"})
-AWARE = {"resource_aware": RESOURCE_OPTIONS, "prefix_aware": PREFIX_OPTIONS | RESOURCE_OPTIONS}
+PREFIX_OPTIONS = AWARE["prefix_aware"] - RESOURCE_OPTIONS
+COUNTS = frozenset({"block_bytes", "index_blocks"})
 
 
 def aware_balancer(name: str, options: Mapping[str, Any] | None = None) -> Balancer:
     """A new balancer of strategy ``name``, with ``options`` (a ``ValueError`` names any
     that strategy does not take). A prefix-aware balancer's fallback is resource-aware,
     built from the resource options among ``options``."""
-    options = dict(options or {})
+    # Counts are whole numbers, whatever type the config gave them.
+    options = {k: int(v) if k in COUNTS else v for k, v in (options or {}).items()}
     allowed = AWARE.get(name)
     if allowed is None:
         raise ValueError(f"unknown strategy {name!r} (known: {', '.join(sorted(AWARE))})")

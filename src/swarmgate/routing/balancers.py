@@ -350,5 +350,10 @@ def balancer_for(settings: Balancing, rng: random.Random | None = None) -> Balan
                 relative_to=relative_to,
                 rng=rng,
             )
+        case "resource_aware" | "prefix_aware":
+            # They read scraped metrics and sit above this module (routing/aware.py).
+            from swarmgate.routing.aware import aware_balancer
+
+            return aware_balancer(settings.strategy, settings.options)
         case unknown:  # a strategy the config takes and no branch builds: mypy says so
             assert_never(unknown)
