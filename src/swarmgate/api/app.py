@@ -45,6 +45,7 @@ from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
+from swarmgate.routing.watch import FleetWatch, health_rows
 from swarmgate.store.counters import MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
 from swarmgate.store.retention import Retention
@@ -89,6 +90,9 @@ class Gateway:
         self.metrics = Metrics(metrics_dir_from_env(), settings.monitoring.active_users_window)
         self.fleet = Fleet(settings)
         self.transport = transport or HttpTransport()
+        # Probes and the outlier sweep, in the background; the request path only reads them.
+        self.watch = FleetWatch(self.fleet, self.transport)
+        self.metrics.follow_fleet(health_rows(self.fleet))
         self.store = store.open(settings)
         self.security = Security(settings, self.metrics, self.store)
         self.authenticator = self.security.authenticator
@@ -257,6 +261,7 @@ class Gateway:
         self._retention_task = asyncio.create_task(self.retention.run(), name="retention")
         self.metrics.start()
         await self.health.start()
+        self.watch.start()
         self.downloads.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short. And collect
@@ -282,6 +287,7 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ops.ready = False
         await self.health.stop()
+        await self.watch.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

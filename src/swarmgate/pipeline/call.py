@@ -20,10 +20,12 @@ from typing import Any
 import orjson
 
 from swarmgate.errors import (
+    DeploymentsDown,
     GatewayError,
     NoDeployment,
     UpstreamBroken,
     UpstreamError,
+    UpstreamThrottled,
     UpstreamTimeout,
 )
 from swarmgate.errors import UpstreamUnreachable as Unreachable
@@ -49,6 +51,20 @@ PASSED_BACK = (
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
 )
+# How an attempt that reached nothing of the client may have failed for another deployment to
+# be tried: never reached it, a 5xx (or its refusal of the gateway's credentials), a 429, no
+# answer in time, an answer that broke off or was not what was asked. An upstream 4xx other
+# than 429 is the client's: passed through, never retried.
+RETRIED = frozenset(
+    {
+        Outcome.UNREACHABLE,
+        Outcome.SERVER_ERROR,
+        Outcome.THROTTLED,
+        Outcome.TIMEOUT,
+        Outcome.BROKEN,
+        Outcome.PROTOCOL,
+    }
+)
 
 
 class Caller:
@@ -57,6 +73,15 @@ class Caller:
         self.queueing = queueing
 
     async def run(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
+        try:
+            await self._attempts(x, plan, receive, send)
+        except DeploymentsDown:
+            x.fallback = True
+            raise
+        finally:
+            plan.done()
+
+    async def _attempts(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
         request = x.request
         assert request is not None, "the call stage runs after parse"
         queueing = self.queueing
@@ -64,21 +89,26 @@ class Caller:
         # (when no tier has a share, as by default, this costs one attribute test).
         capped = queueing.capped_tier(x) if queueing.shares else None
         lease = await queueing.first_lease(x, plan, receive, capped) if capped else None
+        failed: GatewayError | None = None  # the last attempt's error, once one failed
         while True:
             if lease is None:
                 try:
                     state = plan.next()
-                except NoDeployment:
+                except NoDeployment as exc:
+                    if failed is not None:  # no other deployment to retry on: its error
+                        raise failed from None
+                    # Every deployment down: the model's fallback response, no wait in line.
+                    if plan.tried or isinstance(exc, DeploymentsDown):
+                        raise
                     # Every deployment busy before the first attempt: wait in line for a slot
                     # (by tier, bounded), handed over with its lease.
-                    if plan.tried:
-                        raise
                     lease = await queueing.wait(x, plan, receive)
                     continue
                 attempt = x.attempt(state)
             else:
                 attempt = x.attempt(plan.tried[-1], lease)
                 lease = None
+            attempt.final = not plan.may_retry()
             try:
                 if request.stream:
                     await self._stream(x, request, attempt, receive, send)
@@ -87,11 +117,19 @@ class Caller:
                 else:
                     await self._unary(x, request, attempt, send)
                 return
-            except Unreachable:
-                if not plan.may_retry():
+            except GatewayError as exc:
+                # Raised, not answered: nothing of this attempt reached the client (a failure
+                # after the first byte ends the stream with an error event and returns).
+                if attempt.outcome not in RETRIED:
                     raise
+                wait = plan.retry()
+                if wait is None:
+                    raise
+                failed = exc
             finally:
                 attempt.ended = time.perf_counter()
+            if wait:
+                await asyncio.sleep(wait)
 
     async def _send(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt
@@ -117,7 +155,7 @@ class Caller:
     async def _unary(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt, send: Send
     ) -> None:
-        watchdog = Watchdog(attempt.deployment.unary_timeouts)
+        watchdog = Watchdog(attempt.deployment.unary_timeouts, attempt.state.health)
         try:
             response = await self._send(x, request, attempt)
             watchdog.first_byte()
@@ -138,7 +176,7 @@ class Caller:
         self, x: Exchange, request: InferenceRequest, attempt: Attempt, receive: Receive, send: Send
     ) -> None:
         d = attempt.deployment
-        watchdog = Watchdog(d.timeouts)
+        watchdog = Watchdog(d.timeouts, attempt.state.health)
         client = DisconnectWatch(receive)
         response: UpstreamResponse | None = None
         relay = StreamRelay(request.wants_usage)
@@ -202,7 +240,7 @@ class Caller:
         d = attempt.deployment
         # The head of a generated image comes once it is generated: bounded by the total
         # timeout; then the idle bound holds between chunks (of speech, say).
-        watchdog = Watchdog(d.unary_timeouts)
+        watchdog = Watchdog(d.unary_timeouts, attempt.state.health)
         client = DisconnectWatch(receive)
         response: UpstreamResponse | None = None
         started = False
@@ -311,6 +349,14 @@ class Caller:
             # About the gateway's own credential for this deployment, not the client's.
             attempt.outcome = Outcome.SERVER_ERROR
             raise UpstreamError(f"deployment {d.name} rejected the gateway's credentials")
+        if status == 429 and not attempt.final:
+            # Busy, not broken: another deployment is tried; the last one's 429 goes through.
+            attempt.outcome = Outcome.THROTTLED
+            retry_after = response.headers.get("retry-after")
+            raise UpstreamThrottled(
+                f"deployment {d.name} is rate limited: {_upstream_message(data)}",
+                headers={"retry-after": retry_after} if retry_after else None,
+            )
         if status < 300:
             attempt.outcome = Outcome.PROTOCOL  # until the body proves to be JSON
             # A whole byte answer (audio for the native face) carries no usage to count.

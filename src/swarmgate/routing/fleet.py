@@ -17,16 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from swarmgate.config import CircuitBreaker, HealthCheck, Model, Settings, Timeouts
 from swarmgate.config import Deployment as DeploymentConfig
-from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
 from swarmgate.limits.queue import SlotQueue, TierPolicy
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
+from swarmgate.routing.health import DeploymentHealth
 from swarmgate.types import ModelType, Origin, Outcome
 
-# Consecutive failed attempts after which a deployment counts as down in health reports (until
-# one succeeds). Breakers and outlier detection will decide routing; this only reports.
-FAILURES_DOWN = 3
+DEFAULT_BREAKER = CircuitBreaker()
+DEFAULT_PROBES = HealthCheck()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +48,20 @@ class Deployment:
     cost_per_request: float
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...]
+    circuit_breaker: CircuitBreaker = DEFAULT_BREAKER
+    health_check: HealthCheck = DEFAULT_PROBES
 
     @classmethod
-    def build(cls, name: str, model: str, dep: DeploymentConfig, timeouts: Timeouts) -> Deployment:
+    def build(
+        cls,
+        name: str,
+        model: str,
+        dep: DeploymentConfig,
+        timeouts: Timeouts,
+        model_config: Model | None = None,
+    ) -> Deployment:
+        breaker = dep.circuit_breaker or (model_config.circuit_breaker if model_config else None)
+        probes = dep.health_check or (model_config.health_check if model_config else None)
         return cls(
             name=name,
             model=model,
@@ -69,6 +80,8 @@ class Deployment:
                 (b"x-swarmgate-deployment", name.encode()),
                 (b"x-swarmgate-model", model.encode()),
             ),
+            circuit_breaker=breaker or DEFAULT_BREAKER,
+            health_check=probes or DEFAULT_PROBES,
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -135,9 +148,14 @@ class DeploymentState:
 
     deployment: Deployment
     in_flight: int = 0
-    failures: int = 0  # consecutive failed attempts, as traffic saw them
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
+    # Circuit, ejection and probes: whether it may be picked (routing/health.py).
+    health: DeploymentHealth = field(init=False)
+
+    def __post_init__(self) -> None:
+        d = self.deployment
+        self.health = DeploymentHealth(d.circuit_breaker, d.health_check)
 
     @property
     def name(self) -> str:
@@ -156,18 +174,21 @@ class DeploymentState:
         return self.in_flight < self.deployment.max_concurrent
 
     @property
+    def failures(self) -> int:
+        """Consecutive failed attempts, as traffic saw them."""
+        return self.health.consecutive
+
+    @property
     def healthy(self) -> bool:
-        return self.failures < FAILURES_DOWN
+        """Usable: circuit closed or half-open, not ejected, probes up."""
+        return self.health.usable
 
     def lease(self) -> Lease:
         return Lease(self)
 
     def observe(self, outcome: Outcome) -> None:
         """How an attempt here ended (called once per attempt, from the accounting)."""
-        if outcome.is_failure:
-            self.failures += 1
-        elif outcome is not Outcome.CLIENT_GONE:
-            self.failures = 0
+        self.health.observe(outcome)
 
 
 @dataclass(eq=False, slots=True)
@@ -198,7 +219,13 @@ class Pool:
 
     @property
     def usable(self) -> int:
-        return sum(1 for m in self.members if m.has_capacity)
+        """Deployments that can take a request now: healthy, with a free slot."""
+        return sum(1 for m in self.members if m.has_capacity and m.healthy)
+
+    @property
+    def healthy(self) -> int:
+        """Deployments that are up (circuit not open, not ejected, probes up), busy or not."""
+        return sum(1 for m in self.members if m.healthy)
 
 
 def _deployment_name(model: str, dep: DeploymentConfig) -> str:
@@ -215,7 +242,7 @@ def deployments_of(settings: Settings) -> dict[str, tuple[Deployment, ...]]:
         names = [_deployment_name(model_id, dep) for dep in model.deployments]
         names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
         out[model_id] = tuple(
-            Deployment.build(names[i], model_id, dep, settings.timeouts_for(dep))
+            Deployment.build(names[i], model_id, dep, settings.timeouts_for(dep), model)
             for i, dep in enumerate(model.deployments)
         )
     return out
@@ -268,6 +295,7 @@ class Fleet:
                 # The same state object, so that leases taken before the swap release into it.
                 state = old.get((d.model, d.name, d.url)) or DeploymentState(d)
                 state.deployment = d
+                state.health.configure(d.circuit_breaker, d.health_check)
                 members.append(state)
             pools[model_id] = Pool(model_id, settings.models[model_id], tuple(members))
         aliases = {a: m for m, model in settings.models.items() for a in model.aliases}
