@@ -102,6 +102,9 @@ class Timeouts(Frozen):
     first_byte: Seconds = 60.0
     idle: Seconds = 30.0
     total: Seconds = 600.0
+    # A non-streamed answer's first byte comes when all of it is generated: bounded by
+    # ``total`` unless this is set (docs/resilience.md: hung deployments).
+    unary_first_byte: Seconds | None = None
 
 
 class CircuitBreaker(Frozen):

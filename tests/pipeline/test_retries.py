@@ -161,3 +161,38 @@ def test_the_ledger_records_a_fallback_as_such() -> None:
     x = Exchange.start({"type": "http", "headers": [], "client": None}, route)
     x.fallback, x.status = True, 503
     assert record_of(x, USER, None, 0.0, 0.01).deployment == FALLBACK
+
+
+async def test_a_request_waiting_on_a_deployment_its_probes_find_hung_is_retried() -> None:
+    async def a_hangs(request: SentRequest) -> MemoryResponse:
+        if request.base_url == A:
+            await asyncio.sleep(30)
+        return MemoryResponse.json(COMPLETION)
+
+    # Long bounds: only the probes' verdict can cut the wait (at the watchdog's next wake,
+    # within ``idle``).
+    timeouts = {"first_byte": 20, "idle": 0.05, "total": 20}
+    gw = Gateway(a_hangs, A, B, deployment={"timeouts": timeouts})
+    waiting = asyncio.create_task(gw.post(CHAT))  # round robin: A first
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    a = gw.fleet.resolve("m").members[0]
+    for _ in range(3):  # unhealthy_threshold
+        a.health.probed(False)
+    answer = await asyncio.wait_for(waiting, 1)
+    assert answer.status == 200 and answer.headers[b"x-swarmgate-deployment"] == b"m@b.test:8000"
+    assert gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="timeout")
+
+
+async def test_unary_first_byte_bounds_a_non_streamed_wait_and_the_stream_keeps_its_own() -> None:
+    async def a_hangs(request: SentRequest) -> MemoryResponse:
+        if request.base_url == A:
+            await asyncio.sleep(30)
+        return MemoryResponse.json(COMPLETION)
+
+    timeouts = {"first_byte": 20, "idle": 20, "total": 20, "unary_first_byte": 0.05}
+    gw = Gateway(a_hangs, A, B, deployment={"timeouts": timeouts})
+    answer = await asyncio.wait_for(gw.post(CHAT), 2)
+    assert answer.status == 200
+    d = gw.fleet.resolve("m").members[0].deployment
+    assert d.unary_timeouts.first_byte == 0.05 and d.timeouts.first_byte == 20

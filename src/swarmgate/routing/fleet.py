@@ -62,6 +62,7 @@ class Deployment:
     ) -> Deployment:
         breaker = dep.circuit_breaker or (model_config.circuit_breaker if model_config else None)
         probes = dep.health_check or (model_config.health_check if model_config else None)
+        unary_first_byte = min(timeouts.unary_first_byte or timeouts.total, timeouts.total)
         return cls(
             name=name,
             model=model,
@@ -71,7 +72,7 @@ class Deployment:
             weight=dep.weight,
             max_concurrent=dep.max_concurrent,
             timeouts=timeouts,
-            unary_timeouts=timeouts.model_copy(update={"first_byte": timeouts.total}),
+            unary_timeouts=timeouts.model_copy(update={"first_byte": unary_first_byte}),
             api_key=dep.api_key,
             input_cost_per_1k=dep.input_cost_per_1k,
             output_cost_per_1k=dep.output_cost_per_1k,

@@ -173,6 +173,18 @@ class DeploymentHealth:
             return False
         return self.circuit(now) is not CircuitState.OPEN
 
+    def why_down(self) -> str | None:
+        """Why it may not be picked now (None: it may), for status documents."""
+        now = self.clock()
+        if not self.probe_up:
+            return "failing its health probes"
+        if self.ejected(now):
+            return f"ejected by outlier detection for {self.ejected_until - now:.0f} s more"
+        if self.circuit(now) is CircuitState.OPEN:
+            left = self.breaker.opened_at + self.breaker.open_seconds - now
+            return f"circuit open for {left:.0f} s more"
+        return None
+
     def _update(self) -> None:
         self.routable = (
             self.probe_up and not self.ejected_until and self.breaker.state is CircuitState.CLOSED
