@@ -196,3 +196,13 @@ async def test_unary_first_byte_bounds_a_non_streamed_wait_and_the_stream_keeps_
     assert answer.status == 200
     d = gw.fleet.resolve("m").members[0].deployment
     assert d.unary_timeouts.first_byte == 0.05 and d.timeouts.first_byte == 20
+
+
+async def test_a_failover_off_a_deployment_never_reached_is_not_charged_to_the_budget() -> None:
+    async def a_down(request: SentRequest) -> MemoryResponse:
+        if request.base_url == A:
+            raise UpstreamUnreachable("could not reach it")
+        return MemoryResponse.json(COMPLETION)
+
+    gw = Gateway(a_down, A, B, retry={"budget_percent": 0, "min_concurrent_retries": 0})
+    assert [(await gw.post(CHAT)).status for _ in range(4)] == [200] * 4

@@ -120,9 +120,13 @@ class Caller:
             except GatewayError as exc:
                 # Raised, not answered: nothing of this attempt reached the client (a failure
                 # after the first byte ends the stream with an error event and returns).
-                if attempt.outcome not in RETRIED:
+                outcome = attempt.outcome
+                if outcome not in RETRIED:
                     raise
-                wait = plan.retry()
+                # Not charged to the retry budget: a failover off a deployment never reached
+                # or out of rotation now (its probes failing, say, for a hung one).
+                charged = outcome is not Outcome.UNREACHABLE and attempt.state.health.routable
+                wait = plan.retry(charged)
                 if wait is None:
                     raise
                 failed = exc

@@ -64,7 +64,16 @@ def fallback_error(model: str, fallback: Fallback) -> DeploymentsDown:
 
 
 class Plan:
-    __slots__ = ("_budget", "_facts", "_limit", "_rng", "pool", "retries", "tried")
+    __slots__ = (
+        "_budget",
+        "_facts",
+        "_limit",
+        "_rng",
+        "attempts_retried",
+        "pool",
+        "retries",
+        "tried",
+    )
 
     def __init__(
         self,
@@ -81,6 +90,7 @@ class Plan:
         self._rng = rng
         self.tried: list[DeploymentState] = []
         self.retries = 0  # retries taken from the budget, given back by ``done``
+        self.attempts_retried = 0  # every retry, charged or not (the backoff grows with it)
 
     def next(self) -> DeploymentState:
         """The deployment for the next attempt; ``NoDeployment`` if none can take it now,
@@ -127,20 +137,26 @@ class Plan:
         """Whether the attempt count would allow another attempt (the budget is not asked)."""
         return len(self.tried) < self._limit
 
-    def retry(self) -> float | None:
+    def retry(self, charged: bool = True) -> float | None:
         """Another attempt after a failed one: the seconds to wait first (jittered), or None
-        when it is not allowed (attempts used up, or the pool's retry budget spent)."""
+        when it is not allowed (attempts used up, or the pool's retry budget spent).
+
+        A retry that is not ``charged`` is a failover: the failed attempt never reached its
+        deployment, or that deployment is out of rotation now. It moves the request's load
+        to a deployment that is up rather than adding any, so the budget is not asked (else
+        the requests stranded on a deployment found hung would fail together)."""
         if not self.may_retry():
             return None
         budget = self._budget
-        if budget is not None:
+        if budget is not None and charged:
             if not budget.allows(sum(m.in_flight for m in self.pool.members)):
                 return None
             budget.take()
-        self.retries += 1
+            self.retries += 1
+        self.attempts_retried += 1
         if self._rng is None:
             return 0.0
-        return backoff(self.pool.config.retry, self.retries, self._rng)
+        return backoff(self.pool.config.retry, self.attempts_retried, self._rng)
 
     def done(self) -> None:
         """The request is over: its retries leave the budget."""
