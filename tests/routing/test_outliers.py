@@ -78,3 +78,22 @@ def test_a_sweep_ejects_starts_a_new_window_and_the_ejection_runs_out() -> None:
         sick.observe(Outcome.OK)
     sweep([sick, well], CONFIG, now[0])
     assert sick.ejected_until == now[0] + 60.0  # the second time: twice as long
+
+
+def test_a_deployment_whose_circuit_is_open_is_left_to_its_breaker() -> None:
+    now = 0.0
+    open_, well = DeploymentHealth(clock=lambda: now), DeploymentHealth(clock=lambda: now)
+    for _ in range(12):
+        open_.observe(Outcome.SERVER_ERROR)  # opens at five
+        well.observe(Outcome.OK)
+    assert sweep([open_, well], CONFIG, now) == 0
+
+
+def test_probes_bringing_a_deployment_back_end_its_ejection() -> None:
+    h = DeploymentHealth()
+    h.eject(h.clock(), 300)
+    for _ in range(3):
+        h.probed(False)
+    for _ in range(2):
+        h.probed(True)
+    assert h.routable

@@ -136,8 +136,10 @@ class DeploymentHealth:
             self.probe_successes += 1
             if not self.probe_up and self.probe_successes >= self.healthy_threshold:
                 self.probe_up = True
-                # Back: an open circuit need not wait out its time; trials will confirm it.
+                # Back: an open circuit need not wait out its time, nor an ejection; trials
+                # and the next sweeps will confirm it.
                 self.breaker.probe_ok()
+                self.ejected_until = 0.0
                 self._update()
         else:
             self.probes_failed += 1

@@ -11,7 +11,9 @@ lasts ``base_ejection_seconds`` times the number of times the deployment has bee
 (capped at ``max_ejection_seconds``); every clean window after it takes one off that number.
 
 The breaker reacts at once to failures in a row; outlier detection catches the deployment that
-fails one request in three, which never trips a breaker, and it cannot empty a pool.
+fails one request in three, which never trips a breaker, and it cannot empty a pool. It judges
+only deployments whose circuit is closed (failures in a row count for it where the breaker is
+off or has a higher threshold); a deployment its probes bring back up is un-ejected.
 ``decide`` is pure; ``sweep`` applies it to the pool's ``DeploymentHealth``s.
 """
 
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from swarmgate.config import OutlierDetection
+from swarmgate.routing.breaker import CircuitState
 from swarmgate.routing.health import DeploymentHealth
 
 
@@ -69,7 +72,14 @@ def ejection_seconds(times: int, config: OutlierDetection) -> float:
 def sweep(members: Sequence[DeploymentHealth], config: OutlierDetection, now: float) -> int:
     """One sweep of a pool: eject its outliers, start a new window. Returns how many were
     ejected."""
-    windows = [Window(h.ok, h.failed, h.consecutive, h.ejected(now)) for h in members]
+    # A deployment whose circuit is not closed is the breaker's: its trials will tell, and a
+    # repaired one must not sit out an ejection on top.
+    windows = [
+        Window(h.ok, h.failed, h.consecutive, h.ejected(now))
+        if h.breaker.state is CircuitState.CLOSED
+        else Window(h.ok, 0, 0, h.ejected(now))
+        for h in members
+    ]
     chosen = decide(windows, config) if config.enabled else []
     for i in chosen:
         h = members[i]

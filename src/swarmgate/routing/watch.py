@@ -6,7 +6,8 @@ Nothing here runs on the request path: a probe's verdict lands in the deployment
 of the deployment's ``health_check.path`` (with its API key, so that ``/v1/models`` works on a
 hosted endpoint too), bounded by ``timeout``; a 2xx is a success, anything else (another
 status, no connection, no answer in time) a failure. Each deployment is probed every
-``interval`` seconds, every ``unhealthy_interval`` while it is down, the first time at a random
+``interval`` seconds, every ``unhealthy_interval`` while it is down or its last probe failed
+(the interval is measured from a probe's start), the first time at a random
 point of its first interval, so that a hundred deployments are not probed in one burst. The
 loop wakes at least every second, which is also how it notices deployments added by a reload.
 """
@@ -106,7 +107,11 @@ class FleetWatch:
             if at is None:
                 at = due[state] = now + self._rng.uniform(0.0, config.interval)
             if at <= now:
-                interval = config.interval if state.health.probe_up else config.unhealthy_interval
+                # In doubt (down, or its last probe failed): probed sooner, so that going down
+                # takes one interval and the threshold's probes, and coming back less than one.
+                h = state.health
+                doubt = not h.probe_up or h.probe_failures
+                interval = config.unhealthy_interval if doubt else config.interval
                 at = due[state] = now + interval
                 task = asyncio.get_running_loop().create_task(self.probe(state))
                 self._probing.add(task)
