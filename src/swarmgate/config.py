@@ -123,13 +123,14 @@ class HealthCheck(Frozen):
     """Active probes of a deployment (routing/probes.py), seed 003's defaults: a GET of
     ``path`` every ``interval`` seconds, bounded by ``timeout``; down after
     ``unhealthy_threshold`` failed probes in a row, up again after ``healthy_threshold``
-    good ones (a 2xx). While down it is probed every ``unhealthy_interval`` seconds, so that a
-    recovered deployment is back within one ``interval``."""
+    good ones (a 2xx). While down, or after a failed probe, it is probed every
+    ``unhealthy_interval`` seconds: a hung deployment is found within ``interval`` plus
+    ``unhealthy_threshold - 1`` of those, a recovered one is back within one ``interval``."""
 
     enabled: bool = True
     path: str = "/health"
     interval: Annotated[float, Field(gt=0, le=86400)] = 30.0
-    unhealthy_interval: Annotated[float, Field(gt=0, le=86400)] = 10.0
+    unhealthy_interval: Annotated[float, Field(gt=0, le=86400)] = 5.0
     timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
     unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 3
@@ -143,10 +144,11 @@ class HealthCheck(Frozen):
 
     @model_validator(mode="after")
     def _timeout_fits(self) -> HealthCheck:
-        if self.timeout > self.interval:
-            raise ValueError(
-                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
-            )
+        for name in ("interval", "unhealthy_interval"):
+            if self.timeout > getattr(self, name):
+                raise ValueError(
+                    f"timeout ({self.timeout:g}s) must not exceed {name} ({getattr(self, name):g}s)"
+                )
         return self
 
 

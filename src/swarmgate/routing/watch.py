@@ -66,6 +66,7 @@ class FleetWatch:
         self._due: dict[DeploymentState, float] = {}  # when each is probed next
         self._swept: dict[str, float] = {}  # when each pool is swept next
         self._probing: set[asyncio.Task[None]] = set()
+        self._running: set[DeploymentState] = set()  # probed right now: never two at once
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -106,7 +107,7 @@ class FleetWatch:
             at = due.get(state)
             if at is None:
                 at = due[state] = now + self._rng.uniform(0.0, config.interval)
-            if at <= now:
+            if at <= now and state not in self._running:
                 # In doubt (down, or its last probe failed): probed sooner, so that going down
                 # takes one interval and the threshold's probes, and coming back less than one.
                 h = state.health
@@ -135,12 +136,15 @@ class FleetWatch:
         d = state.deployment
         config = d.health_check
         headers = {"authorization": "Bearer " + d.api_key} if d.api_key else {}
+        self._running.add(state)
         try:
             async with asyncio.timeout(config.timeout):
                 status = await self.transport.probe(d.origin, config.path, headers)
             ok = 200 <= status < 300
         except (TimeoutError, UpstreamError):
             ok = False
+        finally:
+            self._running.discard(state)
         was_up = state.health.probe_up
         state.health.probed(ok)
         if state.health.probe_up != was_up:
