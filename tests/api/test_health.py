@@ -100,9 +100,12 @@ def test_lost_deployments_degrade_then_fail_the_health(
     status, body, _ = _get(gw.url + "/health")
     assert (status, body["status"]) == (200, "degraded")  # model a still serves
     assert body["checks"]["models"]["b"] == {"status": "unhealthy", "deployments": 1, "healthy": 0}
-    # Model a's dead deployment is seen failing (each failure is then retried on a-up).
-    for _ in range(10):
+    # Model a's dead deployment is seen failing (each failure is then retried on a-up) until
+    # its circuit opens; however the balancer shares the requests, it tries it five times.
+    for _ in range(60):
         assert _chat(gw, "a") == 200
+        if _get(gw.url + "/health")[1]["checks"]["models"]["a"]["status"] == "degraded":
+            break
     assert _get(gw.url + "/health")[1]["checks"]["models"]["a"]["status"] == "degraded"
 
 

@@ -13,7 +13,7 @@ from swarmgate.config import CircuitBreaker, HealthCheck, Retry, parse_settings
 from swarmgate.errors import DeploymentsDown, NoDeployment
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.breaker import CircuitState
-from swarmgate.routing.fleet import Fleet, Pool
+from swarmgate.routing.fleet import DeploymentState, Fleet, Pool
 from swarmgate.routing.health import DeploymentHealth
 from swarmgate.routing.plan import Plan, RetryBudget, Router, backoff
 from swarmgate.types import Outcome
@@ -43,6 +43,21 @@ def _picks(pool: Pool, count: int) -> list[str]:
     return [Plan(pool, RoutingFacts("m")).next().name for _ in range(count)]
 
 
+def _pick_with_others_busy(pool: Pool, wanted: DeploymentState) -> str | None:
+    """What a pick finds when every other deployment is at max_concurrent (whatever the
+    balancer): ``wanted``'s name if it may take the request, else None."""
+    others = [m for m in pool.members if m is not wanted]
+    for m in others:
+        m.in_flight = m.max_concurrent
+    try:
+        return Plan(pool, RoutingFacts("m")).next().name
+    except NoDeployment:
+        return None
+    finally:
+        for m in others:
+            m.in_flight = 0
+
+
 def test_an_open_circuit_is_not_picked_until_a_trial_closes_it() -> None:
     clock = Clock()
     pool = _pool(2, clock, circuit_breaker={"threshold": 2, "open_seconds": 30})
@@ -53,11 +68,11 @@ def test_an_open_circuit_is_not_picked_until_a_trial_closes_it() -> None:
     assert set(_picks(pool, 6)) == {well.name}
     clock.now += 30
     assert sick.healthy  # half-open: usable for its trial
-    picks = _picks(pool, 6)
-    assert picks.count(sick.name) == 1  # one trial at a time
+    assert _pick_with_others_busy(pool, sick) == sick.name  # the trial
+    assert _pick_with_others_busy(pool, sick) is None  # one trial at a time
     sick.observe(Outcome.OK)  # the trial succeeded
     assert sick.health.routable and sick.health.breaker.state is CircuitState.CLOSED
-    assert set(_picks(pool, 4)) == {sick.name, well.name}
+    assert _pick_with_others_busy(pool, sick) == sick.name
 
 
 def test_a_trial_that_fails_opens_the_circuit_again() -> None:
@@ -66,9 +81,10 @@ def test_a_trial_that_fails_opens_the_circuit_again() -> None:
     sick = pool.members[0]
     sick.observe(Outcome.TIMEOUT)
     clock.now += 10
-    assert sick.name in _picks(pool, 2)
+    assert _pick_with_others_busy(pool, sick) == sick.name
     sick.observe(Outcome.SERVER_ERROR)
     assert sick.name not in _picks(pool, 4)
+    assert _pick_with_others_busy(pool, sick) is None
 
 
 def test_probes_take_a_deployment_out_and_readmit_it() -> None:
@@ -83,7 +99,7 @@ def test_probes_take_a_deployment_out_and_readmit_it() -> None:
     down.health.probed(True)
     assert not down.healthy
     down.health.probed(True)
-    assert down.healthy and down.name in _picks(pool, 2)
+    assert down.healthy and _pick_with_others_busy(pool, down) == down.name
 
 
 def test_a_recovered_deployment_need_not_wait_out_its_open_circuit() -> None:
@@ -96,7 +112,7 @@ def test_a_recovered_deployment_need_not_wait_out_its_open_circuit() -> None:
     assert dead.health.breaker.state is CircuitState.OPEN
     dead.health.probed(True)  # 1 s later, not 60
     assert dead.health.circuit(clock.now) is CircuitState.HALF_OPEN
-    assert dead.name in _picks(pool, 2)
+    assert _pick_with_others_busy(pool, dead) == dead.name
 
 
 def test_a_good_probe_of_a_deployment_that_never_went_down_keeps_its_circuit_open() -> None:

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from swarmgate.config import CircuitBreaker, HealthCheck, Model, Settings, Timeouts
+import swarmgate.routing.health as routing_health
 from swarmgate.config import Deployment as DeploymentConfig
+from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
 from swarmgate.limits.queue import SlotQueue, TierPolicy
 from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
-from swarmgate.routing.health import DeploymentHealth
 from swarmgate.types import ModelType, Origin, Outcome
 
-DEFAULT_BREAKER = CircuitBreaker()
-DEFAULT_PROBES = HealthCheck()
+if TYPE_CHECKING:
+    from swarmgate.config import CircuitBreaker, HealthCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,8 @@ class Deployment:
     cost_per_request: float
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...]
-    circuit_breaker: CircuitBreaker = DEFAULT_BREAKER
-    health_check: HealthCheck = DEFAULT_PROBES
+    circuit_breaker: CircuitBreaker = routing_health.DEFAULT_BREAKER
+    health_check: HealthCheck = routing_health.DEFAULT_PROBES
 
     @classmethod
     def build(
@@ -81,8 +82,8 @@ class Deployment:
                 (b"x-swarmgate-deployment", name.encode()),
                 (b"x-swarmgate-model", model.encode()),
             ),
-            circuit_breaker=breaker or DEFAULT_BREAKER,
-            health_check=probes or DEFAULT_PROBES,
+            circuit_breaker=breaker or routing_health.DEFAULT_BREAKER,
+            health_check=probes or routing_health.DEFAULT_PROBES,
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -152,11 +153,11 @@ class DeploymentState:
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
     # Circuit, ejection and probes: whether it may be picked (routing/health.py).
-    health: DeploymentHealth = field(init=False)
+    health: routing_health.DeploymentHealth = field(init=False)
 
     def __post_init__(self) -> None:
         d = self.deployment
-        self.health = DeploymentHealth(d.circuit_breaker, d.health_check)
+        self.health = routing_health.DeploymentHealth(d.circuit_breaker, d.health_check)
 
     @property
     def name(self) -> str:

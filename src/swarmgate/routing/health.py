@@ -22,6 +22,9 @@ from swarmgate.config import CircuitBreaker, HealthCheck
 from swarmgate.routing.breaker import Breaker, CircuitState
 from swarmgate.types import Clock, Outcome
 
+DEFAULT_BREAKER = CircuitBreaker()
+DEFAULT_PROBES = HealthCheck()
+
 
 class DeploymentHealth:
     __slots__ = (
@@ -68,7 +71,7 @@ class DeploymentHealth:
         self.probe_failures = 0  # in a row
         self.probes_ok = 0  # totals, for metrics
         self.probes_failed = 0
-        self.configure(breaker or CircuitBreaker(), probes or HealthCheck())
+        self.configure(breaker or DEFAULT_BREAKER, probes or DEFAULT_PROBES)
 
     def configure(self, breaker: CircuitBreaker, probes: HealthCheck) -> None:
         """New settings (a reload) keep the current state."""
