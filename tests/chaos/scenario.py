@@ -105,40 +105,71 @@ class Result:
     ok: bool
     deployment: str = ""
     error: str = ""
+    stream: bool = False
+    cut: bool = False  # a stream that started, then ended with the gateway's SSE error event
 
 
 class Load:
     """``clients`` threads, each with its own OpenAI client, sending non-streamed chats one
-    after the other until stopped."""
+    after the other until stopped; ``streams`` more threads sending streamed ones."""
 
-    def __init__(self, gateway: Gateway, clients: int) -> None:
+    def __init__(self, gateway: Gateway, clients: int, streams: int = 0) -> None:
         self.gateway = gateway
         self.clients = clients
         self.results: list[Result] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True) for _ in range(clients)
+        ] + [threading.Thread(target=self._streamer, daemon=True) for _ in range(streams)]
 
-    def _client(self) -> None:
-        client = openai.OpenAI(
+    def _openai(self) -> openai.OpenAI:
+        return openai.OpenAI(
             base_url=self.gateway.url + "/v1",
             api_key=self.gateway.admin_key,
             max_retries=0,  # a failure must show, not be retried by the SDK
             timeout=25.0,
         )
+
+    def _streamer(self) -> None:
+        """Streamed chats, long enough (40 tokens) that a fault can cut one mid-way."""
+        client = self._openai()
         messages: Any = [{"role": "user", "content": "hello"}]
-        while not self._stop.is_set():
-            try:
-                raw = client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=messages, max_tokens=4
-                )
-                raw.parse()
-                result = Result(time.monotonic(), True, raw.headers["x-swarmgate-deployment"])
-            except openai.APIError as exc:
-                result = Result(time.monotonic(), False, error=f"{type(exc).__name__}: {exc}")
-            with self._lock:
-                self.results.append(result)
-        client.close()
+        with client:
+            while not self._stop.is_set():
+                chunks = 0
+                try:
+                    stream = client.chat.completions.create(
+                        model=MODEL, messages=messages, max_tokens=40, stream=True
+                    )
+                    for _ in stream:
+                        chunks += 1
+                    result = Result(time.monotonic(), True, stream=True)
+                except Exception as exc:
+                    # After a chunk, the SDK raises APIError for the gateway's error event.
+                    cut = chunks > 0 and isinstance(exc, openai.APIError)
+                    error = f"{type(exc).__name__} after {chunks} chunks: {exc}"
+                    result = Result(time.monotonic(), False, error=error, stream=True, cut=cut)
+                with self._lock:
+                    self.results.append(result)
+
+    def _client(self) -> None:
+        client = self._openai()
+        messages: Any = [{"role": "user", "content": "hello"}]
+        with client:
+            while not self._stop.is_set():
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model=MODEL, messages=messages, max_tokens=4
+                    )
+                    raw.parse()
+                    deployment = raw.headers["x-swarmgate-deployment"]
+                    result = Result(time.monotonic(), True, deployment)
+                except Exception as exc:  # any failure is a result, never a dead client
+                    error = f"{type(exc).__name__}: {exc}"
+                    result = Result(time.monotonic(), False, error=error)
+                with self._lock:
+                    self.results.append(result)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -150,8 +181,17 @@ class Load:
             thread.join(30)
 
     def since(self, start: float, end: float | None = None) -> list[Result]:
+        """The non-streamed requests that ended in [start, end)."""
         with self._lock:
-            return [r for r in self.results if r.at >= start and (end is None or r.at < end)]
+            return [
+                r
+                for r in self.results
+                if not r.stream and r.at >= start and (end is None or r.at < end)
+            ]
+
+    def streams(self) -> list[Result]:
+        with self._lock:
+            return [r for r in self.results if r.stream]
 
     def first_served_by(self, deployment: str, since: float, timeout: float) -> float | None:
         """Seconds from ``since`` until ``deployment`` answered a request again."""

@@ -2,7 +2,8 @@
 hung and made to answer 500s, and restored after each. No non-streamed request fails while the
 other replica serves; the circuit opens within its threshold; a recovered replica serves again
 within one probe interval; while one replica hangs the model keeps more than half its
-throughput. The long form, with 40 clients and 20 s phases, is ``bench/chaos.py``."""
+throughput; a stream fails only by being cut mid-way, with the SSE error event. The long
+form, with 40 clients and 20 s phases, is ``bench/chaos.py``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.chaos.scenario import RESILIENCE, Load, Replica, gateway_config, metr
 from tests.plugins.processes import Gateway
 
 CLIENTS = 6
+STREAMS = 2  # streamed clients beside them: a stream cut mid-way must end with an error event
 PHASE = 3.0  # seconds of each fault
 PROBE_INTERVAL = RESILIENCE["health_check"]["interval"]
 THRESHOLD = RESILIENCE["circuit_breaker"]["threshold"]
@@ -39,7 +41,7 @@ def test_one_replica_killed_hung_and_failing_costs_no_request(
 ) -> None:
     a, b = replicas
     gw = gateway_factory(gateway_config([a, b]))
-    load = Load(gw, CLIENTS)
+    load = Load(gw, CLIENTS, STREAMS)
     load.start()
     try:
         time.sleep(1.5)
@@ -101,3 +103,10 @@ def test_one_replica_killed_hung_and_failing_costs_no_request(
     for p in (baseline, killed, hung, failing):
         print(p.row())  # shown with -s
     assert everything.failures == 0, everything.errors
+    streams = load.streams()
+    # A stream fails only by being cut after its first chunk, with the gateway's SSE error
+    # event (the SDK raises it as an APIError); before its first chunk it is failed over.
+    broken = [s.error for s in streams if not s.ok and not s.cut]
+    assert streams and not broken, broken[:5]
+    cut = sum(s.cut for s in streams)
+    print(f"streams: {len(streams)}, cut mid-way with an error event: {cut}")
