@@ -94,7 +94,7 @@ class Accounting:
                 metrics.ttft(d.model, d.name, attempt.first_byte - attempt.started)
             outcome = attempt.outcome
             if outcome is not None:
-                attempt.state.observe(outcome)
+                attempt.state.health.observe(outcome)
                 if outcome.is_failure:
                     metrics.upstream_error(d.name, error_kind(attempt))
 

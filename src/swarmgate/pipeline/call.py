@@ -79,7 +79,8 @@ class Caller:
             x.fallback = True
             raise
         finally:
-            plan.done()
+            if plan.retries:  # usually none: one attribute test
+                plan.done()
 
     async def _attempts(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
         request = x.request

@@ -113,6 +113,13 @@ class DeploymentHealth:
 
     def observe(self, outcome: Outcome) -> None:
         """How an attempt here ended (once per attempt, from the accounting)."""
+        if outcome is Outcome.OK:  # the hot path first: an add and two attribute tests
+            self.ok += 1
+            if self.consecutive or not self.routable:
+                self.consecutive = 0
+                self.breaker.success()
+                self._update()
+            return
         if outcome.is_failure:
             self.failed += 1
             self.consecutive += 1

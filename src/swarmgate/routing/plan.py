@@ -172,18 +172,26 @@ class Router:
 
     def __init__(self, max_attempts: int | None = None, seed: int | None = None) -> None:
         self.max_attempts = max_attempts  # None: each model's ``retry.max_attempts``
-        self._budgets: dict[str, RetryBudget] = {}
+        # Per model: the pool it was resolved for, its attempt limit and its retry budget
+        # (one dict lookup per request; a reloaded pool keeps its model's budget).
+        self._models: dict[str, tuple[Pool, int, RetryBudget]] = {}
         self._rng = random.Random(seed)
 
-    def budget(self, pool: Pool) -> RetryBudget:
-        budget = self._budgets.get(pool.model)
-        if budget is None:
+    def _of(self, pool: Pool) -> tuple[Pool, int, RetryBudget]:
+        entry = self._models.get(pool.model)
+        if entry is None or entry[0] is not pool:
             retry = pool.config.retry
-            budget = self._budgets[pool.model] = RetryBudget(
-                retry.budget_percent, retry.min_concurrent_retries
-            )
-        return budget
+            budget = entry[2] if entry is not None else RetryBudget()
+            budget.percent, budget.floor = retry.budget_percent, retry.min_concurrent_retries
+            entry = (pool, self.max_attempts or retry.max_attempts, budget)
+            self._models[pool.model] = entry
+        return entry
+
+    def budget(self, pool: Pool) -> RetryBudget:
+        return self._of(pool)[2]
 
     def plan(self, pool: Pool, facts: RoutingFacts) -> Plan:
-        limit = self.max_attempts or pool.config.retry.max_attempts
-        return Plan(pool, facts, limit, self.budget(pool), self._rng)
+        entry = self._models.get(pool.model)
+        if entry is None or entry[0] is not pool:
+            entry = self._of(pool)
+        return Plan(pool, facts, entry[1], entry[2], self._rng)
