@@ -160,10 +160,15 @@ def test_the_breaker_can_be_turned_off_per_deployment() -> None:
         },
         {},
     )
-    a, b = Fleet(settings).resolve("m").members
+    fleet = Fleet(settings)
+    a, b = fleet.resolve("m").members
     a.observe(Outcome.UNREACHABLE)
     b.observe(Outcome.UNREACHABLE)
     assert a.health.routable and not b.health.routable
+    # Turned off by a reload: an open circuit closes.
+    off = {"url": "http://b:1", "circuit_breaker": {"enabled": False}}
+    fleet.replace(parse_settings({"models": {"m": {"deployments": [off]}}}, {}))
+    assert b.health.routable and b.health.breaker.state is CircuitState.CLOSED
 
 
 def test_the_retry_budget_has_a_floor_and_a_share_of_the_requests_in_flight() -> None:

@@ -91,6 +91,12 @@ class Breaker:
             self.state = CircuitState.HALF_OPEN
             self.trials_out = 0
 
+    def reset(self) -> None:
+        """Closed, with nothing counted (the breaker was turned off)."""
+        self.state = CircuitState.CLOSED
+        self.failures = 0
+        self.trials_out = 0
+
     def _open(self, now: float) -> None:
         self.state = CircuitState.OPEN
         self.opened_at = now

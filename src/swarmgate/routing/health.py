@@ -83,7 +83,7 @@ class DeploymentHealth:
         )
         self.breaker_on = breaker.enabled
         if not breaker.enabled:
-            b.success()
+            b.reset()
         self.healthy_threshold = probes.healthy_threshold
         self.unhealthy_threshold = probes.unhealthy_threshold
         if not probes.enabled:
