@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 
 import orjson
@@ -12,6 +13,7 @@ from swarmgate.pipeline.accounting import FALLBACK
 from swarmgate.pipeline.accounting import _record as record_of
 from swarmgate.routing.breaker import CircuitState
 from swarmgate.routing.watch import health_rows
+from swarmgate.types import Outcome
 from swarmgate.upstream.memory import Handler, MemoryResponse, SentRequest
 from tests.pipeline.fleets import Gateway
 
@@ -217,3 +219,16 @@ async def test_a_failover_off_a_deployment_never_reached_is_not_charged_to_the_b
 
     gw = Gateway(a_down, A, B, retry={"budget_percent": 0, "min_concurrent_retries": 0})
     assert [(await gw.post(CHAT)).status for _ in range(4)] == [200] * 4
+
+
+async def test_a_trial_that_ends_with_no_verdict_gives_its_slot_back() -> None:
+    async def cancelled(request: SentRequest) -> MemoryResponse:
+        raise asyncio.CancelledError  # neither an answer nor a failure of the deployment
+
+    gw = Gateway(cancelled, A, circuit_breaker={"threshold": 1, "open_seconds": 0.01})
+    health = gw.fleet.resolve("m").members[0].health
+    health.observe(Outcome.UNREACHABLE)  # open
+    await asyncio.sleep(0.02)  # half-open: one trial
+    with contextlib.suppress(asyncio.CancelledError):
+        await gw.post(CHAT)
+    assert health.breaker.trials_out == 0 and health.admits()

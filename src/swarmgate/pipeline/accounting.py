@@ -97,6 +97,8 @@ class Accounting:
                 attempt.state.health.observe(outcome)
                 if outcome.is_failure:
                     metrics.upstream_error(d.name, error_kind(attempt))
+            else:  # ended with no verdict (cancelled, say): a half-open trial's slot comes back
+                attempt.state.health.breaker.release()
 
     @staticmethod
     def _log_failure(x: Exchange, latency: float) -> None:
