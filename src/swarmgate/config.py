@@ -120,12 +120,14 @@ class CircuitBreaker(Frozen):
 
 
 class HealthCheck(Frozen):
-    """Active probes of a deployment (routing/probes.py), seed 003's defaults: a GET of
+    """Active probes of a deployment (routing/watch.py), seed 003's defaults: a GET of
     ``path`` every ``interval`` seconds, bounded by ``timeout``; down after
     ``unhealthy_threshold`` failed probes in a row, up again after ``healthy_threshold``
-    good ones (a 2xx). While down, or after a failed probe, it is probed every
-    ``unhealthy_interval`` seconds: a hung deployment is found within ``interval`` plus
-    ``unhealthy_threshold - 1`` of those, a recovered one is back within one ``interval``."""
+    good ones. A good probe is any answer below 500 (a server without that path still
+    answers; a 503 while a model loads does not), or only a 2xx with ``expect_2xx``. While
+    down, or after a failed probe, it is probed every ``unhealthy_interval`` seconds: a hung
+    deployment is found within ``interval`` plus ``unhealthy_threshold - 1`` of those, a
+    recovered one is back within one ``interval``."""
 
     enabled: bool = True
     path: str = "/health"
@@ -134,6 +136,7 @@ class HealthCheck(Frozen):
     timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
     unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    expect_2xx: bool = False
 
     @field_validator("path")
     @classmethod

@@ -97,17 +97,25 @@ async def test_a_probe_that_hangs_fails_within_its_timeout() -> None:
     assert not a.health.probe_up and a.health.probes_failed == 1
 
 
-async def test_a_status_other_than_2xx_is_a_failed_probe() -> None:
-    fleet = _fleet(health_check={"unhealthy_threshold": 1})
-    transport = MemoryTransport(_unused)
+async def test_a_5xx_fails_a_probe_and_a_4xx_only_when_a_2xx_is_expected() -> None:
+    status = [503]
 
-    async def not_found(request: SentRequest) -> MemoryResponse:
-        return MemoryResponse.json({}, status=404)
+    async def answers(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json({}, status=status[0])
 
-    transport.probe_handler = not_found
-    a = fleet.resolve("m").members[0]
-    await FleetWatch(fleet, transport).probe(a)
-    assert not a.health.probe_up
+    for expect_2xx, code, up in (
+        (False, 503, False),  # loading, or broken
+        (False, 404, True),  # no such path, but the server answers
+        (True, 404, False),
+        (True, 204, True),
+    ):
+        fleet = _fleet(health_check={"unhealthy_threshold": 1, "expect_2xx": expect_2xx})
+        transport = MemoryTransport(_unused)
+        transport.probe_handler = answers
+        status[0] = code
+        a = fleet.resolve("m").members[0]
+        await FleetWatch(fleet, transport).probe(a)
+        assert a.health.probe_up is up, (expect_2xx, code)
 
 
 async def test_disabled_probes_send_nothing() -> None:

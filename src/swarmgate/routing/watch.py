@@ -4,8 +4,10 @@ sweep of every pool. One task, started in ``Gateway.startup`` and stopped in ``s
 Nothing here runs on the request path: a probe's verdict lands in the deployment's
 ``DeploymentHealth`` (``probed``), which the next pick reads as one attribute. A probe is a GET
 of the deployment's ``health_check.path`` (with its API key, so that ``/v1/models`` works on a
-hosted endpoint too), bounded by ``timeout``; a 2xx is a success, anything else (another
-status, no connection, no answer in time) a failure. Each deployment is probed every
+hosted endpoint too), bounded by ``timeout``. Any answer below 500 is a success (the server
+answers: a 404 from one without that path must not take a model down), or only a 2xx with
+``expect_2xx``; a 5xx (a 503 while a model loads), no connection or no answer in time is a
+failure. Each deployment is probed every
 ``interval`` seconds, every ``unhealthy_interval`` while it is down or its last probe failed
 (the interval is measured from a probe's start), the first time at a random
 point of its first interval, so that a hundred deployments are not probed in one burst. The
@@ -140,7 +142,7 @@ class FleetWatch:
         try:
             async with asyncio.timeout(config.timeout):
                 status = await self.transport.probe(d.origin, config.path, headers)
-            ok = 200 <= status < 300
+            ok = 200 <= status < 300 if config.expect_2xx else status < 500
         except (TimeoutError, UpstreamError):
             ok = False
         finally:
