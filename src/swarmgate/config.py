@@ -251,6 +251,10 @@ class Model(Frozen):
     outlier_detection: OutlierDetection = OutlierDetection()
     retry: Retry = Retry()
     fallback: Fallback = Fallback()
+    # Seconds between SSE comments sent while a stream waits for its first chunk (a long
+    # prefill behind a load balancer's idle timeout); None: off. Once one went out, a
+    # failure is an SSE error event, not an HTTP status, and no retry (docs/resilience.md).
+    stream_keepalive: Annotated[float, Field(gt=0, le=3600)] | None = None
     deployments: tuple[Deployment, ...]
 
     @field_validator("deployments")

@@ -31,6 +31,7 @@ from swarmgate.errors import (
 from swarmgate.errors import UpstreamUnreachable as Unreachable
 from swarmgate.pipeline.asgi import SSE_HEADERS, ClientGone, DisconnectWatch, Headers, send_bytes
 from swarmgate.pipeline.exchange import Attempt, Exchange
+from swarmgate.pipeline.keepalive import KeepAlive
 from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import Answer, InferenceRequest
 from swarmgate.routing.fleet import Deployment
@@ -185,14 +186,13 @@ class Caller:
         client = DisconnectWatch(receive)
         response: UpstreamResponse | None = None
         relay = StreamRelay(request.wants_usage)
+        beat = _keepalive(x, d, send)
         try:
             response = await self._send(x, request, attempt)
             if response.status != 200 or not _is_event_stream(response):
-                data = await response.read()
-                watchdog.first_byte()
-                await self._answer(x, attempt, response, data, send)
+                await self._not_a_stream(x, attempt, response, watchdog, relay, beat, send)
                 return
-            await self._pump(x, attempt, response, relay, watchdog, send)
+            await self._pump(x, attempt, response, relay, watchdog, send, beat)
             if not relay.done:
                 raise UpstreamBroken("ended the stream before [DONE]")
             x.usage = relay.usage
@@ -214,6 +214,8 @@ class Caller:
             if attempt.outcome is None:  # the body or the stream broke off while being read
                 attempt.outcome = Outcome.BROKEN
                 exc = _about(exc, d)
+            # A keep-alive that went out leaves no status to answer with, and no retry.
+            relay.started = relay.started or await _head_sent(beat)
             if not relay.started:
                 raise exc
             error = exc
@@ -222,6 +224,7 @@ class Caller:
             watchdog.disarm()
             if response is not None:
                 response.close()
+            relay.started = relay.started or await _head_sent(beat)
         if not relay.started:
             raise error
         x.usage = relay.usage  # a cut stream is accounted with what was counted of it
@@ -236,6 +239,25 @@ class Caller:
                 "more_body": False,
             },
         )
+
+    async def _not_a_stream(
+        self,
+        x: Exchange,
+        attempt: Attempt,
+        response: UpstreamResponse,
+        watchdog: Watchdog,
+        relay: StreamRelay,
+        beat: KeepAlive | None,
+        send: Send,
+    ) -> None:
+        """A stream's answer that is not a stream (an error, say): answered whole, or, once a
+        keep-alive sent the head, an error for the error event."""
+        data = await response.read()
+        watchdog.first_byte()
+        if await _head_sent(beat):
+            relay.started = True
+            raise _after_keepalive(attempt, response, data)
+        await self._answer(x, attempt, response, data, send)
 
     async def _relay(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt, receive: Receive, send: Send
@@ -310,6 +332,7 @@ class Caller:
         relay: StreamRelay,
         watchdog: Watchdog,
         send: Send,
+        beat: KeepAlive | None = None,
     ) -> None:
         """Forward each upstream chunk as it arrives (re-framed by the relay); never buffer."""
         async for chunk in response.chunks():
@@ -317,12 +340,14 @@ class Caller:
                 watchdog.touch()
             else:
                 # Headers go out with the first chunk, so that a deployment that fails before
-                # its first byte still yields a proper HTTP error, not a broken stream.
+                # its first byte still yields a proper HTTP error, not a broken stream (unless
+                # a keep-alive sent them already).
                 watchdog.first_byte()
-                headers = _response_headers(x, attempt.deployment) + SSE_HEADERS
-                await _send_or_gone(
-                    send, {"type": "http.response.start", "status": 200, "headers": headers}
-                )
+                if not await _head_sent(beat):
+                    headers = _response_headers(x, attempt.deployment) + SSE_HEADERS
+                    await _send_or_gone(
+                        send, {"type": "http.response.start", "status": 200, "headers": headers}
+                    )
                 relay.started = True
                 attempt.first_byte = time.perf_counter()
             out = relay.feed(chunk)
@@ -380,6 +405,36 @@ class Caller:
         content_type = response.headers.get("content-type", "application/json")
         x.status = status
         await send_bytes(send, status, data, headers, content_type.encode("latin-1"))
+
+
+def _keepalive(x: Exchange, d: Deployment, send: Send) -> KeepAlive | None:
+    """Opt-in per model: SSE comments while a stream awaits its first chunk."""
+    interval = x.pool.config.stream_keepalive if x.pool is not None else None
+    if not interval:
+        return None
+    headers = _response_headers(x, d) + SSE_HEADERS
+    return KeepAlive(
+        send, {"type": "http.response.start", "status": 200, "headers": headers}, interval
+    )
+
+
+async def _head_sent(beat: KeepAlive | None) -> bool:
+    """Stop the keep-alives (if any): whether they sent the head."""
+    return beat is not None and await beat.stop()
+
+
+def _after_keepalive(attempt: Attempt, response: UpstreamResponse, data: bytes) -> UpstreamError:
+    """A stream's answer that is not a stream, once a keep-alive sent the head: an error for
+    the error event (its outcome set as ``_answer`` would have)."""
+    status = response.status
+    if status >= 500:
+        attempt.outcome = Outcome.SERVER_ERROR
+    elif status >= 400:
+        attempt.outcome = Outcome.REFUSED
+    else:
+        attempt.outcome = Outcome.PROTOCOL
+    name = attempt.deployment.name
+    return UpstreamError(f"deployment {name} answered HTTP {status}: {_upstream_message(data)}")
 
 
 def _about(exc: UpstreamError, d: Deployment) -> UpstreamError:
