@@ -6,6 +6,8 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
+
 from swarmgate.config import parse_settings
 from swarmgate.errors import UpstreamUnreachable
 from swarmgate.routing.fleet import Fleet
@@ -158,3 +160,17 @@ async def test_start_and_stop_leave_no_task_behind() -> None:
     await watch.stop()
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert "fleet-watch" not in names
+
+
+async def test_a_bug_in_a_probe_is_logged_and_no_verdict(caplog: pytest.LogCaptureFixture) -> None:
+    fleet = _fleet(health_check={"unhealthy_threshold": 1})
+    transport = MemoryTransport(_unused)
+
+    async def buggy(request: SentRequest) -> MemoryResponse:
+        raise KeyError("oops")
+
+    transport.probe_handler = buggy
+    a = fleet.resolve("m").members[0]
+    await FleetWatch(fleet, transport).probe(a)
+    assert a.health.probe_up and a.health.probes_failed == 0
+    assert "health probe of a failed" in caplog.text

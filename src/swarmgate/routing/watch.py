@@ -145,6 +145,9 @@ class FleetWatch:
             ok = 200 <= status < 300 if config.expect_2xx else status < 500
         except (TimeoutError, UpstreamError):
             ok = False
+        except Exception:  # a bug (of a transport, say) is no verdict on the deployment
+            log.exception("health probe of %s failed", d.name)
+            return
         finally:
             self._running.discard(state)
         was_up = state.health.probe_up
