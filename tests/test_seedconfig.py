@@ -145,7 +145,13 @@ def test_check_config_shows_the_mapping_and_what_it_ignores() -> None:
     assert "unified-api-gateway format" in out
     assert "  gateway.default_model → default_model" in out
     assert "ignored (no equivalent in swarmgate):" in out
-    assert "  load_balancer.circuit_breaker_threshold: " in out
+    # The seed's health and circuit settings become every model's (its values are the
+    # defaults, so they are mapped, not left behind).
+    assert (
+        "  load_balancer.circuit_breaker_threshold → models.hermes-2.circuit_breaker.threshold"
+        in out
+    )
+    assert "  load_balancer.health_check_interval → models.hermes-2.health_check.interval" in out
     assert "auth.anonymous: true" in out
     assert out.strip().endswith("OK (4 models, 4 deployments)")
     # Its four workers without Redis would each count its global limits alone: one is served.

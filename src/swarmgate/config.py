@@ -103,6 +103,113 @@ class Timeouts(Frozen):
     first_byte: Seconds = 60.0
     idle: Seconds = 30.0
     total: Seconds = 600.0
+    # A non-streamed answer's first byte comes when all of it is generated: bounded by
+    # ``total`` unless this is set (docs/resilience.md: hung deployments).
+    unary_first_byte: Seconds | None = None
+
+
+class CircuitBreaker(Frozen):
+    """A deployment's circuit (routing/breaker.py), seed 004's defaults: open after
+    ``threshold`` consecutive failed attempts, for ``open_seconds``; then half-open, letting
+    ``half_open_requests`` trial requests through at once: one success closes it, one failure
+    opens it again."""
+
+    enabled: bool = True
+    threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    open_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    half_open_requests: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+class HealthCheck(Frozen):
+    """Active probes of a deployment (routing/watch.py), seed 003's defaults: a GET of
+    ``path`` every ``interval`` seconds, bounded by ``timeout``; down after
+    ``unhealthy_threshold`` failed probes in a row, up again after ``healthy_threshold``
+    good ones. A good probe is any answer below 500 (a server without that path still
+    answers; a 503 while a model loads does not), or only a 2xx with ``expect_2xx``. While
+    down, or after a failed probe, it is probed every ``unhealthy_interval`` seconds: a hung
+    deployment is found within ``interval`` plus ``unhealthy_threshold - 1`` of those, a
+    recovered one is back within one ``interval``."""
+
+    enabled: bool = True
+    path: str = "/health"
+    interval: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    unhealthy_interval: Annotated[float, Field(gt=0, le=86400)] = 5.0
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    expect_2xx: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in " ?#"):
+            raise ValueError("must be a path such as /health or /v1/models")
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_fits(self) -> HealthCheck:
+        for name in ("interval", "unhealthy_interval"):
+            if self.timeout > getattr(self, name):
+                raise ValueError(
+                    f"timeout ({self.timeout:g}s) must not exceed {name} ({getattr(self, name):g}s)"
+                )
+        return self
+
+
+class OutlierDetection(Frozen):
+    """Passive outlier detection from live traffic (routing/outliers.py), after Envoy's: every
+    ``interval`` seconds a deployment with ``consecutive_failures`` failed attempts in a row, or
+    at least ``min_requests`` attempts of which ``failure_rate`` or more failed, is ejected for
+    ``base_ejection_seconds`` times the number of times it has been ejected (at most
+    ``max_ejection_seconds``); never more than ``max_ejection_percent`` of a model's
+    deployments at once (but one, in a pool of two or more)."""
+
+    enabled: bool = True
+    interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    consecutive_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    min_requests: Annotated[int, Field(ge=1)] = 10
+    base_ejection_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    max_ejection_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_ejection_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> OutlierDetection:
+        if self.max_ejection_seconds < self.base_ejection_seconds:
+            raise ValueError("max_ejection_seconds must be at least base_ejection_seconds")
+        return self
+
+
+class Retry(Frozen):
+    """Retries on another deployment before the first byte reached the client (connect
+    errors, 5xx, upstream 429, timeouts): at most ``max_attempts`` attempts in all, waiting a
+    jittered backoff between them (from ``backoff_base`` seconds, doubling, at most
+    ``backoff_max``), under a retry budget: retries in progress at most ``budget_percent`` of
+    the model's requests in flight, with a floor of ``min_concurrent_retries`` (Envoy's)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    backoff_base: Annotated[float, Field(ge=0, le=10)] = 0.025
+    backoff_max: Annotated[float, Field(ge=0, le=60)] = 0.25
+    budget_percent: Annotated[float, Field(ge=0, le=100)] = 20.0
+    min_concurrent_retries: Annotated[int, Field(ge=0)] = 3
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Retry:
+        if self.backoff_max < self.backoff_base:
+            raise ValueError("backoff_max must be at least backoff_base")
+        return self
+
+
+class Fallback(Frozen):
+    """What a client gets when every deployment of a model is down (circuit open, ejected or
+    failing its probes), seed 003's fallback response: ``status`` (503), and ``body`` (any
+    JSON object) instead of the OpenAI error body; ``retry_after`` seconds, if set, go out as
+    ``Retry-After``."""
+
+    status: Annotated[int, Field(ge=400, le=599)] = 503
+    message: str = "every deployment of the model is unavailable; try again later"
+    body: dict[str, Any] | None = None
+    retry_after: Annotated[int, Field(ge=0, le=86400)] | None = None
 
 
 class Deployment(Frozen):
@@ -123,6 +230,9 @@ class Deployment(Frozen):
     # (5 s for uvicorn, which serves vLLM and SGLang, and for llama.cpp's server).
     keepalive: Seconds = 4.0
     name: str | None = None  # shown in responses and metrics; default: host:port
+    # Per deployment, over the model's.
+    circuit_breaker: CircuitBreaker | None = None
+    health_check: HealthCheck | None = None
     # Resolved from api_key_env by the loader; never written in YAML.
     api_key: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -243,6 +353,16 @@ class Model(Frozen):
     # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
+    # Resilience (docs/resilience.md); a deployment may override the first two.
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    health_check: HealthCheck = HealthCheck()
+    outlier_detection: OutlierDetection = OutlierDetection()
+    retry: Retry = Retry()
+    fallback: Fallback = Fallback()
+    # Seconds between SSE comments sent while a stream waits for its first chunk (a long
+    # prefill behind a load balancer's idle timeout); None: off. Once one went out, a
+    # failure is an SSE error event, not an HTTP status, and no retry (docs/resilience.md).
+    stream_keepalive: Annotated[float, Field(gt=0, le=3600)] | None = None
     deployments: tuple[Deployment, ...]
 
     @field_validator("deployments")

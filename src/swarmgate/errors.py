@@ -17,11 +17,15 @@
         ├── RateLimited           429  rate_limit_error (Retry-After)
         │   ├── RequestsLimited   429  requests / rate_limit_exceeded (a request limit)
         │   ├── TokensLimited     429  tokens / rate_limit_exceeded (a token limit)
-        │   └── QuotaExceeded     429  insufficient_quota (a spend budget, for budgets)
+        │   ├── QuotaExceeded     429  insufficient_quota (a spend budget, for budgets)
+        │   └── UpstreamThrottled 429  rate_limit_error / upstream_rate_limited (every
+        │                              deployment tried answered 429)
         ├── UpstreamError         502  api_error / bad_gateway
         │   ├── UpstreamUnreachable  502  never reached the deployment (safe to retry)
         │   └── UpstreamBroken       502  the answer broke off while being read
         ├── NoDeployment          503  api_error / no_deployment_available
+        │   └── DeploymentsDown   503  api_error / no_healthy_deployment (the model's
+        │                              fallback response: status and body configurable)
         ├── ServiceUnavailable    503  api_error / service_unavailable
         └── UpstreamTimeout       504  api_error / upstream_timeout
 
@@ -160,6 +164,13 @@ class QuotaExceeded(RateLimited):
     code = "insufficient_quota"
 
 
+class UpstreamThrottled(RateLimited):
+    """A deployment answered 429 and no other could be tried (the upstream's Retry-After is
+    passed on)."""
+
+    code = "upstream_rate_limited"
+
+
 class UpstreamError(GatewayError):
     status = 502
     type = "api_error"
@@ -178,6 +189,31 @@ class NoDeployment(GatewayError):
     status = 503
     type = "api_error"
     code = "no_deployment_available"
+
+
+class DeploymentsDown(NoDeployment):
+    """Every deployment of the model is down (circuit open, ejected, failing its probes):
+    the model's fallback response. ``status`` and ``content`` (a body that replaces the OpenAI
+    error body) come from its configuration."""
+
+    code = "no_healthy_deployment"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 503,
+        content: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status  # type: ignore[misc]
+        self.content = content
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        if self.content is not None:
+            return self.content
+        return super().body(request_id)
 
 
 class ServiceUnavailable(GatewayError):

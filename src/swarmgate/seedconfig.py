@@ -62,18 +62,6 @@ IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
         "load_balancer.algorithm: cost",
         "COST_OPTIMIZATION_ENABLED",
     ),
-    ("load_balancer", "health_check_interval"): (
-        "no active health checks: a deployment that fails is skipped (failover)",
-        "HEALTH_CHECK_INTERVAL",
-    ),
-    ("load_balancer", "circuit_breaker_threshold"): (
-        "no circuit breaker setting: failed deployments are failed over",
-        "CIRCUIT_BREAKER_THRESHOLD",
-    ),
-    ("load_balancer", "circuit_breaker_timeout"): (
-        "no circuit breaker setting: failed deployments are failed over",
-        "CIRCUIT_BREAKER_TIMEOUT",
-    ),
     ("performance", "memory_limit_gb"): (
         "a resource limit for the service manager, not the gateway",
         "API_GATEWAY_MEMORY_GB",
@@ -98,6 +86,23 @@ MODEL_FIELDS: dict[str, str] = {
     "max_concurrent": "max_concurrent",
     "cost_per_request": "cost_per_request",
 }
+# load_balancer settings that are each model's own in swarmgate (its probes and its circuit):
+# given to every model the file describes, as the algorithm is.
+PER_MODEL: dict[tuple[str, str], tuple[tuple[str, str], str]] = {
+    ("load_balancer", "health_check_interval"): (
+        ("health_check", "interval"),
+        "HEALTH_CHECK_INTERVAL",
+    ),
+    ("load_balancer", "circuit_breaker_threshold"): (
+        ("circuit_breaker", "threshold"),
+        "CIRCUIT_BREAKER_THRESHOLD",
+    ),
+    ("load_balancer", "circuit_breaker_timeout"): (
+        ("circuit_breaker", "open_seconds"),
+        "CIRCUIT_BREAKER_TIMEOUT",
+    ),
+}
+
 # load_balancer.algorithm: the balancer of every model the file describes (a model written in
 # swarmgate's own shape keeps its own). The names swarmgate's config takes (its strategies and
 # their aliases; tests/test_seedconfig.py keeps the two lists together).
@@ -113,6 +118,8 @@ ALGORITHMS = frozenset(
         "power_of_two",
         "consistent_hash",
         "cost",
+        "resource_aware",
+        "prefix_aware",
     }
 )
 QUEUE_TIMEOUT = 30.0  # seconds a request waits for a free slot (the seed's request timeout)
@@ -127,6 +134,8 @@ class Translation:
     mapped: list[str] = field(default_factory=list)  # "service.port → server.port"
     ignored: list[str] = field(default_factory=list)  # "load_balancer.algorithm: why"
     problems: list[str] = field(default_factory=list)
+    # Settings every model takes (PER_MODEL): (section, field) → (value, where it came from).
+    per_model: dict[tuple[str, str], tuple[Any, str]] = field(default_factory=dict)
 
 
 def is_seed_config(raw: Any) -> bool:
@@ -201,6 +210,8 @@ def _settings(
                 _fixed_path(f"{section}.{key}", value, FIXED_PATHS[where][0], out)
             elif where == ALGORITHM:
                 continue  # given to each model by _models
+            elif where in PER_MODEL:
+                out.per_model[PER_MODEL[where][0]] = (value, f"{section}.{key}")
             elif section == "monitoring" and key == "active_users_window":
                 _set(out.config, ("monitoring", key), value)
             else:
@@ -220,6 +231,9 @@ def _environment(environ: Mapping[str, str], out: Translation) -> None:
         if variable is not None and variable in environ:
             _set(out.config, path, _scalar(environ[variable]))
             out.mapped.append(f"${variable} → {'.'.join(path)}")
+    for path, variable in PER_MODEL.values():
+        if variable in environ:
+            out.per_model[path] = (_scalar(environ[variable]), f"${variable}")
     for why, variable in IGNORED.values():
         if variable is not None and variable in environ:
             out.ignored.append(f"${variable}: {why}")
@@ -307,6 +321,9 @@ def _models(
         }
         if algorithm is not None:
             translated[name]["balancer"] = algorithm
+        for path, (value, source) in out.per_model.items():
+            _set(translated[name], path, value)
+            out.mapped.append(f"{source} → models.{name}.{'.'.join(path)}")
         out.mapped.append(f"(implied) → models.{name}.queue_timeout: {QUEUE_TIMEOUT:g}")
     out.config["models"] = translated
 

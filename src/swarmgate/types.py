@@ -112,6 +112,7 @@ class Outcome(enum.StrEnum):
     PROTOCOL = "protocol"  # an answer in a form the gateway cannot accept
     BROKEN = "stream_broken"  # the stream broke off before its end
     CLIENT_GONE = "client_gone"  # the client left; not the deployment's failure
+    THROTTLED = "throttled"  # an upstream 429, retried elsewhere: busy, not broken
 
     @property
     def is_failure(self) -> bool:
@@ -119,7 +120,7 @@ class Outcome(enum.StrEnum):
         return self not in _NOT_FAILURES
 
 
-_NOT_FAILURES = frozenset({Outcome.OK, Outcome.REFUSED, Outcome.CLIENT_GONE})
+_NOT_FAILURES = frozenset({Outcome.OK, Outcome.REFUSED, Outcome.CLIENT_GONE, Outcome.THROTTLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,11 @@ class Transport(Protocol):
     async def send(
         self, origin: Origin, path: str, body: bytes, headers: dict[str, str]
     ) -> UpstreamResponse: ...
+
+    async def probe(self, origin: Origin, path: str, headers: dict[str, str]) -> int:
+        """A health probe: GET ``path``, read the body, return the status (``UpstreamError``
+        when it cannot be had). The caller bounds the wait."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -94,14 +94,18 @@ def test_lost_deployments_degrade_then_fail_the_health(
             }
         }
     )
-    for _ in range(3):
+    for _ in range(5):  # the circuit breaker's threshold (seed 004)
         assert _chat(gw, "b") == 502  # nothing to fail over to
+    assert _chat(gw, "b") == 503  # its circuit is open: the fallback response
     status, body, _ = _get(gw.url + "/health")
     assert (status, body["status"]) == (200, "degraded")  # model a still serves
     assert body["checks"]["models"]["b"] == {"status": "unhealthy", "deployments": 1, "healthy": 0}
-    # Model a's dead deployment is seen failing (each failure is then retried on a-up).
-    for _ in range(8):
+    # Model a's dead deployment is seen failing (each failure is then retried on a-up) until
+    # its circuit opens; however the balancer shares the requests, it tries it five times.
+    for _ in range(60):
         assert _chat(gw, "a") == 200
+        if _get(gw.url + "/health")[1]["checks"]["models"]["a"]["status"] == "degraded":
+            break
     assert _get(gw.url + "/health")[1]["checks"]["models"]["a"]["status"] == "degraded"
 
 
@@ -111,7 +115,7 @@ def test_nothing_servable_is_unhealthy(
     dead = f"http://127.0.0.1:{free_port()}"
     gw = gateway_factory({"models": {"b": {"deployments": [{"url": dead}]}}})
     assert _get(gw.url + "/health")[0] == 200  # not known to be down yet
-    for _ in range(3):
+    for _ in range(5):
         _chat(gw, "b")
     status, body, _ = _get(gw.url + "/health")
     assert (status, body["status"]) == (503, "unhealthy")

@@ -113,9 +113,9 @@ async def test_readiness_counts_usable_deployments_per_model(
     ready = {
         "status": "ready",
         "models": {
-            "chat": {"deployments": 1, "usable": 1},
-            "embed": {"deployments": 1, "usable": 1},
-            "busy": {"deployments": 1, "usable": 1},
+            "chat": {"deployments": 1, "usable": 1, "healthy": 1, "down": {}},
+            "embed": {"deployments": 1, "usable": 1, "healthy": 1, "down": {}},
+            "busy": {"deployments": 1, "usable": 1, "healthy": 1, "down": {}},
         },
     }
     assert await _get(http, "/health/ready") == (200, ready)
@@ -128,8 +128,8 @@ async def test_readiness_counts_usable_deployments_per_model(
     # balancer would only push the load onto the other replicas.
     assert status == 200
     assert body["status"] == "ready"
-    assert body["models"]["busy"] == {"deployments": 1, "usable": 0}
-    assert body["models"]["chat"] == {"deployments": 1, "usable": 1}
+    assert body["models"]["busy"] == {"deployments": 1, "usable": 0, "healthy": 1, "down": {}}
+    assert body["models"]["chat"] == {"deployments": 1, "usable": 1, "healthy": 1, "down": {}}
     assert await _get(http, "/models/status") == (200, body)  # status is always a 200
 
     assert await hanging == 504

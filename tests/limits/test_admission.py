@@ -150,7 +150,9 @@ async def test_a_failed_request_gives_its_tokens_back() -> None:
 
     gw, _ = gateway({"tiers": {"t": {"tpm": 100}}}, key("t"), broken)
     statuses = [(await gw.post(CHAT)).status for _ in range(10)]
-    assert statuses == [502] * 10  # each reserved ~17 tokens and used none
+    # Each reserved ~17 tokens and used none: never a 429. (After five failures the
+    # deployment's circuit opens: the model's fallback response, 503.)
+    assert statuses == [502] * 5 + [503] * 5
 
 
 async def test_model_endpoint_owner_and_global_scopes() -> None:

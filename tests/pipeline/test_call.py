@@ -91,16 +91,18 @@ async def test_a_5xx_is_a_502_counted_by_its_status_and_logged_once(
     with caplog.at_level(logging.INFO, logger="swarmgate.requests"):
         answer = await gw.post(CHAT)
     assert answer.status == 502 and "out of memory" in answer.json()["error"]["message"]
-    assert len(gw.transport.sent) == 1  # it reached the deployment: no second attempt
-    kind = gw.sample("gateway_upstream_errors_total", deployment="m@a.test:8000", kind="http_503")
-    assert kind == 1
+    # Retried once on the other deployment (never twice on one), then the last error.
+    assert [r.base_url for r in gw.transport.sent] == [A, B]
+    for name in ("m@a.test:8000", "m@b.test:8000"):
+        kind = gw.sample("gateway_upstream_errors_total", deployment=name, kind="http_503")
+        assert kind == 1
     lines = [r.getMessage() for r in caplog.records if r.name == "swarmgate.requests"]
     assert len(lines) == 1
     for part in (
         "request_id=rid-1",
         "route=chat",
         "model=m",
-        "deployment=m@a.test:8000",
+        "deployment=m@b.test:8000",
         "outcome=http_error",
         "status=502",
         "latency_ms=",

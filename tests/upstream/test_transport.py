@@ -187,3 +187,31 @@ async def test_a_server_that_drops_every_request_is_resent_once_only(
         assert received == 2
     finally:
         await transport.close()
+
+
+async def test_a_probe_is_a_get_whose_status_is_returned_and_body_dropped(
+    server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    seen: list[bytes] = []
+
+    async def health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                seen.append(await reader.readuntil(b"\r\n\r\n"))
+            except asyncio.IncompleteReadError:
+                return
+            status = b"200 OK" if b"/health " in seen[-1] else b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    url = await server(health)
+    transport = HttpTransport()
+    try:
+        origin = Origin(url, 1)
+        assert await transport.probe(origin, "/health", {"authorization": "Bearer k"}) == 200
+        assert await transport.probe(origin, "/v1/models", {}) == 404
+        assert seen[0].startswith(b"GET /health ") and b"authorization: bearer k" in seen[0].lower()
+        with pytest.raises(UpstreamUnreachable):
+            await transport.probe(Origin(_dead_url(), 1), "/health", {})
+    finally:
+        await transport.close()

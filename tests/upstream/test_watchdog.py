@@ -89,3 +89,46 @@ async def test_a_first_byte_after_the_first_wake_up_still_gets_the_idle_bound() 
 
     reason, took = await _guarded(Timeouts(first_byte=3, idle=0.2, total=5), late_then_stalls)
     assert reason == "idle" and 0.45 < took < 1.5
+
+
+class _Witness:
+    probe_up = True
+
+
+async def test_a_wait_on_a_deployment_gone_down_ends_at_the_next_wake() -> None:
+    witness = _Witness()
+
+    async def waits(w: Watchdog) -> None:
+        await asyncio.sleep(0.15)
+        witness.probe_up = False  # its probes found it hung
+        await asyncio.sleep(5)
+
+    started = time.monotonic()
+    watchdog = Watchdog(Timeouts(first_byte=5, idle=0.1, total=5), witness)
+    try:
+        await waits(watchdog)
+    except asyncio.CancelledError:
+        assert watchdog.absorb()
+    finally:
+        watchdog.disarm()
+    took = time.monotonic() - started
+    assert watchdog.expired == "deployment_down" and 0.15 < took < 0.6
+    assert "went down" in watchdog.describe()
+
+
+async def test_after_the_first_byte_the_witness_is_not_asked() -> None:
+    witness = _Witness()
+
+    async def streams(w: Watchdog) -> None:
+        w.first_byte()
+        witness.probe_up = False  # a stream that is flowing is left to its idle bound
+        for _ in range(6):
+            await asyncio.sleep(0.05)
+            w.touch()
+
+    watchdog = Watchdog(Timeouts(first_byte=5, idle=0.1, total=5), witness)
+    try:
+        await streams(watchdog)
+    finally:
+        watchdog.disarm()
+    assert watchdog.expired is None

@@ -48,6 +48,7 @@ from swarmgate.routing import scrape
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
+from swarmgate.routing.watch import FleetWatch, health_rows
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
@@ -95,6 +96,9 @@ class Gateway:
         self.fleet = Fleet(settings)
         self.scraper = scrape.Scraper(self.fleet, HttpExpositions(), settings.scrape)
         self.transport = transport or HttpTransport()
+        # Probes and the outlier sweep, in the background; the request path only reads them.
+        self.watch = FleetWatch(self.fleet, self.transport)
+        self.metrics.follow_fleet(health_rows(self.fleet))
         self.store = store.open(settings)
         self.hints: PlacementHints | None = None
         if settings.redis.url and settings.redis.share_placements:
@@ -273,6 +277,7 @@ class Gateway:
         self._retention_task = asyncio.create_task(self.retention.run(), name="retention")
         self.metrics.start()
         await self.health.start()
+        self.watch.start()
         self.downloads.start()
         self.scraper.start()
         if self.hints is not None:
@@ -302,6 +307,7 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ops.ready = False
         await self.health.stop()
+        await self.watch.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

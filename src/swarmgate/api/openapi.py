@@ -264,7 +264,12 @@ _STATUS = {
             "type": "object",
             "additionalProperties": {
                 "type": "object",
-                "properties": {"deployments": {"type": "integer"}, "usable": {"type": "integer"}},
+                "properties": {
+                    "deployments": {"type": "integer"},
+                    "usable": {"type": "integer"},
+                    "healthy": {"type": "integer"},
+                    "down": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
             },
         },
     },

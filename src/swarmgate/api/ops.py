@@ -28,6 +28,22 @@ def model_object(pool: Pool, created: int) -> dict[str, object]:
     }
 
 
+def _pool_status(pool: Pool) -> dict[str, object]:
+    """Deployments configured, usable now (up, with a free slot), up (circuit not open, not
+    ejected, probes passing), and why each of the others is down."""
+    down = {}
+    for m in pool.members:
+        why = m.health.why_down()
+        if why is not None:
+            down[m.name] = why
+    return {
+        "deployments": len(pool.members),
+        "usable": pool.usable,
+        "healthy": len(pool.members) - len(down),
+        "down": down,
+    }
+
+
 class Ops:
     def __init__(self, fleet: Fleet, metrics: Metrics, authenticator: Authenticator) -> None:
         self.fleet = fleet
@@ -37,11 +53,10 @@ class Ops:
         self.ready = False  # set by the lifespan once upstream pools and the store are open
 
     def _status(self) -> dict[str, object]:
-        models = {
-            pool.model: {"deployments": len(pool.members), "usable": pool.usable}
-            for pool in self.fleet.snapshot.pools.values()
-        }
-        # Saturation is reported, not a reason to be taken out of a load balancer's rotation.
+        models = {pool.model: _pool_status(pool) for pool in self.fleet.snapshot.pools.values()}
+        # Saturation is reported, not a reason to be taken out of a load balancer's rotation;
+        # nor is a model whose deployments are all down (its fallback response is served, and
+        # the other gateway replicas share the same deployments).
         return {"status": "ready" if self.ready else "not_ready", "models": models}
 
     async def readiness(self, scope: ASGIScope, receive: Receive, send: Send) -> None:

@@ -21,7 +21,8 @@ import contextlib
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -36,6 +37,19 @@ FLUSH_SECONDS = 1.0  # with several workers: how stale another worker's counts m
 MAX_ACTIVE_USERS = 100_000  # distinct users remembered at most (a flood of new ones is cut off)
 
 Labels = tuple[str, ...]
+
+
+class DeploymentHealthRow(NamedTuple):
+    """One deployment's health as the metrics read it at a flush (from the fleet's states)."""
+
+    model: str
+    deployment: str
+    circuit: int  # 0 closed, 1 open, 2 half-open
+    up: bool  # usable: circuit not open, not ejected, probes up
+    opens: int  # times its circuit opened (a running total)
+    ejections: int  # times outlier detection ejected it (a running total)
+    probes_ok: int  # active probes that succeeded (a running total)
+    probes_failed: int
 
 
 class _Counter:
@@ -271,6 +285,57 @@ class Metrics:
         )
         for state in LEDGER_STATES:
             self._ledger.labels(state)  # shown at 0 from the start: dropped should stay there
+        self._fallbacks = _Counter(
+            Counter(
+                "gateway_fallback_responses_total",
+                "Requests answered with the model's fallback response (every deployment down)",
+                ["model"],
+                registry=r,
+            )
+        )
+        self._retries = _Counter(
+            Counter(
+                "gateway_retries_total",
+                "Attempts made on another deployment after a failed one, by model",
+                ["model"],
+                registry=r,
+            )
+        )
+        # Seed 003's name; per process (each worker keeps its own breakers).
+        self._circuit = Gauge(
+            "circuit_breaker_state",
+            "A deployment's circuit: 0 closed, 1 open, 2 half-open",
+            ["model", "deployment"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._deployment_up = Gauge(
+            "gateway_deployment_up",
+            "1 while a deployment may be picked (circuit not open, not ejected, probes up)",
+            ["model", "deployment"],
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self._circuit_opens = Counter(
+            "gateway_circuit_opens_total",
+            "Times a deployment's circuit opened",
+            ["model", "deployment"],
+            registry=r,
+        )
+        self._ejections = Counter(
+            "gateway_outlier_ejections_total",
+            "Times outlier detection ejected a deployment",
+            ["model", "deployment"],
+            registry=r,
+        )
+        self._probes = Counter(
+            "gateway_health_probes_total",
+            "Active health probes of a deployment, by result (ok, failed)",
+            ["model", "deployment", "result"],
+            registry=r,
+        )
+        self._fleet_health: Callable[[], Iterable[DeploymentHealthRow]] | None = None
+        self._fleet_seen: dict[tuple[str, str], DeploymentHealthRow] = {}
         # The ledger writer's totals, read at each flush, and the part already counted.
         self._ledger_counts: Callable[[], Mapping[str, int]] | None = None
         self._ledger_seen: dict[str, int] = dict.fromkeys(LEDGER_STATES, 0)
@@ -293,6 +358,8 @@ class Metrics:
             self._redis_transitions,
             self._queue_wait,
             self._queue_rejected,
+            self._fallbacks,
+            self._retries,
         )
         self._queue_lengths: dict[Labels, int] = {}
         self.in_flight = 0  # inference requests being served: changed by the accounting only
@@ -350,6 +417,12 @@ class Metrics:
     def limiter_redis_state(self, state: str) -> None:
         self._redis_transitions.inc((state,))
 
+    def fallback(self, model: str) -> None:
+        self._fallbacks.inc((model,))
+
+    def retries(self, model: str, count: int) -> None:
+        self._retries.inc((model,), count)
+
     # Only while a model is saturated.
 
     def queue_length(self, model: str, tier: str, length: int) -> None:
@@ -374,6 +447,39 @@ class Metrics:
         writer counts in plain integers; they are read here, at each flush)."""
         self._ledger_counts = counts
 
+    def follow_fleet(self, rows: Callable[[], Iterable[DeploymentHealthRow]]) -> None:
+        """Show the deployments' health: ``rows`` reads the fleet's states at each flush (the
+        breakers and probes count in plain integers, off the metrics' path)."""
+        self._fleet_health = rows
+
+    def _flush_fleet(self) -> None:
+        if self._fleet_health is None:
+            return
+        seen = self._fleet_seen
+        for row in self._fleet_health():
+            labels = (row.model, row.deployment)
+            self._circuit.labels(*labels).set(row.circuit)
+            self._deployment_up.labels(*labels).set(1 if row.up else 0)
+            before = seen.get(labels)
+            # A running total that went down is a new state object (the deployment was
+            # removed and added again): count it from zero.
+            for counter, now, was, extra in (
+                (self._circuit_opens, row.opens, before.opens if before else 0, ()),
+                (self._ejections, row.ejections, before.ejections if before else 0, ()),
+                (self._probes, row.probes_ok, before.probes_ok if before else 0, ("ok",)),
+                (
+                    self._probes,
+                    row.probes_failed,
+                    before.probes_failed if before else 0,
+                    ("failed",),
+                ),
+            ):
+                child = counter.labels(*labels, *extra)
+                delta = now - was if now >= was else now
+                if delta:
+                    child.inc(delta)
+            seen[labels] = row
+
     def _flush_ledger(self) -> None:
         if self._ledger_counts is None:
             return
@@ -389,6 +495,7 @@ class Metrics:
         for pending in self._pending:
             pending.flush()
         self._flush_ledger()
+        self._flush_fleet()
         self._in_flight.set(self.in_flight)
         for labels, length in self._queue_lengths.items():
             self._queue_length.labels(*labels).set(length)

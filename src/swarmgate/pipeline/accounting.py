@@ -23,6 +23,9 @@ from swarmgate.store.usage import UsageRecord
 from swarmgate.types import ASGIScope, Outcome, Principal, Usage
 
 log = logging.getLogger("swarmgate.requests")
+# The ledger's deployment for a request answered with its model's fallback response (every
+# deployment down): parenthesised, so that it reads as no deployment's name.
+FALLBACK = "(fallback)"
 
 
 def error_kind(attempt: Attempt) -> str:
@@ -71,6 +74,8 @@ class Accounting:
         metrics.request("POST", route.endpoint or route.path, x.status, latency)
         if x.pool is not None:
             metrics.inference(x.pool.model, route.name)
+            if x.fallback:
+                metrics.fallback(x.pool.model)
         principal = x.principal
         if principal is not None:
             metrics.seen(principal.key_id or principal.subject, now)
@@ -81,6 +86,8 @@ class Accounting:
 
     def _attempts(self, x: Exchange, now: float) -> None:
         metrics = self.metrics
+        if len(x.attempts) > 1:
+            metrics.retries(x.attempts[0].deployment.model, len(x.attempts) - 1)
         for attempt in x.attempts:
             attempt.lease.release()
             d = attempt.deployment
@@ -89,9 +96,11 @@ class Accounting:
                 metrics.ttft(d.model, d.name, attempt.first_byte - attempt.started)
             outcome = attempt.outcome
             if outcome is not None:
-                attempt.state.observe(outcome)
+                attempt.state.health.observe(outcome)
                 if outcome.is_failure:
                     metrics.upstream_error(d.name, error_kind(attempt))
+            else:  # ended with no verdict (cancelled, say): a half-open trial's slot comes back
+                attempt.state.health.breaker.release()
 
     @staticmethod
     def _log_failure(x: Exchange, latency: float) -> None:
@@ -140,7 +149,7 @@ def _record(
         principal.subject,
         principal.tier,
         model,
-        last.deployment.name if last is not None else None,
+        last.deployment.name if last is not None else (FALLBACK if x.fallback else None),
         x.route.client_path,
         usage.prompt_tokens if usage is not None else 0,
         usage.completion_tokens if usage is not None else 0,

@@ -20,15 +20,18 @@ from typing import Any
 import orjson
 
 from swarmgate.errors import (
+    DeploymentsDown,
     GatewayError,
     NoDeployment,
     UpstreamBroken,
     UpstreamError,
+    UpstreamThrottled,
     UpstreamTimeout,
 )
 from swarmgate.errors import UpstreamUnreachable as Unreachable
 from swarmgate.pipeline.asgi import SSE_HEADERS, ClientGone, DisconnectWatch, Headers, send_bytes
 from swarmgate.pipeline.exchange import Attempt, Exchange
+from swarmgate.pipeline.keepalive import KeepAlive
 from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import Answer, InferenceRequest
 from swarmgate.routing.fleet import Deployment
@@ -49,6 +52,20 @@ PASSED_BACK = (
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
 )
+# How an attempt that reached nothing of the client may have failed for another deployment to
+# be tried: never reached it, a 5xx (or its refusal of the gateway's credentials), a 429, no
+# answer in time, an answer that broke off or was not what was asked. An upstream 4xx other
+# than 429 is the client's: passed through, never retried.
+RETRIED = frozenset(
+    {
+        Outcome.UNREACHABLE,
+        Outcome.SERVER_ERROR,
+        Outcome.THROTTLED,
+        Outcome.TIMEOUT,
+        Outcome.BROKEN,
+        Outcome.PROTOCOL,
+    }
+)
 
 
 class Caller:
@@ -57,6 +74,16 @@ class Caller:
         self.queueing = queueing
 
     async def run(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
+        try:
+            await self._attempts(x, plan, receive, send)
+        except DeploymentsDown:
+            x.fallback = True
+            raise
+        finally:
+            if plan.retries:  # usually none: one attribute test
+                plan.done()
+
+    async def _attempts(self, x: Exchange, plan: Plan, receive: Receive, send: Send) -> None:
         request = x.request
         assert request is not None, "the call stage runs after parse"
         queueing = self.queueing
@@ -64,21 +91,26 @@ class Caller:
         # (when no tier has a share, as by default, this costs one attribute test).
         capped = queueing.capped_tier(x) if queueing.shares else None
         lease = await queueing.first_lease(x, plan, receive, capped) if capped else None
+        failed: GatewayError | None = None  # the last attempt's error, once one failed
         while True:
             if lease is None:
                 try:
                     state = plan.next()
-                except NoDeployment:
+                except NoDeployment as exc:
+                    if failed is not None:  # no other deployment to retry on: its error
+                        raise failed from None
+                    # Every deployment down: the model's fallback response, no wait in line.
+                    if plan.tried or isinstance(exc, DeploymentsDown):
+                        raise
                     # Every deployment busy before the first attempt: wait in line for a slot
                     # (by tier, bounded), handed over with its lease.
-                    if plan.tried:
-                        raise
                     lease = await queueing.wait(x, plan, receive)
                     continue
                 attempt = x.attempt(state)
             else:
                 attempt = x.attempt(plan.tried[-1], lease)
                 lease = None
+            attempt.final = not plan.may_retry()
             try:
                 if request.stream:
                     await self._stream(x, request, attempt, receive, send)
@@ -87,11 +119,23 @@ class Caller:
                 else:
                     await self._unary(x, request, attempt, send)
                 return
-            except Unreachable:
-                if not plan.may_retry():
+            except GatewayError as exc:
+                # Raised, not answered: nothing of this attempt reached the client (a failure
+                # after the first byte ends the stream with an error event and returns).
+                outcome = attempt.outcome
+                if outcome not in RETRIED:
                     raise
+                # Not charged to the retry budget: a failover off a deployment never reached
+                # or out of rotation now (its probes failing, say, for a hung one).
+                charged = outcome is not Outcome.UNREACHABLE and attempt.state.health.routable
+                wait = plan.retry(charged)
+                if wait is None:
+                    raise
+                failed = exc
             finally:
                 attempt.ended = time.perf_counter()
+            if wait:
+                await asyncio.sleep(wait)
 
     async def _send(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt
@@ -117,7 +161,7 @@ class Caller:
     async def _unary(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt, send: Send
     ) -> None:
-        watchdog = Watchdog(attempt.deployment.unary_timeouts)
+        watchdog = Watchdog(attempt.deployment.unary_timeouts, attempt.state.health)
         try:
             response = await self._send(x, request, attempt)
             watchdog.first_byte()
@@ -138,18 +182,17 @@ class Caller:
         self, x: Exchange, request: InferenceRequest, attempt: Attempt, receive: Receive, send: Send
     ) -> None:
         d = attempt.deployment
-        watchdog = Watchdog(d.timeouts)
+        watchdog = Watchdog(d.timeouts, attempt.state.health)
         client = DisconnectWatch(receive)
         response: UpstreamResponse | None = None
         relay = StreamRelay(request.wants_usage)
+        beat = _keepalive(x, d, send)
         try:
             response = await self._send(x, request, attempt)
             if response.status != 200 or not _is_event_stream(response):
-                data = await response.read()
-                watchdog.first_byte()
-                await self._answer(x, attempt, response, data, send)
+                await self._not_a_stream(x, attempt, response, watchdog, relay, beat, send)
                 return
-            await self._pump(x, attempt, response, relay, watchdog, send)
+            await self._pump(x, attempt, response, relay, watchdog, send, beat)
             if not relay.done:
                 raise UpstreamBroken("ended the stream before [DONE]")
             x.usage = relay.usage
@@ -171,6 +214,8 @@ class Caller:
             if attempt.outcome is None:  # the body or the stream broke off while being read
                 attempt.outcome = Outcome.BROKEN
                 exc = _about(exc, d)
+            # A keep-alive that went out leaves no status to answer with, and no retry.
+            relay.started = relay.started or await _head_sent(beat)
             if not relay.started:
                 raise exc
             error = exc
@@ -179,6 +224,7 @@ class Caller:
             watchdog.disarm()
             if response is not None:
                 response.close()
+            relay.started = relay.started or await _head_sent(beat)
         if not relay.started:
             raise error
         x.usage = relay.usage  # a cut stream is accounted with what was counted of it
@@ -194,6 +240,25 @@ class Caller:
             },
         )
 
+    async def _not_a_stream(
+        self,
+        x: Exchange,
+        attempt: Attempt,
+        response: UpstreamResponse,
+        watchdog: Watchdog,
+        relay: StreamRelay,
+        beat: KeepAlive | None,
+        send: Send,
+    ) -> None:
+        """A stream's answer that is not a stream (an error, say): answered whole, or, once a
+        keep-alive sent the head, an error for the error event."""
+        data = await response.read()
+        watchdog.first_byte()
+        if await _head_sent(beat):
+            relay.started = True
+            raise _after_keepalive(attempt, response, data)
+        await self._answer(x, attempt, response, data, send)
+
     async def _relay(
         self, x: Exchange, request: InferenceRequest, attempt: Attempt, receive: Receive, send: Send
     ) -> None:
@@ -202,7 +267,7 @@ class Caller:
         d = attempt.deployment
         # The head of a generated image comes once it is generated: bounded by the total
         # timeout; then the idle bound holds between chunks (of speech, say).
-        watchdog = Watchdog(d.unary_timeouts)
+        watchdog = Watchdog(d.unary_timeouts, attempt.state.health)
         client = DisconnectWatch(receive)
         response: UpstreamResponse | None = None
         started = False
@@ -267,6 +332,7 @@ class Caller:
         relay: StreamRelay,
         watchdog: Watchdog,
         send: Send,
+        beat: KeepAlive | None = None,
     ) -> None:
         """Forward each upstream chunk as it arrives (re-framed by the relay); never buffer."""
         async for chunk in response.chunks():
@@ -274,12 +340,14 @@ class Caller:
                 watchdog.touch()
             else:
                 # Headers go out with the first chunk, so that a deployment that fails before
-                # its first byte still yields a proper HTTP error, not a broken stream.
+                # its first byte still yields a proper HTTP error, not a broken stream (unless
+                # a keep-alive sent them already).
                 watchdog.first_byte()
-                headers = _response_headers(x, attempt.deployment) + SSE_HEADERS
-                await _send_or_gone(
-                    send, {"type": "http.response.start", "status": 200, "headers": headers}
-                )
+                if not await _head_sent(beat):
+                    headers = _response_headers(x, attempt.deployment) + SSE_HEADERS
+                    await _send_or_gone(
+                        send, {"type": "http.response.start", "status": 200, "headers": headers}
+                    )
                 relay.started = True
                 attempt.first_byte = time.perf_counter()
             out = relay.feed(chunk)
@@ -311,6 +379,14 @@ class Caller:
             # About the gateway's own credential for this deployment, not the client's.
             attempt.outcome = Outcome.SERVER_ERROR
             raise UpstreamError(f"deployment {d.name} rejected the gateway's credentials")
+        if status == 429 and not attempt.final:
+            # Busy, not broken: another deployment is tried; the last one's 429 goes through.
+            attempt.outcome = Outcome.THROTTLED
+            retry_after = response.headers.get("retry-after")
+            raise UpstreamThrottled(
+                f"deployment {d.name} is rate limited: {_upstream_message(data)}",
+                headers={"retry-after": retry_after} if retry_after else None,
+            )
         if status < 300:
             attempt.outcome = Outcome.PROTOCOL  # until the body proves to be JSON
             # A whole byte answer (audio for the native face) carries no usage to count.
@@ -329,6 +405,36 @@ class Caller:
         content_type = response.headers.get("content-type", "application/json")
         x.status = status
         await send_bytes(send, status, data, headers, content_type.encode("latin-1"))
+
+
+def _keepalive(x: Exchange, d: Deployment, send: Send) -> KeepAlive | None:
+    """Opt-in per model: SSE comments while a stream awaits its first chunk."""
+    interval = x.pool.config.stream_keepalive if x.pool is not None else None
+    if not interval:
+        return None
+    headers = _response_headers(x, d) + SSE_HEADERS
+    return KeepAlive(
+        send, {"type": "http.response.start", "status": 200, "headers": headers}, interval
+    )
+
+
+async def _head_sent(beat: KeepAlive | None) -> bool:
+    """Stop the keep-alives (if any): whether they sent the head."""
+    return beat is not None and await beat.stop()
+
+
+def _after_keepalive(attempt: Attempt, response: UpstreamResponse, data: bytes) -> UpstreamError:
+    """A stream's answer that is not a stream, once a keep-alive sent the head: an error for
+    the error event (its outcome set as ``_answer`` would have)."""
+    status = response.status
+    if status >= 500:
+        attempt.outcome = Outcome.SERVER_ERROR
+    elif status >= 400:
+        attempt.outcome = Outcome.REFUSED
+    else:
+        attempt.outcome = Outcome.PROTOCOL
+    name = attempt.deployment.name
+    return UpstreamError(f"deployment {name} answered HTTP {status}: {_upstream_message(data)}")
 
 
 def _about(exc: UpstreamError, d: Deployment) -> UpstreamError:

@@ -30,6 +30,7 @@ class Attempt:
     first_byte: float = 0.0  # when the first streamed chunk went to the client
     status: int = 0  # the upstream's HTTP status, once its head arrived
     outcome: Outcome | None = None
+    final: bool = True  # no retry could follow it (an upstream 429 is then passed through)
 
 
 @dataclass(eq=False, slots=True)
@@ -48,6 +49,7 @@ class Exchange:
     usage: Usage | None = None  # counted from the answer; None: nothing to account
     status: int = 0  # what the client was answered (499: it left first)
     error: str | None = None  # the message of the error the client was answered with
+    fallback: bool = False  # answered with the model's fallback response: every deployment down
 
     @classmethod
     def start(cls, scope: ASGIScope, route: Route) -> Exchange:

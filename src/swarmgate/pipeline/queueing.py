@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from swarmgate.errors import NoDeployment
+from swarmgate.errors import DeploymentsDown, NoDeployment
 from swarmgate.limits.queue import SlotQueue, TierPolicy, Waiter
 from swarmgate.limits.tiers import Limits
 from swarmgate.observability.metrics import Metrics
@@ -70,6 +70,8 @@ class Queueing:
         if plan.pool.queue.may_hold(tier):
             try:
                 state = plan.next()
+            except DeploymentsDown:
+                raise  # nothing to wait for: the fallback response
             except NoDeployment:
                 return await self.wait(x, plan, receive, tier)
             return TierLease(state, tier)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import swarmgate.routing.health as routing_health
 from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
@@ -25,9 +27,8 @@ from swarmgate.routing.balancers import Balancer, LeastOutstanding, balancer_for
 from swarmgate.routing.load import Load
 from swarmgate.types import ModelType, Origin, Outcome
 
-# Consecutive failed attempts after which a deployment counts as down in health reports (until
-# one succeeds). Breakers and outlier detection will decide routing; this only reports.
-FAILURES_DOWN = 3
+if TYPE_CHECKING:
+    from swarmgate.config import CircuitBreaker, HealthCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +51,21 @@ class Deployment:
     cost_per_request: float
     # Response headers naming this deployment, encoded once rather than per request.
     headers: tuple[tuple[bytes, bytes], ...]
+    circuit_breaker: CircuitBreaker = routing_health.DEFAULT_BREAKER
+    health_check: HealthCheck = routing_health.DEFAULT_PROBES
 
     @classmethod
-    def build(cls, name: str, model: str, dep: DeploymentConfig, timeouts: Timeouts) -> Deployment:
+    def build(
+        cls,
+        name: str,
+        model: str,
+        dep: DeploymentConfig,
+        timeouts: Timeouts,
+        model_config: Model | None = None,
+    ) -> Deployment:
+        breaker = dep.circuit_breaker or (model_config.circuit_breaker if model_config else None)
+        probes = dep.health_check or (model_config.health_check if model_config else None)
+        unary_first_byte = min(timeouts.unary_first_byte or timeouts.total, timeouts.total)
         return cls(
             name=name,
             model=model,
@@ -62,7 +75,7 @@ class Deployment:
             weight=dep.weight,
             max_concurrent=dep.max_concurrent,
             timeouts=timeouts,
-            unary_timeouts=timeouts.model_copy(update={"first_byte": timeouts.total}),
+            unary_timeouts=timeouts.model_copy(update={"first_byte": unary_first_byte}),
             api_key=dep.api_key,
             metrics_url=dep.url + dep.metrics_path if dep.metrics_path else None,
             input_cost_per_1k=dep.input_cost_per_1k,
@@ -72,6 +85,8 @@ class Deployment:
                 (b"x-swarmgate-deployment", name.encode()),
                 (b"x-swarmgate-model", model.encode()),
             ),
+            circuit_breaker=breaker or routing_health.DEFAULT_BREAKER,
+            health_check=probes or routing_health.DEFAULT_PROBES,
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -140,9 +155,14 @@ class DeploymentState:
     # Its own metrics as last scraped: replaced whole by the scraper, read by balancers.
     load: Load | None = None
     in_flight: int = 0
-    failures: int = 0  # consecutive failed attempts, as traffic saw them
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
+    # Circuit, ejection and probes: whether it may be picked (routing/health.py).
+    health: routing_health.DeploymentHealth = field(init=False)
+
+    def __post_init__(self) -> None:
+        d = self.deployment
+        self.health = routing_health.DeploymentHealth(d.circuit_breaker, d.health_check)
 
     @property
     def name(self) -> str:
@@ -164,18 +184,21 @@ class DeploymentState:
         return self.in_flight < self.deployment.max_concurrent
 
     @property
+    def failures(self) -> int:
+        """Consecutive failed attempts, as traffic saw them."""
+        return self.health.consecutive
+
+    @property
     def healthy(self) -> bool:
-        return self.failures < FAILURES_DOWN
+        """Usable: circuit closed or half-open, not ejected, probes up."""
+        return self.health.usable
 
     def lease(self) -> Lease:
         return Lease(self)
 
     def observe(self, outcome: Outcome) -> None:
         """How an attempt here ended (called once per attempt, from the accounting)."""
-        if outcome.is_failure:
-            self.failures += 1
-        elif outcome is not Outcome.CLIENT_GONE:
-            self.failures = 0
+        self.health.observe(outcome)
 
 
 @dataclass(eq=False, slots=True)
@@ -206,7 +229,13 @@ class Pool:
 
     @property
     def usable(self) -> int:
-        return sum(1 for m in self.members if m.has_capacity)
+        """Deployments that can take a request now: healthy, with a free slot."""
+        return sum(1 for m in self.members if m.has_capacity and m.healthy)
+
+    @property
+    def healthy(self) -> int:
+        """Deployments that are up (circuit not open, not ejected, probes up), busy or not."""
+        return sum(1 for m in self.members if m.healthy)
 
 
 def _deployment_name(model: str, dep: DeploymentConfig) -> str:
@@ -223,7 +252,7 @@ def deployments_of(settings: Settings) -> dict[str, tuple[Deployment, ...]]:
         names = [_deployment_name(model_id, dep) for dep in model.deployments]
         names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
         out[model_id] = tuple(
-            Deployment.build(names[i], model_id, dep, settings.timeouts_for(dep))
+            Deployment.build(names[i], model_id, dep, settings.timeouts_for(dep), model)
             for i, dep in enumerate(model.deployments)
         )
     return out
@@ -276,6 +305,7 @@ class Fleet:
                 # The same state object, so that leases taken before the swap release into it.
                 state = old.get((d.model, d.name, d.url)) or DeploymentState(d)
                 state.deployment = d
+                state.health.configure(d.circuit_breaker, d.health_check)
                 members.append(state)
             model = settings.models[model_id]
             pools[model_id] = Pool(

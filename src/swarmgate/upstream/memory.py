@@ -75,6 +75,8 @@ class MemoryTransport:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.sent: list[SentRequest] = []
+        self.probes: list[SentRequest] = []
+        self.probe_handler: Handler | None = None
         self.closed = False
 
     async def send(
@@ -83,6 +85,14 @@ class MemoryTransport:
         request = SentRequest(origin.base_url, path, body, dict(headers))
         self.sent.append(request)
         return await self.handler(request)
+
+    async def probe(self, origin: Origin, path: str, headers: dict[str, str]) -> int:
+        """A probe goes to ``probe_handler`` (default: a 200), kept apart from ``sent``."""
+        request = SentRequest(origin.base_url, path, b"", dict(headers))
+        self.probes.append(request)
+        if self.probe_handler is None:
+            return 200
+        return (await self.probe_handler(request)).status
 
     async def close(self) -> None:
         self.closed = True

@@ -192,6 +192,21 @@ class HttpTransport:
                 raise _mapped(again, origin) from again
         return HttpResponse(response)
 
+    async def probe(self, origin: Origin, path: str, headers: dict[str, str]) -> int:
+        """GET ``path`` on a connection of the origin's pool; the body is read and dropped."""
+        session = self._by_origin.get(origin) or self._session(origin, origin.keepalive)
+        try:
+            async with session.get(
+                origin.base_url + path,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout(origin.connect),
+            ) as response:
+                await response.read()
+                return response.status
+        except aiohttp.ClientError as exc:
+            raise _mapped(exc, origin) from exc
+
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
         self._by_origin.clear()

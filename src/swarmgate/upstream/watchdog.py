@@ -4,13 +4,25 @@ Why hand-written: ``asyncio.timeout`` arms and disarms a timer handle on every u
 would need a fresh one per chunk. The watchdog arms ONE timer per request and re-arms it only
 when it fires; the per-chunk cost is a float store (``touch``). When a bound is exceeded it
 cancels the request's task, and the handler turns that cancellation into ``UpstreamTimeout``.
+
+A hung deployment (it accepts connections and never answers) is found out by its probes; a
+request already waiting on it for its first byte is then cut at the watchdog's next wake (at
+most ``idle`` seconds later, as for any first byte) and, having reached nothing of the client,
+tried on another deployment. ``down`` is any object with a ``probe_up`` attribute: the watchdog
+sits below routing and only reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from swarmgate.config import Timeouts
+
+
+class Witness(Protocol):
+    @property
+    def probe_up(self) -> bool: ...
 
 
 class Watchdog:
@@ -20,17 +32,19 @@ class Watchdog:
         "_started",
         "_task",
         "_timeouts",
+        "_witness",
         "expired",
         "first_byte_seen",
         "last",
     )
 
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, witness: Witness | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None, "a watchdog guards the current task"
         self._task = task
         self._timeouts = timeouts
+        self._witness = witness
         self._started = self.last = self._loop.time()
         self.expired: str | None = None
         self.first_byte_seen = False
@@ -59,6 +73,9 @@ class Watchdog:
         else:
             due = min(self._started + t.first_byte, total_at)
             reason = "first_byte" if due < total_at else "total"
+        witness = self._witness
+        if not self.first_byte_seen and witness is not None and not witness.probe_up:
+            due, reason = now, "deployment_down"
         if now + 1e-3 < due:
             # Before the first byte, wake at least every ``idle`` seconds: a first byte that
             # arrives meanwhile starts the idle bound, which must not wait for this deadline.
@@ -80,6 +97,8 @@ class Watchdog:
 
     def describe(self) -> str:
         t = self._timeouts
+        if self.expired == "deployment_down":
+            return "upstream timed out: the deployment went down (failing its health probes)"
         limits = {"first_byte": t.first_byte, "idle": t.idle, "total": t.total}
         what = {
             "first_byte": "no response within the first-byte timeout",
