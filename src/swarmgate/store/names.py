@@ -6,3 +6,4 @@ IP_EVENTS = PREFIX + "events:ip"  # pub/sub: CIDRs blocked or unblocked by an op
 LIMITS = PREFIX + "limit:"  # + scope:ident:limit (rpm, tpd...): one counter of one limit
 REPLICAS = PREFIX + "limits:replicas"  # sorted set: replica id -> its last heartbeat
 CAPACITY_FREED = PREFIX + "events:capacity"  # pub/sub: a pool's capacity key, a slot freed
+FLEET_EVENTS = PREFIX + "events:fleet"  # pub/sub: a worker added, drained, restarted or removed
