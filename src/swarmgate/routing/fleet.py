@@ -101,8 +101,9 @@ class Lease:
         state, self._state = self._state, None
         if state is not None:
             queue = state.queue
-            # Usually nobody waits: one attribute test on the hot path.
-            if queue.waiting and queue.hand_over(state):
+            # Usually nobody waits: one attribute test on the hot path. A draining deployment
+            # takes no new request, not even a waiter's.
+            if queue.waiting and not state.draining and queue.hand_over(state):
                 return
             state.in_flight -= 1
 
@@ -136,6 +137,8 @@ class DeploymentState:
     deployment: Deployment
     in_flight: int = 0
     failures: int = 0  # consecutive failed attempts, as traffic saw them
+    # Drained by an operator (routing/registry.py): no new requests; those in flight finish.
+    draining: bool = False
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
 
@@ -153,7 +156,7 @@ class DeploymentState:
 
     @property
     def has_capacity(self) -> bool:
-        return self.in_flight < self.deployment.max_concurrent
+        return not self.draining and self.in_flight < self.deployment.max_concurrent
 
     @property
     def healthy(self) -> bool:
