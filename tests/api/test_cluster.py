@@ -7,6 +7,9 @@ from its ``x-swarmgate-deployment`` header.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +20,7 @@ import openai
 import pytest
 
 from tests.auth.e2e import Reply, admin, assert_error, audit_records, call, create_key, wait_for
-from tests.plugins.processes import Gateway, Sim
+from tests.plugins.processes import SWARMGATE, Gateway, Sim
 
 FAST: dict[str, Any] = {"ttft_ms": 1, "tokens_per_second": 2000, "max_tokens_default": 4}
 # About a second a request: long enough to be caught in flight by a drain.
@@ -300,3 +303,52 @@ def test_without_redis_replicas_converge_through_the_store(
     reply = admin(one, "DELETE", worker_path(name_of(b)))
     assert reply.status == 200, reply.text
     wait_for(lambda: name_of(b) not in workers(two), 5, what="the removal reaching two")
+
+
+def workers_cli(
+    gw: Gateway, *args: str, key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``swarmgate workers <args>`` against ``gw``, its URL and key from the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
+    env |= {"SWARMGATE_URL": gw.url, "SWARMGATE_API_KEY": key or gw.admin_key}
+    return subprocess.run(
+        [*SWARMGATE, "workers", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_the_workers_cli(
+    sim_factory: Callable[..., Sim], gateway_factory: Callable[..., Gateway]
+) -> None:
+    sim = sim_factory({"m": FAST}, replicas=2)
+    a, b = sim.urls.values()
+    gw = gateway_factory(config(a))
+    added = workers_cli(gw, "add", "m", b, "--name", "extra", "--max-concurrent", "3")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["id"] == "extra"
+    listed = workers_cli(gw, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["ID", "MODEL", "STATUS", "IN", "FLIGHT", "SOURCE", "URL"]
+    assert lines[1].split() == [name_of(a), "m", "healthy", "0/100", "config", a]
+    assert lines[2].split() == ["extra", "m", "healthy", "0/3", "api", b]
+
+    drained = workers_cli(gw, "drain", name_of(a))
+    assert drained.returncode == 0, drained.stderr
+    assert json.loads(drained.stdout)["status"] == "draining"
+    with sdk(gw) as client:
+        assert {served_by(client) for _ in range(4)} == {"extra"}
+    restarted = workers_cli(gw, "restart", name_of(a), "--wait", "2")
+    assert restarted.returncode == 0, restarted.stderr
+    assert json.loads(restarted.stdout)["status"] == "healthy"
+    removed = workers_cli(gw, "remove", "extra")
+    assert removed.returncode == 0, removed.stderr
+    assert list(workers(gw)) == [name_of(a)]
+
+    # Errors: the API's message and exit status 1.
+    missing = workers_cli(gw, "drain", "extra")
+    assert missing.returncode == 1
+    assert "404" in missing.stderr and "no worker 'extra'" in missing.stderr
+    _, reader = create_key(gw, role="user", scopes=["cluster:read"])
+    refused = workers_cli(gw, "drain", name_of(a), key=reader)
+    assert refused.returncode == 1 and "403" in refused.stderr, refused.stderr
+    assert workers_cli(gw, "list", key=reader).returncode == 0
