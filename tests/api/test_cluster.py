@@ -137,6 +137,23 @@ def test_status_routes_and_their_errors(
         assert_error(admin(gw, method, path), 404, "invalid_request_error", "worker_not_found")
     assert workers(gw)[name_of(a)]["status"] == "healthy"  # nothing was changed
 
+    # The management app's OpenAPI document has every route, with its scheme and errors.
+    paths = call(gw.url + "/openapi.json").body["paths"]
+    expected_paths = {
+        "/v1/cluster/status": {"get"},
+        "/api/v1/cluster/status": {"get"},
+        "/api/v1/workers": {"get", "post"},
+        "/api/v1/workers/{worker_id}": {"get", "delete"},
+        "/api/v1/workers/{worker_id}/drain": {"post"},
+        "/api/v1/workers/{worker_id}/restart": {"post"},
+    }
+    for path, methods in expected_paths.items():
+        assert set(paths[path]) == methods, path
+        for operation in paths[path].values():
+            assert operation["security"] == [{"bearer": []}]
+            assert {"401", "403"} <= operation["responses"].keys()
+    assert "404" in paths["/api/v1/workers/{worker_id}"]["delete"]["responses"]
+
     # /models/status needs no key (an operations route).
     models = call(gw.url + "/models/status")
     assert models.status == 200
