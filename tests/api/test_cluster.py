@@ -280,15 +280,16 @@ def test_drain_under_load_restart_and_remove(
 
 @pytest.mark.redis
 def test_a_worker_added_on_one_replica_is_used_by_the_other(
+    database_url: str,  # first, so that the gateways stop before their database goes
+    redis_url: str,
     sim_factory: Callable[..., Sim],
     gateway_factory: Callable[..., Gateway],
-    redis_url: str,
-    tmp_path: Any,
 ) -> None:
+    """Two replicas on one store (a SQLite file, then PostgreSQL) and one Redis."""
     sim = sim_factory({"m": FAST}, replicas=2)
     a, b = sim.urls.values()
     shared = {
-        "store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"},
+        "store": {"url": database_url},
         "redis": {"url": redis_url},
         # So long that only the Redis event explains a change seen within seconds.
         "monitoring": {"fleet_sync_interval": 600},
