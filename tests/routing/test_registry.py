@@ -15,7 +15,7 @@ from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import DeploymentState, Fleet
 from swarmgate.routing.plan import Plan
 from swarmgate.routing.registry import Registry, effective, parse_worker
-from swarmgate.store.deployments import ACTIVE, REMOVED, DeploymentStore, FleetChange
+from swarmgate.store.deployments import ACTIVE, DRAINING, REMOVED, DeploymentStore, FleetChange
 from swarmgate.store.events import LocalBus
 from swarmgate.store.sql import Database
 
@@ -104,6 +104,16 @@ async def test_drain_is_skipped_by_the_plan_and_restart_readmits(registry: Regis
     state, left = await registry.restart(a.name, "k1", timeout=1)
     assert (state is a, left, a.draining) == (True, 0, False)
     assert await registry.store.all() == []  # a deployment of the file: nothing left to store
+
+
+async def test_a_reload_without_news_keeps_the_pools(registry: Registry) -> None:
+    pool = registry.fleet.resolve("m")
+    await registry.reload()
+    assert registry.fleet.resolve("m") is pool
+    await registry.store.put(FleetChange("m@h:1", "m", None, DRAINING, 1, 1))  # another replica
+    await registry.reload()
+    assert registry.fleet.resolve("m") is not pool
+    assert [s.draining for s in registry.fleet.snapshot.states()] == [True, False]
 
 
 async def test_restart_waits_for_in_flight_within_its_bound(registry: Registry) -> None:

@@ -208,7 +208,10 @@ class Registry:
         if read < self._applied:  # a read started later has been applied already
             return
         self._applied = read
-        self.changes = {row.name: row for row in rows}
+        changes = {row.name: row for row in rows}
+        if changes == self.changes:
+            return  # nothing new: the pools, and what their balancers keep, stay as they are
+        self.changes = changes
         self._apply()
 
     def rebase(self, settings: Settings) -> None:
