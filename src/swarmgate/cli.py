@@ -37,9 +37,13 @@ class Commands(click.Group):
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.LAZY])
+        return sorted([*super().list_commands(ctx), *self.LAZY, "workers"])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "workers":  # a running gateway's API, not the store
+            from swarmgate.workers_cli import workers
+
+            return workers
         if cmd_name in self.LAZY:
             from swarmgate import admin_cli
 

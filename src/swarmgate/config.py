@@ -402,6 +402,9 @@ class Monitoring(Frozen):
     active_users_window: Seconds = 300.0
     # Seconds between the background pings of the database and Redis that /health reports.
     health_interval: Seconds = 10.0
+    # Seconds between two reads of the fleet's run-time changes (workers added, drained or
+    # removed through the API) from the store: the fallback when a replica misses their event.
+    fleet_sync_interval: Seconds = 5.0
 
 
 class Store(Frozen):

@@ -12,6 +12,7 @@
         ├── NotFound              404  invalid_request_error / not_found
         │   └── ModelNotFound     404  invalid_request_error / model_not_found
         ├── MethodNotAllowed      405  invalid_request_error / method_not_allowed
+        ├── Conflict              409  invalid_request_error / conflict
         ├── RequestTimeout        408  invalid_request_error / request_timeout
         ├── PayloadTooLarge       413  invalid_request_error / payload_too_large
         ├── RateLimited           429  rate_limit_error (Retry-After)
@@ -129,6 +130,12 @@ class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class RequestTimeout(GatewayError):

@@ -16,6 +16,7 @@ from typing import Any
 
 from swarmgate import store
 from swarmgate.api.admin import build_admin_router
+from swarmgate.api.cluster import NATIVE_PREFIXES, Cluster, build_cluster_router
 from swarmgate.api.health import Health
 from swarmgate.api.hosts import TrustedHosts
 from swarmgate.api.management import build_management_app
@@ -28,7 +29,13 @@ from swarmgate.api.usage import build_usage_router
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.security import Security
-from swarmgate.config import Settings, config_path_from_env, load_settings, metrics_dir_from_env
+from swarmgate.config import (
+    Settings,
+    config_path_from_env,
+    environment,
+    load_settings,
+    metrics_dir_from_env,
+)
 from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound, StoreError
 from swarmgate.jobs.downloads import Downloads
 from swarmgate.limits.admission import Admission
@@ -48,6 +55,7 @@ from swarmgate.routing import scrape
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
+from swarmgate.routing.registry import Registry
 from swarmgate.routing.watch import FleetWatch, health_rows
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
@@ -106,6 +114,11 @@ class Gateway:
                 self.fleet, self.store.events, publish_timeout=settings.redis.publish_timeout
             )
         self.security = Security(settings, self.metrics, self.store)
+        # Workers added, drained or removed at run time, applied over the file's fleet.
+        self.registry = Registry(
+            settings, self.fleet, self.store.deployments, self.store.events, environment({})
+        )
+        self.cluster = Cluster(settings.server.name, self.registry)
         self.authenticator = self.security.authenticator
         self.ledger: Ledger | None = None
         if settings.ledger.enabled:
@@ -163,7 +176,7 @@ class Gateway:
             "/gateway/health": ("GET", self.health.health),  # seed 003's name for it
             "/health/live": ("GET", self.health.live),
             "/health/ready": ("GET", self.ops.readiness),
-            "/models/status": ("GET", self.ops.models_status),
+            "/models/status": ("GET", self.cluster.models_status),
             "/metrics": ("GET", self.ops.prometheus),
             "/v1/models": ("GET", self.ops.models),
         }
@@ -201,7 +214,11 @@ class Gateway:
             ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
         )
         self.management = build_management_app(
-            [build_admin_router(self.security), build_usage_router(self.security)]
+            [
+                build_admin_router(self.security),
+                build_usage_router(self.security),
+                build_cluster_router(self.security, self.cluster),
+            ]
         )
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
@@ -244,7 +261,11 @@ class Gateway:
         # Seed 001's error format on the native face, OpenAI's everywhere else.
         write_error = send_native_error if path.startswith("/api/") else send_error
         try:
-            if route is None and write_error is send_native_error:
+            if (
+                route is None
+                and write_error is send_native_error
+                and not path.startswith(NATIVE_PREFIXES)  # the management app's
+            ):
                 endpoint = "unmatched"
                 error: GatewayError = NotFound(f"no route {scope['method']} {path}")
                 await write_error(counting_send, error, read_head(scope).request_id)
@@ -271,6 +292,7 @@ class Gateway:
     async def startup(self) -> None:
         await self.counters.start()
         await self.security.start()  # migrates the store first, if configured
+        await self.registry.start()  # the workers added at run time, from the store
         if self.ledger is not None:
             await self.ledger.start()
             await self._restore_budgets()
@@ -292,7 +314,7 @@ class Gateway:
         gc.freeze()
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
-        self.ops.ready = self.health.serving = True
+        self.ops.ready = self.health.serving = self.cluster.ready = True
 
     async def _restore_budgets(self) -> None:
         """Budgets survive a restart: their counters start from the ledger's spend."""
@@ -305,9 +327,10 @@ class Gateway:
             log.info("budgets: %d spend counters restored from the ledger", restored)
 
     async def shutdown(self) -> None:
-        self.ops.ready = False
+        self.ops.ready = self.cluster.ready = False
         await self.health.stop()
         await self.watch.stop()
+        await self.registry.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -63,9 +63,6 @@ class Ops:
         status = self._status()
         await send_json(send, 200 if status["status"] == "ready" else 503, status, [])
 
-    async def models_status(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, self._status(), [])
-
     async def prometheus(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, self.metrics.render(), [], Metrics.CONTENT_TYPE.encode())
 

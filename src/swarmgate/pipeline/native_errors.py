@@ -29,6 +29,7 @@ CODES: dict[type[errors.GatewayError], str] = {
     errors.NotFound: "NOT_FOUND",
     errors.ModelNotFound: "INVALID_MODEL",
     errors.MethodNotAllowed: "METHOD_NOT_ALLOWED",
+    errors.Conflict: "CONFLICT",
     errors.RequestTimeout: "REQUEST_TIMEOUT",
     errors.PayloadTooLarge: "PAYLOAD_TOO_LARGE",
     errors.RateLimited: "RATE_LIMITED",

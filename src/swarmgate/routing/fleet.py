@@ -119,8 +119,9 @@ class Lease:
         state, self._state = self._state, None
         if state is not None:
             queue = state.queue
-            # Usually nobody waits: one attribute test on the hot path.
-            if queue.waiting and queue.hand_over(state):
+            # Usually nobody waits: one attribute test on the hot path. A draining deployment
+            # takes no new request, not even a waiter's.
+            if queue.waiting and not state.draining and queue.hand_over(state):
                 return
             state.in_flight -= 1
 
@@ -155,6 +156,8 @@ class DeploymentState:
     # Its own metrics as last scraped: replaced whole by the scraper, read by balancers.
     load: Load | None = None
     in_flight: int = 0
+    # Drained by an operator (routing/registry.py): no new requests; those in flight finish.
+    draining: bool = False
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
     # Circuit, ejection and probes: whether it may be picked (routing/health.py).
@@ -181,7 +184,7 @@ class DeploymentState:
 
     @property
     def has_capacity(self) -> bool:
-        return self.in_flight < self.deployment.max_concurrent
+        return not self.draining and self.in_flight < self.deployment.max_concurrent
 
     @property
     def failures(self) -> int:

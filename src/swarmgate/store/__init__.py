@@ -1,9 +1,11 @@
 """State that outlives a request: the SQL store (SQLite or PostgreSQL), its schema and migrations,
-the repositories over it (API keys, audit log, usage ledger, IP blocks, model downloads),
+the repositories over it (API keys, audit log, usage ledger, IP blocks, model downloads, the
+fleet's run-time changes),
 cross-replica events, and the write-behind queue that stores records off the hot path.
 
 ``sql.Database`` is the seam; the repositories (``keys.KeyStore``, ``audit.AuditStore``,
-``usage.UsageStore``, ``ipblocks.IPBlockStore``, ``downloads.DownloadStore``) take it in their
+``usage.UsageStore``, ``ipblocks.IPBlockStore``, ``downloads.DownloadStore``,
+``deployments.DeploymentStore``) take it in their
 constructor and hold no other state. ``open`` builds them once from the settings, for the
 gateway, ``swarmgate serve`` and the CLI alike.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from swarmgate.config import Settings
 from swarmgate.store.audit import AuditStore
+from swarmgate.store.deployments import DeploymentStore
 from swarmgate.store.downloads import DownloadStore
 from swarmgate.store.events import EventBus, LocalBus, RedisBus
 from swarmgate.store.ipblocks import IPBlockStore
@@ -34,6 +37,7 @@ class Store:
     usage: UsageStore
     ip_blocks: IPBlockStore
     downloads: DownloadStore
+    deployments: DeploymentStore
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent; see ``store.migrate``)."""
@@ -63,4 +67,5 @@ def open(settings: Settings) -> Store:
         UsageStore(db),
         IPBlockStore(db),
         DownloadStore(db),
+        DeploymentStore(db),
     )

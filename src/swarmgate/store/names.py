@@ -7,3 +7,4 @@ LIMITS = PREFIX + "limit:"  # + scope:ident:limit (rpm, tpd...): one counter of 
 REPLICAS = PREFIX + "limits:replicas"  # sorted set: replica id -> its last heartbeat
 CAPACITY_FREED = PREFIX + "events:capacity"  # pub/sub: a pool's capacity key, a slot freed
 PLACEMENTS = PREFIX + "events:placements"  # pub/sub: prompts' block hashes -> who served them
+FLEET_EVENTS = PREFIX + "events:fleet"  # pub/sub: a worker added, drained, restarted or removed

@@ -143,3 +143,19 @@ usage_ledger = sa.Table(
     sa.Index("ix_usage_ledger_owner_ts", "owner", "ts"),
     sqlite_with_rowid=False,
 )
+
+# The fleet's run-time changes (``/api/v1/workers``, ``swarmgate workers``), one row per
+# deployment by its name: a deployment added at run time (``spec`` is its config, as in the
+# file's ``models.<model>.deployments``), or one of the file's drained or removed (``spec``
+# NULL). Every replica rebuilds its fleet from the file plus these rows.
+fleet_changes = sa.Table(
+    "fleet_changes",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=True),  # NULL: a deployment of the config file
+    sa.Column("state", sa.String(16), nullable=False),  # active | draining | removed
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=True),
+)
