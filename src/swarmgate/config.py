@@ -34,6 +34,8 @@ from pydantic import (
 from swarmgate import seedconfig
 from swarmgate.errors import ConfigError
 from swarmgate.limits.tiers import Limits
+from swarmgate.routing import policy
+from swarmgate.routing.policy import ModelRouting, Transform
 from swarmgate.seedconfig import Translation
 from swarmgate.types import ModelType
 
@@ -135,6 +137,12 @@ class Model(Frozen):
     # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
+    # Model routing (docs/model-routing.md): the longest prompt it takes, in tokens (a longer
+    # one goes to the first fallback that takes it); the models tried, in order, when all its
+    # deployments are busy or down; the edits made to its requests and answers.
+    context_window: Annotated[int, Field(ge=1)] | None = None
+    fallbacks: tuple[str, ...] = ()
+    transform: Transform | None = None
     deployments: tuple[Deployment, ...]
 
     @field_validator("deployments")
@@ -311,11 +319,24 @@ class Settings(Frozen):
     ledger: Ledger = Ledger()
     native: Native = Native()
     limits: Limits = Limits()
+    routing: ModelRouting = ModelRouting()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
         aliases = {name: list(model.aliases) for name, model in self.models.items()}
         problems = name_problems(aliases, self.default_model)
+        problems += policy.problems(
+            {
+                name: policy.ModelFacts(
+                    aliases=m.aliases,
+                    capabilities=m.capabilities,
+                    fallbacks=m.fallbacks,
+                    chat=m.type in (ModelType.CHAT, ModelType.COMPLETION),
+                )
+                for name, m in self.models.items()
+            },
+            self.routing,
+        )
         if problems:
             # One message, one problem a line: validation_problems splits it again.
             raise ValueError("\n".join(problems))
