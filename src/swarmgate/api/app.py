@@ -46,6 +46,7 @@ from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
+from swarmgate.routing.selection import ModelSelector
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
 from swarmgate.store.redis_counters import RedisCounters
@@ -118,6 +119,7 @@ class Gateway:
             Networks(settings.auth.ip.trusted_proxies),
             line,
         )
+        self.selector = ModelSelector.of(settings)
         self.inference = Inference(
             self.authenticator,
             self.fleet,
@@ -129,6 +131,7 @@ class Gateway:
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
             settings.server.max_upload_bytes,
+            self.selector,
         )
         native = settings.native
         self.results = Results(
@@ -141,6 +144,9 @@ class Gateway:
         self.routes: dict[str, tuple[str, Handler]] = {
             path: ("POST", self.inference) for path in ROUTES
         }
+        # A path route's prefix before each inference path (routing.routes[].path_prefix).
+        for route in self.selector.path_routes if self.selector else ():
+            self.routes |= {f"{route.path_prefix}{p}": ("POST", self.inference) for p in ROUTES}
         self.health = Health(
             settings.server.name, self.fleet, self.store, settings.monitoring.health_interval
         )

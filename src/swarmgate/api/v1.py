@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from swarmgate.errors import GatewayError
+from swarmgate.errors import GatewayError, NoDeployment, UpstreamError, UpstreamUnreachable
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
 from swarmgate.pipeline.call import Caller
@@ -23,9 +23,10 @@ from swarmgate.pipeline.exchange import Exchange
 from swarmgate.pipeline.request import ROUTES, Body, InferenceRequest, Route, parse, parse_upload
 from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.balancers import RoutingFacts
-from swarmgate.routing.fleet import Fleet
-from swarmgate.routing.plan import Router
-from swarmgate.types import ASGIScope, Authenticator, Receive, Send
+from swarmgate.routing.fleet import Fleet, Pool
+from swarmgate.routing.plan import Plan, Router
+from swarmgate.routing.selection import ModelSelector
+from swarmgate.types import ASGIScope, Authenticator, Outcome, Receive, Send
 
 log = logging.getLogger("swarmgate.proxy")
 
@@ -45,6 +46,7 @@ class Inference:
         max_body_bytes: int,
         body_stall: float | None = None,
         max_upload_bytes: int | None = None,
+        selector: ModelSelector | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.fleet = fleet
@@ -55,9 +57,16 @@ class Inference:
         self.max_body_bytes = max_body_bytes
         self.body_stall = body_stall
         self.max_upload_bytes = max_upload_bytes or max_body_bytes
+        self.selector = selector  # None: no model routing configured
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        x = self.accounting.start(scope, ROUTES[scope["path"]])
+        route = ROUTES.get(scope["path"])
+        if route is None:  # behind a path route's prefix (/fast/v1/chat/completions)
+            assert self.selector is not None, "only path routes register other paths"
+            found = self.selector.path_route(scope["path"])
+            assert found is not None
+            route = ROUTES[found[0]]
+        x = self.accounting.start(scope, route)
         await self.serve(x, parse, receive, send, _openai_error)
 
     async def serve(
@@ -82,13 +91,20 @@ class Inference:
                 x.request = request = parse_body(x.route, body)
             else:
                 x.request = request = await self._upload(receive, x)
-            x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
+            selector = self.selector
+            if selector is None:
+                x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
+            else:
+                x.pool = pool = self._select(selector, x, request)
             authorize(x)
             admitting = self.admission.admit(x)  # None: decided without waiting
             if admitting is not None:
                 await admitting
             plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
-            await self.caller.run(x, plan, receive, send)
+            if selector is None or not selector.fallbacks:
+                await self.caller.run(x, plan, receive, send)
+            else:
+                await self._call_with_fallbacks(selector, x, plan, receive, send)
         except GatewayError as exc:
             x.status, x.error = exc.status, exc.message
             await _unless_gone(write_error(send, exc, x))
@@ -105,6 +121,63 @@ class Inference:
         finally:
             self.accounting.finish(x)
 
+    def _select(self, selector: ModelSelector, x: Exchange, request: InferenceRequest) -> Pool:
+        """The pool model routing picks (routes, auto, splits, context windows), with its
+        transforms applied to the request."""
+        principal = x.principal
+        assert principal is not None
+        forward = x.head.forward
+        choice = selector.choose(
+            request.model,
+            request.payload,
+            forward,
+            path=x.scope["path"],
+            tier=principal.tier,
+            sticky=principal.key_id or principal.subject or x.head.request_id,
+        )
+        pool = self.fleet.resolve(choice.model, principal.allows_model)
+        edit = choice.request_edit
+        if edit is not None:
+            # A multipart body's fields are forwarded as sent: only headers change there.
+            payload = request.payload if request.form is None else {}
+            if edit.apply(payload, forward) and request.form is None:
+                request.edited = True
+        if choice.variant is not None:
+            assert choice.split is not None
+            x.variant = (choice.split, choice.variant)
+        x.response_edit = choice.response_edit
+        return pool
+
+    async def _call_with_fallbacks(
+        self, selector: ModelSelector, x: Exchange, plan: Plan, receive: Receive, send: Send
+    ) -> None:
+        """The call, then each fallback model in turn while the one before exhausted its
+        deployments (all busy, unreachable or answering 5xx) before anything was answered."""
+        principal = x.principal
+        assert principal is not None
+        tried: list[str] = []
+        while True:
+            try:
+                await self.caller.run(x, plan, receive, send)
+                return
+            except (NoDeployment, UpstreamError) as exc:
+                if not _exhausted(x, exc):
+                    raise
+                tried.append(plan.pool.model)
+                nxt = selector.next_model(plan.pool.model, tried, principal.allows_model)
+                if nxt is None:
+                    raise
+                log.info(
+                    "request %s: model %s exhausted (%s); falling back to %s",
+                    x.head.request_id,
+                    plan.pool.model,
+                    exc.message,
+                    nxt,
+                )
+                x.pool = pool = self.fleet.resolve(nxt)
+                assert x.request is not None
+                plan = self.router.plan(pool, RoutingFacts(pool.model, x.request.stream))
+
     async def _upload(self, receive: Receive, x: Exchange) -> InferenceRequest:
         """A multipart body: bounded by its own limit, read off the hot path of JSON routes."""
         body = await read_body(
@@ -114,6 +187,15 @@ class Inference:
             (v.decode("latin-1") for k, v in x.scope["headers"] if k == b"content-type"), None
         )
         return parse_upload(x.route, body, content_type)
+
+
+def _exhausted(x: Exchange, exc: NoDeployment | UpstreamError) -> bool:
+    """Whether a failed call leaves the model's deployments exhausted, with nothing answered:
+    none could take it, the last never received it, or the last answered 5xx (a whole
+    answer, not relayed). A timeout or a broken answer may have generated: not retried."""
+    if isinstance(exc, NoDeployment | UpstreamUnreachable):
+        return True
+    return bool(x.attempts) and x.attempts[-1].outcome is Outcome.SERVER_ERROR
 
 
 async def _openai_error(send: Send, error: GatewayError, x: Exchange) -> None:

@@ -14,6 +14,7 @@ from swarmgate.limits.grant import Grant
 from swarmgate.pipeline.asgi import RequestHead, read_head
 from swarmgate.pipeline.request import InferenceRequest, Route
 from swarmgate.routing.fleet import Deployment, DeploymentState, Lease, Pool
+from swarmgate.routing.transform import ResponseEdit
 from swarmgate.types import ASGIScope, Outcome, Principal, Usage
 
 
@@ -46,6 +47,10 @@ class Exchange:
     usage: Usage | None = None  # counted from the answer; None: nothing to account
     status: int = 0  # what the client was answered (499: it left first)
     error: str | None = None  # the message of the error the client was answered with
+    # Model routing (routing/selection.py): the split and variant picked, and the edit of the
+    # answer's headers (the variant header, a response transform); None when not configured.
+    variant: tuple[str, str] | None = None
+    response_edit: ResponseEdit | None = None
 
     @classmethod
     def start(cls, scope: ASGIScope, route: Route) -> Exchange:
