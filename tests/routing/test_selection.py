@@ -120,3 +120,21 @@ def test_a_canary_takes_its_percentage() -> None:
 def test_fallbacks_after_exhaustion() -> None:
     assert SELECTOR.next_model("small", ["small"]) == "big"
     assert SELECTOR.next_model("big", ["small", "big"]) is None
+
+
+def test_auto_chooses_among_the_models_the_caller_may_use() -> None:
+    tools = {**HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert SELECTOR.choose("auto", HELLO, {}, allowed=lambda m: m != "small").model == "tools"
+    assert SELECTOR.choose("auto", tools, {}, allowed=lambda m: m == "big").model == "big"
+    with pytest.raises(BadRequest, match="no model can serve"):
+        SELECTOR.choose("auto", tools, {}, allowed=lambda m: m == "small")
+
+
+def test_a_split_offers_only_the_variants_the_caller_may_use() -> None:
+    only_big = {
+        SELECTOR.choose("big", HELLO, {}, sticky=f"k{i}", allowed=lambda m: m == "big").model
+        for i in range(200)
+    }
+    assert only_big == {"big"}
+    neither = SELECTOR.choose("ab", HELLO, {}, allowed=lambda m: m == "big")
+    assert neither.model == "ab" and neither.variant is None  # no model for the caller

@@ -134,6 +134,7 @@ class Inference:
             path=x.scope["path"],
             tier=principal.tier,
             sticky=principal.key_id or principal.subject or x.head.request_id,
+            allowed=principal.allows_model if principal.models is not None else None,
         )
         pool = self.fleet.resolve(choice.model, principal.allows_model)
         edit = choice.request_edit

@@ -119,15 +119,20 @@ class ModelSelector:
         path: str = "",
         tier: str = "default",
         sticky: str = "",
+        allowed: Callable[[str], bool] | None = None,
     ) -> Choice:
         """The model for a request; ``headers`` are the forwarded ones (lower-case names),
-        ``sticky`` the caller's key (the fallback of a split's sticky header)."""
+        ``sticky`` the caller's key (the fallback of a split's sticky header), ``allowed``
+        the models the caller may use (``auto`` chooses among those only)."""
         route = self._route(path, headers)
         name = route.model if route is not None else requested
         auto = self.auto
         if auto is not None and (name == auto.name or (name is None and auto.when_missing)):
             facts = rules.facts_of(payload, auto.expected_completion_tokens, tier, headers)
-            name = rules.choose(self.candidates, auto.rules, facts)
+            candidates = self.candidates
+            if allowed is not None:
+                candidates = tuple(c for c in candidates if allowed(c.name))
+            name = rules.choose(candidates, auto.rules, facts)
         if name is None:
             return Choice(None)
         name = self.aliases.get(name, name)
@@ -135,8 +140,12 @@ class ModelSelector:
         split = self.splits.get(name)
         if split is not None:
             key = (split.sticky_header and headers.get(split.sticky_header)) or sticky
-            split_name, name = name, splits.pick(name, key, split.variants)
-            variant = name
+            variants = split.variants
+            if allowed is not None:  # a caller held to some models gets one of those
+                variants = tuple((v, w) for v, w in variants if allowed(v))
+            if any(w > 0 for _, w in variants):
+                split_name, name = name, splits.pick(name, key, _percent(variants))
+                variant = name
         if self.windows.get(name):
             name = self._fitting(name, payload)
         request_edit, response_edit = self.edits.get(name, (None, None))
@@ -191,3 +200,10 @@ def _label(route: Route | None) -> str | None:
     if route is None:
         return None
     return route.name or route.path_prefix or f"{route.header}={route.value}"
+
+
+def _percent(variants: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    total = sum(w for _, w in variants)
+    if abs(total - 100) < 1e-9:
+        return variants
+    return tuple((v, w * 100 / total) for v, w in variants)
