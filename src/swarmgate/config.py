@@ -132,17 +132,17 @@ class Model(Frozen):
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
-    # When every deployment is at max_concurrent: how long a request may wait for a slot, and
-    # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
-    # own bounds in ``limits.queue`` take precedence.
-    queue_timeout: Annotated[float, Field(ge=0)] = 0.0
-    queue_size: Annotated[int, Field(ge=0)] = 100
     # Model routing (docs/model-routing.md): the longest prompt it takes, in tokens (a longer
     # one goes to the first fallback that takes it); the models tried, in order, when all its
     # deployments are busy or down; the edits made to its requests and answers.
     context_window: Annotated[int, Field(ge=1)] | None = None
     fallbacks: tuple[str, ...] = ()
     transform: Transform | None = None
+    # When every deployment is at max_concurrent: how long a request may wait for a slot, and
+    # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
+    # own bounds in ``limits.queue`` take precedence.
+    queue_timeout: Annotated[float, Field(ge=0)] = 0.0
+    queue_size: Annotated[int, Field(ge=0)] = 100
     deployments: tuple[Deployment, ...]
 
     @field_validator("deployments")
@@ -310,6 +310,7 @@ class Settings(Frozen):
     server: Server = Server()
     default_model: str | None = None
     timeouts: Timeouts = Timeouts()
+    routing: ModelRouting = ModelRouting()  # model-level routing (docs/model-routing.md)
     models: Annotated[dict[str, Model], Field(min_length=1)]
     store: Store = Store()
     monitoring: Monitoring = Monitoring()
@@ -319,7 +320,6 @@ class Settings(Frozen):
     ledger: Ledger = Ledger()
     native: Native = Native()
     limits: Limits = Limits()
-    routing: ModelRouting = ModelRouting()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

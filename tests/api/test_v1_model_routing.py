@@ -14,6 +14,7 @@ from swarmgate.errors import UpstreamUnreachable
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.fallback import FallbackCaller
 from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
@@ -48,15 +49,19 @@ class Gateway:
         )
         self.transport = MemoryTransport(handler)
         self.metrics = Metrics()
+        fleet, router = Fleet(settings), Router()
+        selector = ModelSelector.of(settings)
+        assert selector is not None
+        caller = Caller(self.transport, Queueing(settings.limits, self.metrics))
         self.inference = Inference(
             LetIn(),
-            Fleet(settings),
+            fleet,
             Admission(settings.limits, metrics=self.metrics),
-            Router(),
-            Caller(self.transport, Queueing(settings.limits, self.metrics)),
+            router,
+            FallbackCaller(caller, selector, fleet, router),
             Accounting(self.metrics),
             1 << 20,
-            selector=ModelSelector.of(settings),
+            selector=selector,
         )
 
     async def post(

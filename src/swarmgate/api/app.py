@@ -39,6 +39,7 @@ from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import read_head, send_error
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.fallback import FallbackCaller
 from swarmgate.pipeline.native_errors import send_native_error
 from swarmgate.pipeline.native_request import PARSERS
 from swarmgate.pipeline.queueing import Queueing
@@ -119,13 +120,21 @@ class Gateway:
             Networks(settings.auth.ip.trusted_proxies),
             line,
         )
-        self.selector = ModelSelector.of(settings)
+        self.selector = selector = ModelSelector.of(settings)
+        router = Router()
+        caller = Caller(self.transport, Queueing(settings.limits, self.metrics))
+        # Only when some model has fallbacks: the call stage wrapped by its chains.
+        calls = (
+            FallbackCaller(caller, selector, self.fleet, router)
+            if selector is not None and selector.fallbacks
+            else caller
+        )
         self.inference = Inference(
             self.authenticator,
             self.fleet,
             self.admission,
-            Router(),
-            Caller(self.transport, Queueing(settings.limits, self.metrics)),
+            router,
+            calls,
             Accounting(self.metrics, self.ledger),
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.

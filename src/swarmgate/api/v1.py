@@ -2,9 +2,11 @@
 ``/v1/embeddings``, ``/v1/images/generations``, ``/v1/audio/speech``,
 ``/v1/audio/transcriptions``): the hot path, read top to bottom.
 
-authenticate → read and parse the body → resolve the model → authorize → admit → plan and
-call (retrying another deployment only if the request never reached the first) → answer; and
-``finish`` on every exit path. Errors are written in OpenAI's schema, here and only here.
+authenticate → read and parse the body → resolve the model (model routing's choice, when
+configured: ``routing/selection.py``) → authorize → admit → plan and call (retrying another
+deployment only if the request never reached the first; then the model's fallbacks, when it
+has some: ``pipeline/fallback.py``) → answer; and ``finish`` on every exit path. Errors are
+written in OpenAI's schema, here and only here.
 ``serve`` is that sequence for every face: the native ``/api/v1`` face (``api/native.py``)
 passes its own parser and error writer, so whatever the stages do applies to it too.
 """
@@ -15,18 +17,19 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from swarmgate.errors import GatewayError, NoDeployment, UpstreamError, UpstreamUnreachable
+from swarmgate.errors import GatewayError
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.exchange import Exchange
+from swarmgate.pipeline.fallback import FallbackCaller
 from swarmgate.pipeline.request import ROUTES, Body, InferenceRequest, Route, parse, parse_upload
 from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet, Pool
-from swarmgate.routing.plan import Plan, Router
+from swarmgate.routing.plan import Router
 from swarmgate.routing.selection import ModelSelector
-from swarmgate.types import ASGIScope, Authenticator, Outcome, Receive, Send
+from swarmgate.types import ASGIScope, Authenticator, Receive, Send
 
 log = logging.getLogger("swarmgate.proxy")
 
@@ -41,7 +44,7 @@ class Inference:
         fleet: Fleet,
         admission: Admission,
         router: Router,
-        caller: Caller,
+        caller: Caller | FallbackCaller,
         accounting: Accounting,
         max_body_bytes: int,
         body_stall: float | None = None,
@@ -101,10 +104,7 @@ class Inference:
             if admitting is not None:
                 await admitting
             plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
-            if selector is None or not selector.fallbacks:
-                await self.caller.run(x, plan, receive, send)
-            else:
-                await self._call_with_fallbacks(selector, x, plan, receive, send)
+            await self.caller.run(x, plan, receive, send)
         except GatewayError as exc:
             x.status, x.error = exc.status, exc.message
             await _unless_gone(write_error(send, exc, x))
@@ -149,36 +149,6 @@ class Inference:
         x.response_edit = choice.response_edit
         return pool
 
-    async def _call_with_fallbacks(
-        self, selector: ModelSelector, x: Exchange, plan: Plan, receive: Receive, send: Send
-    ) -> None:
-        """The call, then each fallback model in turn while the one before exhausted its
-        deployments (all busy, unreachable or answering 5xx) before anything was answered."""
-        principal = x.principal
-        assert principal is not None
-        tried: list[str] = []
-        while True:
-            try:
-                await self.caller.run(x, plan, receive, send)
-                return
-            except (NoDeployment, UpstreamError) as exc:
-                if not _exhausted(x, exc):
-                    raise
-                tried.append(plan.pool.model)
-                nxt = selector.next_model(plan.pool.model, tried, principal.allows_model)
-                if nxt is None:
-                    raise
-                log.info(
-                    "request %s: model %s exhausted (%s); falling back to %s",
-                    x.head.request_id,
-                    plan.pool.model,
-                    exc.message,
-                    nxt,
-                )
-                x.pool = pool = self.fleet.resolve(nxt)
-                assert x.request is not None
-                plan = self.router.plan(pool, RoutingFacts(pool.model, x.request.stream))
-
     async def _upload(self, receive: Receive, x: Exchange) -> InferenceRequest:
         """A multipart body: bounded by its own limit, read off the hot path of JSON routes."""
         body = await read_body(
@@ -188,15 +158,6 @@ class Inference:
             (v.decode("latin-1") for k, v in x.scope["headers"] if k == b"content-type"), None
         )
         return parse_upload(x.route, body, content_type)
-
-
-def _exhausted(x: Exchange, exc: NoDeployment | UpstreamError) -> bool:
-    """Whether a failed call leaves the model's deployments exhausted, with nothing answered:
-    none could take it, the last never received it, or the last answered 5xx (a whole
-    answer, not relayed). A timeout or a broken answer may have generated: not retried."""
-    if isinstance(exc, NoDeployment | UpstreamUnreachable):
-        return True
-    return bool(x.attempts) and x.attempts[-1].outcome is Outcome.SERVER_ERROR
 
 
 async def _openai_error(send: Send, error: GatewayError, x: Exchange) -> None:

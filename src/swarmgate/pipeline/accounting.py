@@ -64,13 +64,13 @@ class Accounting:
             if used:
                 metrics.tokens_settled(grant.tier, used)
         metrics.in_flight -= 1
+        if x.variant is not None:
+            metrics.variant(*x.variant, x.status)
         latency = now - x.started
         route = x.route
         metrics.request("POST", route.endpoint or route.path, x.status, latency)
         if x.pool is not None:
             metrics.inference(x.pool.model, route.name)
-        if x.variant is not None:
-            metrics.variant(*x.variant, x.status)
         principal = x.principal
         if principal is not None:
             metrics.seen(principal.key_id or principal.subject, now)

@@ -45,12 +45,12 @@ class Exchange:
     grant: Grant | None = None  # the limits it was admitted under, settled in finish
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage | None = None  # counted from the answer; None: nothing to account
-    status: int = 0  # what the client was answered (499: it left first)
-    error: str | None = None  # the message of the error the client was answered with
     # Model routing (routing/selection.py): the split and variant picked, and the edit of the
     # answer's headers (the variant header, a response transform); None when not configured.
     variant: tuple[str, str] | None = None
     response_edit: ResponseEdit | None = None
+    status: int = 0  # what the client was answered (499: it left first)
+    error: str | None = None  # the message of the error the client was answered with
 
     @classmethod
     def start(cls, scope: ASGIScope, route: Route) -> Exchange:
