@@ -11,6 +11,7 @@ figures; the difference is the gateway's code.
 
     .venv/bin/python bench/cpu.py --baseline 8eb7d52           # this tree against a commit
     .venv/bin/python bench/cpu.py --src /path/to/other/src     # or against any source tree
+    .venv/bin/python bench/cpu.py --limits                     # and this tree with limits on
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ def _minimal_app() -> Any:
     return MinimalProxy(UPSTREAM)
 
 
-def _gateway_app() -> Any:
+# The throughput table's limits (rows.BENCH_LIMITS): every request checked, charged, settled.
+LIMITS = {"tiers": {"default": {"rpm": 10**9, "tpm": 10**12, "concurrent": 10**5}}}
+
+
+def _gateway_app(limits: bool = False) -> Any:
     from swarmgate.api.app import create_app
     from swarmgate.config import parse_settings
 
     data = Path(tempfile.mkdtemp(prefix="sg-cpu-"))
     settings = parse_settings(
         {
+            **({"limits": LIMITS} if limits else {}),
             "models": {
                 "bench-model": {"deployments": [{"url": UPSTREAM, "max_concurrent": 10**6}]}
             },
@@ -57,7 +63,7 @@ def _gateway_app() -> Any:
     return create_app(settings)
 
 
-def _child(requests: int, concurrency: int, minimal: bool = False) -> None:
+def _child(requests: int, concurrency: int, minimal: bool = False, limits: bool = False) -> None:
     """Runs in the subprocess: import the app from sys.path, drive it, print µs/request."""
     import asyncio
     import gc
@@ -65,7 +71,7 @@ def _child(requests: int, concurrency: int, minimal: bool = False) -> None:
 
     import orjson
 
-    app = _minimal_app() if minimal else _gateway_app()
+    app = _minimal_app() if minimal else _gateway_app(limits)
     body = orjson.dumps(CHAT)
     headers = [
         (b"host", b"bench"),
@@ -123,12 +129,13 @@ def _child(requests: int, concurrency: int, minimal: bool = False) -> None:
     print(json.dumps({"us_per_request": uvloop.run(main())}))
 
 
-def _measure(src: Path | None, requests: int, concurrency: int) -> float:
-    """In a subprocess: swarmgate from ``src``, or the minimal proxy when ``src`` is None."""
+def _measure(src: Path | None, requests: int, concurrency: int, limits: bool = False) -> float:
+    """In a subprocess: swarmgate from ``src`` (with limits on: ``limits``), or the minimal
+    proxy when ``src`` is None."""
     path = f"{src}{os.pathsep}{REPO / 'bench'}" if src else str(REPO / "bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
     env["PYTHONPATH"] = path
-    code = f"import cpu; cpu._child({requests}, {concurrency}, minimal={src is None})"
+    code = f"import cpu; cpu._child({requests}, {concurrency}, {src is None}, {limits})"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
@@ -144,17 +151,23 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--limits", action="store_true", help="this tree with limits on too")
     args = parser.parse_args()
-    trees: dict[str, Path | None] = {"this tree": REPO / "src", "minimal proxy": None}
+    trees: dict[str, tuple[Path | None, bool]] = {
+        "this tree": (REPO / "src", False),
+        "minimal proxy": (None, False),
+    }
+    if args.limits:
+        trees["this tree, limits on"] = (REPO / "src", True)
     if args.baseline:
-        trees[f"at {args.baseline}"] = baseline_tree(args.baseline) / "src"
+        trees[f"at {args.baseline}"] = (baseline_tree(args.baseline) / "src", False)
     if args.src:
-        trees[args.src] = Path(args.src)
+        trees[args.src] = (Path(args.src), False)
     figures: dict[str, list[float]] = {name: [] for name in trees}
     with running(upstream_service()):
         for round_ in range(args.rounds):
-            for name, src in trees.items():  # interleaved, so drifting load spreads over all
-                figures[name].append(_measure(src, args.requests, args.concurrency))
+            for name, (src, limits) in trees.items():  # interleaved: drifting load spreads
+                figures[name].append(_measure(src, args.requests, args.concurrency, limits))
                 print(f"round {round_ + 1}: {name}: {figures[name][-1]:.1f} µs", flush=True)
     print(f"\nCPU per chat request, {args.requests} requests {args.concurrency} at a time, "
           f"median of {args.rounds}:")  # fmt: skip

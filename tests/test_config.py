@@ -57,6 +57,8 @@ def test_the_example_configuration_parses() -> None:
     assert settings.models["embed-small"].type is ModelType.EMBEDDING
     assert settings.models["phi-3-mini"].aliases == ("phi3",)
     assert len(settings.models["hermes-2"].deployments) == 2
+    sticky = settings.models["hermes-2"].balancer
+    assert (sticky.strategy, sticky.hash_on) == ("consistent_hash", ("header", "user"))
     assert settings.server.max_body_bytes == 4194304
     assert settings.timeouts == Timeouts(connect=5, first_byte=60, idle=30, total=600)
     assert settings.limits.max_share == {"free": 0.5}
@@ -430,3 +432,57 @@ def test_a_yaml_syntax_error_points_into_the_file(tmp_path: Path) -> None:
         load_settings(path, NO_ENV)
     assert "<unicode string>" not in exc.value.problems[0]
     assert f'in "{path}", line' in exc.value.problems[0]
+
+
+def _balancer(value: Any) -> dict[str, Any]:
+    raw = minimal()
+    raw["models"]["m"]["balancer"] = value
+    return raw
+
+
+def test_a_models_balancer_is_a_name_or_a_strategy_with_its_options() -> None:
+    assert parse_settings(minimal(), NO_ENV).models["m"].balancer.strategy == "least_outstanding"
+    assert parse_settings(_balancer("round_robin"), NO_ENV).models["m"].balancer.strategy == (
+        "round_robin"
+    )
+    # Seed 002's name, written as it is there.
+    least = parse_settings(_balancer("Least-Connections"), NO_ENV).models["m"].balancer
+    assert least.strategy == "least_outstanding"
+    sticky = parse_settings(
+        _balancer({"strategy": "consistent_hash", "hash_on": "user", "load_factor": 1.5}), NO_ENV
+    ).models["m"]
+    assert sticky.balancer.hash_on == ("user",) and sticky.balancer.load_factor == 1.5
+    assert sticky.balancer.header == "X-Session-ID"
+
+
+def test_a_bad_balancer_is_reported_with_its_path() -> None:
+    [unknown] = problems(_balancer("fastest"))
+    assert unknown.startswith("models.m.balancer.strategy: Input should be 'least_outstanding'")
+    assert unknown.endswith("(got 'fastest')")
+    assert problems(_balancer({"strategy": "round_robin", "load_factor": 2, "hash_on": "key"})) == [
+        "models.m.balancer: 'hash_on' is not an option of strategy round_robin (it takes no "
+        "options)",
+        "models.m.balancer: 'load_factor' is not an option of strategy round_robin (it takes no "
+        "options)",
+    ]
+    found = problems(
+        _balancer(
+            {
+                "strategy": "consistent_hash",
+                "hash_on": ["header", "cookie"],
+                "header": "X Session",
+                "load_factor": 0.5,
+                "load_fator": 2,
+            }
+        )
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "models.m.balancer.hash_on[1]",
+        "models.m.balancer.header",
+        "models.m.balancer.load_factor",
+        "models.m.balancer.load_fator",
+    ]
+    assert found[-1].endswith("unknown field (did you mean 'load_factor'?)")
+    assert problems(_balancer({"strategy": "consistent_hash", "hash_on": []})) == [
+        "models.m.balancer.hash_on: name at least one of header, user, key"
+    ]

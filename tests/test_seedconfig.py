@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swarmgate.config import load_settings, parse_settings, seed_translation
+from swarmgate.config import (
+    STRATEGY_ALIASES,
+    STRATEGY_OPTIONS,
+    load_settings,
+    parse_settings,
+    seed_translation,
+)
 from swarmgate.errors import ConfigError
-from swarmgate.seedconfig import endpoint_variable, is_seed_config
+from swarmgate.seedconfig import ALGORITHMS, endpoint_variable, is_seed_config
 from tests.plugins.processes import (
     SWARMGATE,
     Process,
@@ -96,6 +102,23 @@ def test_the_translation_says_what_it_maps_and_ignores() -> None:
     settings = parse_settings(yaml.safe_load(EXAMPLE.read_text()), {})
     assert settings.models["mixtral-8x7b"].deployments[0].cost_per_request == 0.1
     assert seed_translation(Path(__file__).parents[1] / "examples" / "swarmgate.yaml", {}) is None
+
+
+def test_the_load_balancer_algorithm_is_each_models_balancer() -> None:
+    settings = load_settings(EXAMPLE, {})
+    assert {settings.models[m].balancer.strategy for m in SEED_MODELS} == {"round_robin"}
+    variable = load_settings(EXAMPLE, {"LOAD_BALANCER_ALGORITHM": "least_connections"})
+    assert variable.models["hermes-2"].balancer.strategy == "least_outstanding"
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["load_balancer"]["algorithm"] = "intelligent"
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(raw, {})
+    assert [p for p in exc.value.problems if "balancer" in p] == [
+        "load_balancer.algorithm: 'intelligent' is not a balancer swarmgate has (one of "
+        + ", ".join(sorted(ALGORITHMS))
+        + ")"
+    ]
+    assert {*STRATEGY_OPTIONS, *STRATEGY_ALIASES} == ALGORITHMS
 
 
 def test_bad_seed_values_are_reported_with_swarmgates_paths() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -126,12 +127,96 @@ class Deployment(Frozen):
     api_key: str | None = Field(default=None, exclude=True, repr=False)
 
 
+# The options each strategy takes besides ``strategy`` (docs/routing.md).
+STRATEGY_OPTIONS: dict[str, frozenset[str]] = {
+    "least_outstanding": frozenset({"relative_to"}),
+    "round_robin": frozenset(),
+    "weighted_round_robin": frozenset(),
+    "power_of_two": frozenset({"relative_to"}),
+    "consistent_hash": frozenset({"relative_to", "hash_on", "header", "load_factor"}),
+    "cost": frozenset({"relative_to", "prompt_tokens", "completion_tokens"}),
+}
+STRATEGY_ALIASES = {"least_connections": "least_outstanding", "least_requests": "least_outstanding"}
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 §5.6.2)
+
+
+class Balancing(Frozen):
+    """How a model picks among its deployments: a strategy and that strategy's options.
+
+    Written as a name (``balancer: round_robin``) or a mapping (``balancer: {strategy:
+    consistent_hash, hash_on: user}``); an option another strategy takes is refused."""
+
+    strategy: Literal[
+        "least_outstanding",
+        "round_robin",
+        "weighted_round_robin",
+        "power_of_two",
+        "consistent_hash",
+        "cost",
+    ] = "least_outstanding"
+    # What a deployment's in-flight count is measured against: its weight or max_concurrent.
+    relative_to: Literal["weight", "capacity"] = "weight"
+    # Where a request's session key comes from, the first present one winning: a header, the
+    # body's ``user`` field, the caller's API key (or JWT subject).
+    hash_on: tuple[Literal["header", "user", "key"], ...] = ("header",)
+    header: str = "X-Session-ID"
+    # A deployment takes a key's requests while it holds at most this many times its share
+    # of the in-flight requests (Mirrokni, Thorup and Zadimoghaddam's bound).
+    load_factor: Annotated[float, Field(ge=1.0, le=100.0)] = 1.25
+    # The request whose price ranks the deployments: a typical one of this model's.
+    prompt_tokens: Annotated[int, Field(ge=0)] = 1000
+    completion_tokens: Annotated[int, Field(ge=0)] = 250
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = {"strategy": value}
+        if isinstance(value, dict) and isinstance(value.get("strategy"), str):
+            name = value["strategy"].strip().lower().replace("-", "_")
+            value = {**value, "strategy": STRATEGY_ALIASES.get(name, name)}
+        return value
+
+    @field_validator("hash_on", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("name at least one of header, user, key")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not HEADER_NAME.fullmatch(value):
+            raise ValueError("not a header name")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> Balancing:
+        allowed = STRATEGY_OPTIONS[self.strategy]
+        stray = sorted(self.model_fields_set - allowed - {"strategy"})
+        if stray:
+            takes = ", ".join(sorted(allowed)) or "no options"
+            raise ValueError(
+                "\n".join(
+                    f"{name!r} is not an option of strategy {self.strategy} (it takes {takes})"
+                    for name in stray
+                )
+            )
+        return self
+
+
 class Model(Frozen):
     type: ModelType = ModelType.CHAT
     capabilities: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
+    # How a request picks one of the deployments (docs/routing.md); the default weighs each
+    # deployment's requests in flight against its weight.
+    balancer: Balancing = Balancing()
     # Model routing (docs/model-routing.md): the longest prompt it takes, in tokens (a longer
     # one goes to the first fallback that takes it); the models tried, in order, when all its
     # deployments are busy or down; the edits made to its requests and answers.

@@ -50,6 +50,10 @@ class StoreError(SwarmgateError):
     """The SQL store or Redis is unavailable or failed."""
 
 
+class ClientGone(Exception):
+    """The client disconnected: nothing more can be sent to it (not an error to answer)."""
+
+
 class GatewayError(SwarmgateError):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"

@@ -53,16 +53,14 @@ IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
         "MODEL_ROUTING_ENABLED",
     ),
     ("gateway", "intelligent_routing"): (
-        "swarmgate balances by weight and free capacity",
+        "each model's balancer decides (load_balancer.algorithm; by default the fewest "
+        "requests in flight for each replica's weight)",
         "INTELLIGENT_ROUTING",
     ),
     ("gateway", "cost_optimization_enabled"): (
-        "no cost-based routing",
+        "no choice between models by price; between a model's replicas, "
+        "load_balancer.algorithm: cost",
         "COST_OPTIMIZATION_ENABLED",
-    ),
-    ("load_balancer", "algorithm"): (
-        "swarmgate always uses weighted round-robin",
-        "LOAD_BALANCER_ALGORITHM",
     ),
     ("load_balancer", "health_check_interval"): (
         "no active health checks: a deployment that fails is skipped (failover)",
@@ -100,6 +98,23 @@ MODEL_FIELDS: dict[str, str] = {
     "max_concurrent": "max_concurrent",
     "cost_per_request": "cost_per_request",
 }
+# load_balancer.algorithm: the balancer of every model the file describes (a model written in
+# swarmgate's own shape keeps its own). The names swarmgate's config takes (its strategies and
+# their aliases; tests/test_seedconfig.py keeps the two lists together).
+ALGORITHM = ("load_balancer", "algorithm")
+ALGORITHM_VARIABLE = "LOAD_BALANCER_ALGORITHM"
+ALGORITHMS = frozenset(
+    {
+        "least_outstanding",
+        "least_connections",
+        "least_requests",
+        "round_robin",
+        "weighted_round_robin",
+        "power_of_two",
+        "consistent_hash",
+        "cost",
+    }
+)
 QUEUE_TIMEOUT = 30.0  # seconds a request waits for a free slot (the seed's request timeout)
 MODEL_IGNORED: dict[str, str] = {}
 
@@ -184,6 +199,8 @@ def _settings(
                 out.ignored.append(f"{section}.{key}: {IGNORED[where][0]}")
             elif where in FIXED_PATHS:
                 _fixed_path(f"{section}.{key}", value, FIXED_PATHS[where][0], out)
+            elif where == ALGORITHM:
+                continue  # given to each model by _models
             elif section == "monitoring" and key == "active_users_window":
                 _set(out.config, ("monitoring", key), value)
             else:
@@ -228,7 +245,30 @@ def _endpoints(value: Any) -> list[Any]:
     return [value]
 
 
-def _models(models: dict[str, Any], environ: Mapping[str, str], out: Translation) -> None:
+def _algorithm(
+    sections: dict[str, dict[str, Any]], environ: Mapping[str, str], out: Translation
+) -> str | None:
+    """The balancer ``load_balancer.algorithm`` (or its variable) names, if a known one."""
+    if ALGORITHM_VARIABLE in environ:
+        where, value = f"${ALGORITHM_VARIABLE}", environ[ALGORITHM_VARIABLE]
+    elif "algorithm" in sections.get("load_balancer", {}):
+        where, value = "load_balancer.algorithm", sections["load_balancer"]["algorithm"]
+    else:
+        return None
+    name = value.strip().lower().replace("-", "_") if isinstance(value, str) else None
+    if name not in ALGORITHMS:
+        out.problems.append(
+            f"{where}: {value!r} is not a balancer swarmgate has (one of "
+            f"{', '.join(sorted(ALGORITHMS))})"
+        )
+        return None
+    out.mapped.append(f"{where} → models.*.balancer")
+    return name
+
+
+def _models(
+    models: dict[str, Any], environ: Mapping[str, str], out: Translation, algorithm: str | None
+) -> None:
     translated: dict[str, Any] = {}
     for name, model in models.items():
         if not isinstance(model, dict):
@@ -265,6 +305,8 @@ def _models(models: dict[str, Any], environ: Mapping[str, str], out: Translation
             # line for a slot, up to the request timeout, instead of being refused.
             "queue_timeout": QUEUE_TIMEOUT,
         }
+        if algorithm is not None:
+            translated[name]["balancer"] = algorithm
         out.mapped.append(f"(implied) → models.{name}.queue_timeout: {QUEUE_TIMEOUT:g}")
     out.config["models"] = translated
 
@@ -277,7 +319,7 @@ def translate(raw: dict[str, Any], environ: Mapping[str, str]) -> Translation:
     sections = _sections(raw, out)
     _settings(sections, environ, out)
     models = sections.get("models", {})
-    _models(models, environ, out)
+    _models(models, environ, out, _algorithm(sections, environ, out))
     _one_worker_without_redis(out)
     auth = out.config.get("auth")
     if auth is None:

@@ -59,9 +59,19 @@ def stack(procs: Processes, recorder: Recorder) -> Iterator[Stack]:
         "models": {
             "chat": {
                 "aliases": ["chatty"],
+                # Sequential requests alternate: the tests below see both replicas answer.
+                "balancer": "round_robin",
                 "deployments": [
                     {"url": first, "name": "chat-a"},
                     {"url": second, "name": "chat-b"},
+                ],
+            },
+            # The same two replicas, with sticky sessions.
+            "sticky": {
+                "balancer": {"strategy": "consistent_hash", "hash_on": ["header", "user"]},
+                "deployments": [
+                    {"url": first, "model": "chat", "name": "sticky-a"},
+                    {"url": second, "model": "chat", "name": "sticky-b"},
                 ],
             },
             "embed": {"type": "embedding", "deployments": [{"url": first}]},
@@ -226,6 +236,21 @@ def test_round_robin_alternates_between_replicas(client: OpenAI, stack: Stack) -
     ]
     assert set(picks) == set(stack.chat_deployments)
     assert all(a != b for a, b in itertools.pairwise(picks)), picks
+
+
+def test_a_session_stays_on_one_replica(client: OpenAI) -> None:
+    def served(**extra: Any) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="sticky", messages=MESSAGES, max_tokens=1, **extra
+        )
+        return raw.headers["x-swarmgate-deployment"]
+
+    for session in ("conv-1", "conv-2", "conv-3"):
+        header = {"extra_headers": {"X-Session-ID": session}}
+        assert len({served(**header) for _ in range(4)}) == 1
+    assert len({served(user="user-1") for _ in range(4)}) == 1
+    # Sessions spread over both replicas.
+    assert {served(user=f"user-{n}") for n in range(16)} == {"sticky-a", "sticky-b"}
 
 
 def test_alias_resolves_to_its_model(client: OpenAI) -> None:

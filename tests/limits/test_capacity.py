@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from swarmgate.errors import NoDeployment
+from swarmgate.errors import ClientGone, NoDeployment
 from swarmgate.limits import capacity
 from swarmgate.limits.capacity import CapacityLine, Place
 from swarmgate.observability.metrics import Metrics
@@ -135,3 +135,40 @@ async def test_a_waiter_that_vanished_drops_out_of_the_line(
     assert (await a.counters.take((POOL,), 0, "newcomer")).refused == 0
     await asyncio.sleep(0.3)
     assert (await a.counters.take((POOL,), 0, "newcomer")).refused == -1
+
+
+async def test_a_waiter_whose_client_leaves_leaves_the_line(
+    two: list[Replica], redis_url: str
+) -> None:
+    a, _ = two
+    await a.counters.take((POOL,), 0, "holder")
+    left = asyncio.Event()
+
+    async def receive() -> dict[str, str]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    waiting = asyncio.create_task(a.line.wait((POOL,), 0, 0, "w", place(), receive))
+    await until_waiting(redis_url, 1)
+    left.set()
+    with pytest.raises(ClientGone):
+        await asyncio.wait_for(waiting, 5)
+    await a.counters.take((), 0, "flush")  # carries its leaving
+    await until_waiting(redis_url, 0)
+
+
+async def test_the_slots_of_a_replica_that_died_are_freed_at_once(
+    two: list[Replica], redis_url: str
+) -> None:
+    a, b = two
+    live = await a.counters.take((POOL,), 0, a.counters.replica_id + ":1")
+    assert live.refused == -1
+    assert (await b.counters.take((POOL,), 0, b.counters.replica_id + ":1")).refused == 0
+    a.counters.settle((POOL,), live, a.counters.replica_id + ":1", 0, 0)
+    # A replica takes the slot and vanishes (its mark gone, as its heartbeats stop) without
+    # giving it back: the slot is not held for the lease's 60 s.
+    ghost = RedisCounters(redis_url, Metrics())
+    await ghost.start()
+    assert (await ghost.take((POOL,), 0, ghost.replica_id + ":1")).refused == -1
+    await ghost.close()
+    assert (await b.counters.take((POOL,), 0, b.counters.replica_id + ":2")).refused == -1

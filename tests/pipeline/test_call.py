@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ import pytest
 
 from swarmgate.config import parse_settings
 from swarmgate.errors import UpstreamUnreachable
+from swarmgate.routing.balancers import DeploymentView, LeastOutstanding, RoutingFacts, SessionKey
 from swarmgate.upstream.memory import MemoryResponse, SentRequest
 from tests.pipeline.fleets import Gateway
 
@@ -60,7 +61,7 @@ async def test_an_unreachable_deployment_is_replaced_by_another_before_anything_
             raise UpstreamUnreachable("could not reach it")
         return MemoryResponse.json(COMPLETION)
 
-    gw = Gateway(a_down, A, B)
+    gw = Gateway(a_down, A, B, balancer="round_robin")
     statuses = [(await gw.post(CHAT)).status for _ in range(4)]
     assert statuses == [200] * 4
     assert gw.in_flight() == [0, 0]
@@ -86,7 +87,7 @@ async def test_a_5xx_is_a_502_counted_by_its_status_and_logged_once(
     async def broken(request: SentRequest) -> MemoryResponse:
         return MemoryResponse.json({"error": {"message": "out of memory"}}, status=503)
 
-    gw = Gateway(broken, A, B)
+    gw = Gateway(broken, A, B, balancer="round_robin")  # A first
     with caplog.at_level(logging.INFO, logger="swarmgate.requests"):
         answer = await gw.post(CHAT)
     assert answer.status == 502 and "out of memory" in answer.json()["error"]["message"]
@@ -146,7 +147,7 @@ async def test_a_stream_broken_after_its_first_byte_ends_with_an_error_event() -
     async def breaks(request: SentRequest) -> MemoryResponse:
         return MemoryResponse.sse(_chunk("a"), ConnectionResetError("reset"))
 
-    gw = Gateway(breaks, A, B)
+    gw = Gateway(breaks, A, B, balancer="round_robin")  # A first
     answer = await gw.post({**CHAT, "stream": True})
     assert answer.status == 200  # the head went out with the first chunk
     last = answer.body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
@@ -234,15 +235,68 @@ async def test_deployment_weights_share_the_traffic() -> None:
     async def ok(request: SentRequest) -> MemoryResponse:
         return MemoryResponse.json(COMPLETION)
 
-    settings = {
-        "models": {"m": {"deployments": [{"url": A, "weight": 3}, {"url": B, "weight": 1}]}}
-    }
+    deployments = [{"url": A, "weight": 3}, {"url": B, "weight": 1}]
+    settings = {"models": {"m": {"deployments": deployments, "balancer": "weighted_round_robin"}}}
     gw = Gateway(ok, A)
     gw.fleet.replace(parse_settings(settings, {}))
     for _ in range(8):
         assert (await gw.post(CHAT)).status == 200
     sent = [r.base_url for r in gw.transport.sent]
     assert (sent.count(A), sent.count(B)) == (6, 2)
+
+
+async def test_a_session_header_keeps_a_conversation_on_one_deployment() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    urls = [f"http://d{i}.test:8000" for i in range(4)]
+    gw = Gateway(ok, *urls, balancer={"strategy": "consistent_hash", "header": "X-Conversation"})
+    where: dict[str, set[str]] = {}
+    for _ in range(3):  # turns
+        for conversation in range(12):
+            session = f"conv-{conversation}".encode()
+            answer = await gw.post(CHAT, headers=[(b"x-conversation", session)])
+            assert answer.status == 200
+            name = answer.headers[b"x-swarmgate-deployment"].decode()
+            where.setdefault(f"conv-{conversation}", set()).add(name)
+    assert all(len(names) == 1 for names in where.values()), where
+    assert len(set().union(*where.values())) > 1  # the conversations spread out
+
+
+async def test_the_session_key_is_looked_for_only_when_the_balancer_keys_on_one() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    seen: list[RoutingFacts] = []
+
+    class Recording(LeastOutstanding):
+        def choose(self, views: Sequence[DeploymentView], request: RoutingFacts) -> int:
+            seen.append(request)
+            return super().choose(views, request)
+
+    session = [(b"x-session-id", b"conv-1")]
+    gw = Gateway(ok, A, B)
+    gw.fleet.resolve("m").balancer = Recording()
+    await gw.post({**CHAT, "user": "u"}, headers=session)
+    sticky = Recording()
+    sticky.session = SessionKey(["header"])
+    gw.fleet.resolve("m").balancer = sticky
+    await gw.post({**CHAT, "user": "u"}, headers=session)
+    assert [facts.session for facts in seen] == [None, "conv-1"]
+
+
+async def test_sessions_may_be_keyed_by_the_user_field_of_the_body() -> None:
+    async def ok(request: SentRequest) -> MemoryResponse:
+        return MemoryResponse.json(COMPLETION)
+
+    urls = [f"http://d{i}.test:8000" for i in range(4)]
+    gw = Gateway(ok, *urls, balancer={"strategy": "consistent_hash", "hash_on": "user"})
+    names = set()
+    for _ in range(6):
+        answer = await gw.post({**CHAT, "user": "user-42"})
+        names.add(answer.headers[b"x-swarmgate-deployment"])
+    assert len(names) == 1
+    assert len(gw.transport.sent) == 6
 
 
 async def test_a_busy_model_queues_for_a_slot_when_allowed() -> None:

@@ -102,3 +102,24 @@ async def test_the_slot_queue_is_the_pools_and_survives_a_replacement() -> None:
     held.release()  # handed over to the waiter that queued before the replacement
     assert waiter.future.result() is new.members[0]
     assert new.members[0].in_flight == 1
+
+
+@pytest.mark.parametrize("strategy", ["least_outstanding", "power_of_two"])
+def test_a_burst_through_plans_and_held_leases_is_spread_by_the_configured_balancer(
+    strategy: str,
+) -> None:
+    urls = [f"http://d{i}:1" for i in range(4)]
+    pool = _fleet(*urls, balancer=strategy).resolve("m")
+    held = [Plan(pool, RoutingFacts("m")).next().lease() for _ in range(200)]
+    assert all(50 - 4 <= m.in_flight <= 50 + 4 for m in pool.members), [
+        m.in_flight for m in pool.members
+    ]
+    for lease in held:
+        lease.release()
+
+
+def test_a_model_without_a_balancer_setting_balances_by_least_outstanding() -> None:
+    pool = _fleet("http://a:1", "http://b:1").resolve("m")
+    busy = pool.members[0].lease()
+    assert {Plan(pool, RoutingFacts("m")).next().name for _ in range(5)} == {"m@b:1"}
+    busy.release()

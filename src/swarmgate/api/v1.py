@@ -100,10 +100,16 @@ class Inference:
             else:
                 x.pool = pool = self._select(selector, x, request)
             authorize(x)
-            admitting = self.admission.admit(x)  # None: decided without waiting
+            admitting = self.admission.admit(x, receive)  # None: decided without waiting
             if admitting is not None:
                 await admitting
-            plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
+            session = pool.balancer.session  # None unless the balancer keys on a session
+            if session is None:
+                facts = RoutingFacts(pool.model, request.stream)
+            else:
+                key = session.of(x.scope["headers"], request.payload, x.principal)
+                facts = RoutingFacts(pool.model, request.stream, key)
+            plan = self.router.plan(pool, facts)
             await self.caller.run(x, plan, receive, send)
         except GatewayError as exc:
             x.status, x.error = exc.status, exc.message

@@ -39,8 +39,9 @@ from swarmgate.limits.tiers import Limits, LimitSet
 from swarmgate.observability.metrics import Metrics
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
+from swarmgate.store.redis_counters import RedisCounters
 from swarmgate.store.usage import UsageFilter, UsageStore
-from swarmgate.types import Check, CheckKind, CounterStore, Principal, Verdict
+from swarmgate.types import Check, CheckKind, CounterStore, Principal, Receive, Verdict
 
 if TYPE_CHECKING:  # the pipeline sits above: only its record's type is named here
     from swarmgate.pipeline.exchange import Exchange
@@ -131,14 +132,17 @@ class Admission:
         self._memory = counters if isinstance(counters, MemoryCounters) else None
         self._trusted = trusted_proxies or Networks()
         self._plans: dict[tuple[object, ...], Plan] = {}
-        self._replica = os.urandom(6).hex() + ":"
+        # A lease names its replica: with Redis, the one the heartbeats mark alive.
+        replica = counters.replica_id if isinstance(counters, RedisCounters) else None
+        self._replica = (replica or os.urandom(6).hex()) + ":"
         self._seq = itertools.count()
         # With Redis: each model's capacity is taken at admission, across replicas.
         self.line = line
 
-    def admit(self, x: Exchange) -> Awaitable[None] | None:
+    def admit(self, x: Exchange, receive: Receive | None = None) -> Awaitable[None] | None:
         """None when decided already (no limit, or in-process counters); else an awaitable
-        that decides. Raises ``RateLimited`` (429) or ``ServiceUnavailable`` (503)."""
+        that decides. Raises ``RateLimited`` (429) or ``ServiceUnavailable`` (503);
+        ``receive`` (the request's) lets a request waiting for capacity see its client go."""
         if not self.active:
             return None
         plan = self.plan(x)
@@ -152,14 +156,16 @@ class Admission:
         if memory is not None:
             self._decide(x, plan, memory.take_now(plan.checks, tokens, lease), lease, tokens)
             return None
-        return self._admit(x, plan, tokens, lease)
+        return self._admit(x, plan, tokens, lease, receive)
 
-    async def _admit(self, x: Exchange, plan: Plan, tokens: int, lease: str) -> None:
+    async def _admit(
+        self, x: Exchange, plan: Plan, tokens: int, lease: str, receive: Receive | None
+    ) -> None:
         try:
             verdict = await self.counters.take(plan.checks, tokens, lease)
             refused = verdict.refused
             if refused >= 0 and plan.checks[refused].kind is CheckKind.CAPACITY:
-                verdict = await self._wait_for_capacity(x, plan, refused, tokens, lease)
+                verdict = await self._wait_for_capacity(x, plan, refused, tokens, lease, receive)
         except StoreError as exc:
             self.metrics.admission(plan.tier, "unavailable")
             raise ServiceUnavailable(
@@ -169,7 +175,7 @@ class Admission:
         self._decide(x, plan, verdict, lease, tokens)
 
     async def _wait_for_capacity(
-        self, x: Exchange, plan: Plan, at: int, tokens: int, lease: str
+        self, x: Exchange, plan: Plan, at: int, tokens: int, lease: str, receive: Receive | None
     ) -> Verdict:
         """The model is full across the fleet: wait in its line, by the tier's bounds."""
         assert self.line is not None and x.pool is not None and x.principal is not None
@@ -185,7 +191,7 @@ class Admission:
             config.queue_timeout if max_wait is None else max_wait,
             config.queue_size if max_length is None else max_length,
         )
-        return await self.line.wait(plan.checks, at, tokens, lease, place)
+        return await self.line.wait(plan.checks, at, tokens, lease, place, receive)
 
     def _decide(self, x: Exchange, plan: Plan, verdict: Verdict, lease: str, tokens: int) -> None:
         metrics = self.metrics

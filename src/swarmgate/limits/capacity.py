@@ -11,7 +11,8 @@ freed on one replica releases a waiter on any. A lost message costs a poll inter
 waiter: every waiter also tries again every ``POLL_SECONDS``; and a waiter that is gone (its
 replica died) drops out of the line when its wait is over.
 
-The bounds are the local queue's: the tier's ``limits.queue.<tier>`` (``max_wait``,
+A client that leaves while it waits leaves the line at once (its request ends as gone). The
+bounds are the local queue's: the tier's ``limits.queue.<tier>`` (``max_wait``,
 ``max_length``) or the model's ``queue_timeout`` and ``queue_size``; past them a 503 with
 ``Retry-After``.
 """
@@ -19,15 +20,14 @@ The bounds are the local queue's: the tier's ``limits.queue.<tier>`` (``max_wait
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from swarmgate.errors import NoDeployment
+from swarmgate.errors import ClientGone, NoDeployment
 from swarmgate.observability.metrics import Metrics
 from swarmgate.store.redis_counters import RedisCounters
-from swarmgate.types import Check, CheckKind, Verdict
+from swarmgate.types import Check, CheckKind, Receive, Verdict
 
 POLL_SECONDS = 0.5  # a waiter tries again at least this often, woken or not
 
@@ -55,11 +55,18 @@ class CapacityLine:
             event.set()
 
     async def wait(
-        self, checks: Sequence[Check], at: int, tokens: int, lease: str, place: Place
+        self,
+        checks: Sequence[Check],
+        at: int,
+        tokens: int,
+        lease: str,
+        place: Place,
+        receive: Receive | None = None,
     ) -> Verdict:
         """Wait in line for the capacity check ``checks[at]``: the verdict of the take that
         admitted the request, or of one that another of its limits refused meanwhile.
-        ``NoDeployment`` (503) when the line is full or the wait is over."""
+        ``NoDeployment`` (503) when the line is full or the wait is over; ``ClientGone``
+        when the client left (``receive``: its request's)."""
         check = checks[at]
         if place.max_wait <= 0:
             raise self._refused(place, "full", "no request may wait for it")
@@ -73,6 +80,7 @@ class CapacityLine:
         waiters.add(event)
         self._count(place, 1)
         admitted = False
+        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
         try:
             if not await counters.join(
                 key, lease, place.priority, place.max_wait, place.max_length
@@ -84,9 +92,14 @@ class CapacityLine:
                     raise self._refused(
                         place, "timeout", f"no slot freed within {place.max_wait:g} s"
                     )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, POLL_SECONDS)):
-                        await event.wait()
+                woken = asyncio.ensure_future(event.wait())
+                watched = (woken,) if gone is None else (woken, gone)
+                await asyncio.wait(
+                    watched, timeout=min(left, POLL_SECONDS), return_when=asyncio.FIRST_COMPLETED
+                )
+                woken.cancel()
+                if gone is not None and gone.done():
+                    raise ClientGone
                 event.clear()
                 verdict = await counters.take(checks, tokens, lease)
                 if verdict.refused < 0:
@@ -95,6 +108,8 @@ class CapacityLine:
                 if checks[verdict.refused].kind is not CheckKind.CAPACITY:
                     return verdict
         finally:
+            if gone is not None:
+                gone.cancel()
             waiters.discard(event)
             if not waiters:
                 del self._waiting[key]
@@ -114,3 +129,9 @@ class CapacityLine:
             f"model {place.model!r} is at capacity across the fleet and {why}; retry later",
             headers={"Retry-After": str(max(1, math.ceil(place.max_wait)))},
         )
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Until the client disconnects (its body was read whole before admission)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

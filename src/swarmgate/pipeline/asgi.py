@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import orjson
 
-from swarmgate.errors import GatewayError, InvalidJSON, PayloadTooLarge, RequestTimeout
+from swarmgate.errors import ClientGone as ClientGone  # raised here and by the stages
+from swarmgate.errors import (
+    GatewayError,
+    InvalidJSON,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from swarmgate.types import ASGIScope, Message, Receive, Send
 from swarmgate.upstream.transport import NOT_FORWARDED
 
@@ -25,10 +31,6 @@ SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-class ClientGone(Exception):
-    """The client disconnected: nothing more can be sent to it."""
 
 
 class DisconnectWatch:

@@ -66,4 +66,11 @@ class FallbackCaller:
                     nxt,
                 )
                 x.pool = pool = self.fleet.resolve(nxt)
-                plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream))
+                # The facts its balancer reads, found as the inference stage finds them.
+                session = pool.balancer.session
+                key = (
+                    None
+                    if session is None
+                    else session.of(x.scope["headers"], request.payload, principal)
+                )
+                plan = self.router.plan(pool, RoutingFacts(pool.model, request.stream, key))

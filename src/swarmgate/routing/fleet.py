@@ -21,7 +21,7 @@ from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Model, Settings, Timeouts
 from swarmgate.errors import ModelNotFound
 from swarmgate.limits.queue import SlotQueue, TierPolicy
-from swarmgate.routing.balancers import Balancer, WeightedRoundRobin
+from swarmgate.routing.balancers import Balancer, LeastOutstanding, balancer_for
 from swarmgate.types import ModelType, Origin, Outcome
 
 # Consecutive failed attempts after which a deployment counts as down in health reports (until
@@ -147,6 +147,9 @@ class DeploymentState:
     def weight(self) -> float:
         return self.deployment.weight
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.deployment.cost(prompt_tokens, completion_tokens)
+
     @property
     def max_concurrent(self) -> int:
         return self.deployment.max_concurrent
@@ -175,7 +178,7 @@ class Pool:
     model: str
     config: Model
     members: tuple[DeploymentState, ...]
-    balancer: Balancer = field(default_factory=WeightedRoundRobin)
+    balancer: Balancer = field(default_factory=LeastOutstanding)
     capacity: int = field(init=False)  # its deployments' max_concurrent, summed
 
     @property
@@ -269,7 +272,10 @@ class Fleet:
                 state = old.get((d.model, d.name, d.url)) or DeploymentState(d)
                 state.deployment = d
                 members.append(state)
-            pools[model_id] = Pool(model_id, settings.models[model_id], tuple(members))
+            model = settings.models[model_id]
+            pools[model_id] = Pool(
+                model_id, model, tuple(members), balancer=balancer_for(model.balancer)
+            )
         aliases = {a: m for m, model in settings.models.items() for a in model.aliases}
         return FleetSnapshot(pools, aliases, settings.default_model)
 

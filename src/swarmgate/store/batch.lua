@@ -1,8 +1,9 @@
 -- One round trip of the limiter: the settlements, then the admissions, of one event-loop
 -- tick, in one script run (loaded after limiter.lua and settle.lua, which define ``take``
 -- and ``settle``). Each operation is a slice of KEYS and of ARGV, as its own script would
--- have them. ARGV: the number of settlements, the number of admissions, then per operation:
--- its key count, its argument count, its arguments; KEYS: every operation's keys in order.
+-- have them. ARGV: the number of settlements, the number of admissions, the replicas' marks
+-- (a sorted set: limiter.lua drops the leases of replicas not in it), then per operation: its
+-- key count, its argument count, its arguments; KEYS: every operation's keys in order.
 -- The reply: each admission's answer (take's), in order.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -14,7 +15,8 @@ local function slice(list, from, count)
 end
 
 local settles, takes = tonumber(ARGV[1]), tonumber(ARGV[2])
-local k, a = 1, 3
+replicas_key = ARGV[3]
+local k, a = 1, 4
 for _ = 1, settles do
   local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   settle(slice(KEYS, k, nk), slice(ARGV, a + 2, na), now)

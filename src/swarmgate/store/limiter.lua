@@ -12,6 +12,23 @@
 -- Time is Redis's own (``now``, from the batch), so that replicas' clocks do not matter.
 -- Loaded as part of one script with settle.lua and batch.lua (store/redis_counters.py).
 
+local replicas_key  -- set by batch.lua: the sorted set of the replicas alive
+
+-- A full concurrency or capacity counter: drop the leases of replicas that are not marked alive
+-- any more (a lease is "<replica id>:<n>"); how many went.
+local function drop_dead(key)
+  if not replicas_key then return 0 end
+  local dropped = 0
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local owner = string.match(member, '^([^:]+):')
+    if owner and not redis.call('ZSCORE', replicas_key, owner) then
+      redis.call('ZREM', key, member)
+      dropped = dropped + 1
+    end
+  end
+  return dropped
+end
+
 local function amount_of(member)
   return tonumber(string.match(member, '|([%d%.]+)$')) or 0
 end
@@ -72,9 +89,10 @@ for i = 1, n do
       if ahead then queued[i] = true else ahead = redis.call('ZCARD', line) end
     end
     local held = redis.call('ZCARD', key)
-    if ahead >= limit - held then  -- expired leases (a replica that died) leave first
+    if ahead >= limit - held then  -- expired leases and those of dead replicas leave first
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
       held = redis.call('ZCARD', key)
+      if ahead >= limit - held then held = held - drop_dead(key) end
     end
     held_count[i] = held
     -- The shortest wait of all: any other refusal (a 429) wins over waiting for capacity.
@@ -84,6 +102,7 @@ for i = 1, n do
     if held >= limit then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
       held = redis.call('ZCARD', key)
+      if held >= limit then held = held - drop_dead(key) end
       if held >= limit then wait = 1 end
     end
     held_count[i] = held

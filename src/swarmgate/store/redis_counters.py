@@ -92,7 +92,9 @@ class RedisCounters:
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._id = os.urandom(6).hex()
+        # Every lease this replica takes starts with it (``Admission``), so that the leases of
+        # a replica that died can be told apart.
+        self.replica_id = os.urandom(6).hex()
         self.up = False
         self._down_told = False  # the outage was logged (once per transition)
 
@@ -101,8 +103,9 @@ class RedisCounters:
             async with asyncio.timeout(2.0):
                 await self._load_scripts()
                 # A run with no counters: proves the script runs here, not just that it loads.
-                await self._redis.evalsha(self._batch_sha, 0, 0, 0)
+                await self._redis.evalsha(self._batch_sha, 0, 0, 0, names.REPLICAS)
             self.up = True
+            await self._beat_once()  # marked before its first lease
         except ResponseError as exc:
             await self._redis.aclose()
             raise StoreError(
@@ -263,7 +266,7 @@ class RedisCounters:
         """One run of the batch script: the settlements first (what finished before these
         admissions were asked frees room), then the admissions; their answers, in order."""
         keys: list[Any] = []
-        args: list[Any] = [len(settles), len(batch)]
+        args: list[Any] = [len(settles), len(batch), names.REPLICAS]
         for op_keys, op_args in settles:
             keys += op_keys
             args += (len(op_keys), len(op_args), *op_args)
@@ -374,22 +377,28 @@ class RedisCounters:
             return 0
 
     async def _beat(self) -> None:
-        """Every replica marks itself in Redis; the count scales the fallback's limits."""
+        """Every replica marks itself in Redis: the count scales the fallback's limits, and a
+        full concurrency or capacity counter drops the leases of replicas no longer marked
+        (limiter.lua: one that died frees its slots within ``HEARTBEAT_EXPIRY``, not its
+        leases' expiry)."""
         while True:
             if self.up:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        now = time.time()
-                        pipe = self._redis.pipeline(transaction=False)
-                        pipe.zadd(names.REPLICAS, {self._id: now})
-                        pipe.zremrangebyscore(names.REPLICAS, "-inf", now - HEARTBEAT_EXPIRY)
-                        pipe.zcard(names.REPLICAS)
-                        count = int((await pipe.execute())[-1])
-                        if self._replicas_configured is None and count >= 1:
-                            self.replicas = count
-                            self.fallback.scale = 1 / count
+                await self._beat_once()
             _stop_if_cancelled()
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _beat_once(self) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                now = time.time()
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.zadd(names.REPLICAS, {self.replica_id: now})
+                pipe.zremrangebyscore(names.REPLICAS, "-inf", now - HEARTBEAT_EXPIRY)
+                pipe.zcard(names.REPLICAS)
+                count = int((await pipe.execute())[-1])
+                if self._replicas_configured is None and count >= 1:
+                    self.replicas = count
+                    self.fallback.scale = 1 / count
 
     async def close(self) -> None:
         for task in (self._sender, self._heartbeat):
@@ -403,7 +412,7 @@ class RedisCounters:
                     await self._execute([], self._settles)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(1.0):
-                await self._redis.zrem(names.REPLICAS, self._id)
+                await self._redis.zrem(names.REPLICAS, self.replica_id)
         self._fail_pending()
         await self._redis.aclose()
 
