@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from swarmgate.config import parse_settings
 from swarmgate.errors import ConfigError
@@ -109,3 +111,14 @@ def test_auto_must_not_shadow_a_model() -> None:
 def test_transforms_may_not_set_the_model() -> None:
     (problem,) = problems(config(m={"transform": {"set_params": {"model": "x"}}}))
     assert "'model' and 'stream' are chosen by routing" in problem
+
+
+def test_the_examples_commented_routing_parses_once_uncommented() -> None:
+    example = Path(__file__).parents[2] / "src" / "swarmgate" / "examples" / "swarmgate.yaml"
+    text = example.read_text()
+    block = text[text.index("# routing:") : text.index("# And per model")]
+    raw = yaml.safe_load(text)
+    raw.update(yaml.safe_load("\n".join(line[2:] for line in block.splitlines())))
+    routing = parse_settings(raw, {}, deployment_keys=False).routing
+    assert routing.auto is not None and routing.auto.candidates[0] == "phi-3-mini"
+    assert set(routing.all_splits()) == {"chat-ab", "mixtral-8x7b"}

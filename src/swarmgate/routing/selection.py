@@ -39,7 +39,6 @@ class Choice:
     variant: str | None = None
     request_edit: RequestEdit | None = None
     response_edit: ResponseEdit | None = None
-    route: str | None = None  # the route that matched (its name, or its match)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +162,6 @@ class ModelSelector:
             variant,
             request_edit,
             response_edit,
-            _label(route),
         )
 
     def _route(self, path: str, headers: Mapping[str, str]) -> Route | None:
@@ -194,12 +192,6 @@ class ModelSelector:
     ) -> str | None:
         """The fallback to try after ``failed`` exhausted its deployments (None: none left)."""
         return self.fallbacks.next_model(failed, tried, allowed)
-
-
-def _label(route: Route | None) -> str | None:
-    if route is None:
-        return None
-    return route.name or route.path_prefix or f"{route.header}={route.value}"
 
 
 def _percent(variants: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
