@@ -35,6 +35,8 @@ from pydantic import (
 from swarmgate import seedconfig
 from swarmgate.errors import ConfigError
 from swarmgate.limits.tiers import Limits
+from swarmgate.routing import policy
+from swarmgate.routing.policy import ModelRouting, Transform
 from swarmgate.seedconfig import Translation
 from swarmgate.types import ModelType
 
@@ -348,6 +350,12 @@ class Model(Frozen):
     # How a request picks one of the deployments (docs/routing.md); the default weighs each
     # deployment's requests in flight against its weight.
     balancer: Balancing = Balancing()
+    # Model routing (docs/model-routing.md): the longest prompt it takes, in tokens (a longer
+    # one goes to the first fallback that takes it); the models tried, in order, when all its
+    # deployments are busy or down; the edits made to its requests and answers.
+    context_window: Annotated[int, Field(ge=1)] | None = None
+    fallbacks: tuple[str, ...] = ()
+    transform: Transform | None = None
     # When every deployment is at max_concurrent: how long a request may wait for a slot, and
     # how many of one tier may wait at once (past either: 503). 0: refuse at once. A tier's
     # own bounds in ``limits.queue`` take precedence.
@@ -545,6 +553,7 @@ class Settings(Frozen):
     server: Server = Server()
     default_model: str | None = None
     timeouts: Timeouts = Timeouts()
+    routing: ModelRouting = ModelRouting()  # model-level routing (docs/model-routing.md)
     models: Annotated[dict[str, Model], Field(min_length=1)]
     store: Store = Store()
     monitoring: Monitoring = Monitoring()
@@ -560,6 +569,18 @@ class Settings(Frozen):
     def _names_resolve(self) -> Settings:
         aliases = {name: list(model.aliases) for name, model in self.models.items()}
         problems = name_problems(aliases, self.default_model)
+        problems += policy.problems(
+            {
+                name: policy.ModelFacts(
+                    aliases=m.aliases,
+                    capabilities=m.capabilities,
+                    fallbacks=m.fallbacks,
+                    chat=m.type in (ModelType.CHAT, ModelType.COMPLETION),
+                )
+                for name, m in self.models.items()
+            },
+            self.routing,
+        )
         if problems:
             # One message, one problem a line: validation_problems splits it again.
             raise ValueError("\n".join(problems))

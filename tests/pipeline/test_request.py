@@ -66,3 +66,12 @@ def test_usage_is_always_asked_for_and_remembered(asked: bool) -> None:
     assert request.payload["stream_options"] == {"include_usage": True}
     unary = _parse(CHAT, messages=MESSAGES, stream=False, stream_options={"include_usage": asked})
     assert not unary.stream and not unary.wants_usage
+
+
+def test_an_edited_payload_is_encoded_and_an_unedited_one_forwarded_as_sent() -> None:
+    raw = b'{"model": "m",  "messages": [], "max_tokens": 4000}'
+    request = parse(ROUTES["/v1/chat/completions"], raw)
+    assert request.body_for("m") is raw  # the client's own bytes: nothing changed
+    request.payload["max_tokens"] = 100
+    request.edited = True
+    assert orjson.loads(request.body_for("m"))["max_tokens"] == 100

@@ -46,6 +46,7 @@ from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import read_head, send_error
 from swarmgate.pipeline.call import Caller
+from swarmgate.pipeline.fallback import FallbackCaller
 from swarmgate.pipeline.native_errors import send_native_error
 from swarmgate.pipeline.native_request import PARSERS
 from swarmgate.pipeline.queueing import Queueing
@@ -56,6 +57,7 @@ from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
 from swarmgate.routing.registry import Registry
+from swarmgate.routing.selection import ModelSelector
 from swarmgate.routing.watch import FleetWatch, health_rows
 from swarmgate.store import names
 from swarmgate.store.counters import MemoryCounters
@@ -144,17 +146,27 @@ class Gateway:
             Networks(settings.auth.ip.trusted_proxies),
             line,
         )
+        self.selector = selector = ModelSelector.of(settings)
+        router = Router()
+        caller = Caller(self.transport, Queueing(settings.limits, self.metrics))
+        # Only when some model has fallbacks: the call stage wrapped by its chains.
+        calls = (
+            FallbackCaller(caller, selector, self.fleet, router)
+            if selector is not None and selector.fallbacks
+            else caller
+        )
         self.inference = Inference(
             self.authenticator,
             self.fleet,
             self.admission,
-            Router(),
-            Caller(self.transport, Queueing(settings.limits, self.metrics)),
+            router,
+            calls,
             Accounting(self.metrics, self.ledger),
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
             settings.server.max_upload_bytes,
+            self.selector,
         )
         native = settings.native
         self.results = Results(
@@ -167,6 +179,9 @@ class Gateway:
         self.routes: dict[str, tuple[str, Handler]] = {
             path: ("POST", self.inference) for path in ROUTES
         }
+        # A path route's prefix before each inference path (routing.routes[].path_prefix).
+        for route in self.selector.path_routes if self.selector else ():
+            self.routes |= {f"{route.path_prefix}{p}": ("POST", self.inference) for p in ROUTES}
         self.health = Health(
             settings.server.name, self.fleet, self.store, settings.monitoring.health_interval
         )

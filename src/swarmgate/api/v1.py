@@ -2,9 +2,11 @@
 ``/v1/embeddings``, ``/v1/images/generations``, ``/v1/audio/speech``,
 ``/v1/audio/transcriptions``): the hot path, read top to bottom.
 
-authenticate → read and parse the body → resolve the model → authorize → admit → plan and
-call (retrying another deployment only if the request never reached the first) → answer; and
-``finish`` on every exit path. Errors are written in OpenAI's schema, here and only here.
+authenticate → read and parse the body → resolve the model (model routing's choice, when
+configured: ``routing/selection.py``) → authorize → admit → plan and call (retrying another
+deployment only if the request never reached the first; then the model's fallbacks, when it
+has some: ``pipeline/fallback.py``) → answer; and ``finish`` on every exit path. Errors are
+written in OpenAI's schema, here and only here.
 ``serve`` is that sequence for every face: the native ``/api/v1`` face (``api/native.py``)
 passes its own parser and error writer, so whatever the stages do applies to it too.
 """
@@ -20,12 +22,14 @@ from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import ClientGone, read_body, send_error
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.exchange import Exchange
+from swarmgate.pipeline.fallback import FallbackCaller
 from swarmgate.pipeline.request import ROUTES, Body, InferenceRequest, Route, parse, parse_upload
 from swarmgate.pipeline.stages import Admission, authorize
 from swarmgate.routing.aware import facts_for
 from swarmgate.routing.balancers import RoutingFacts
-from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.fleet import Fleet, Pool
 from swarmgate.routing.plan import Router
+from swarmgate.routing.selection import ModelSelector
 from swarmgate.types import ASGIScope, Authenticator, Receive, Send
 
 log = logging.getLogger("swarmgate.proxy")
@@ -41,11 +45,12 @@ class Inference:
         fleet: Fleet,
         admission: Admission,
         router: Router,
-        caller: Caller,
+        caller: Caller | FallbackCaller,
         accounting: Accounting,
         max_body_bytes: int,
         body_stall: float | None = None,
         max_upload_bytes: int | None = None,
+        selector: ModelSelector | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.fleet = fleet
@@ -56,9 +61,16 @@ class Inference:
         self.max_body_bytes = max_body_bytes
         self.body_stall = body_stall
         self.max_upload_bytes = max_upload_bytes or max_body_bytes
+        self.selector = selector  # None: no model routing configured
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        x = self.accounting.start(scope, ROUTES[scope["path"]])
+        route = ROUTES.get(scope["path"])
+        if route is None:  # behind a path route's prefix (/fast/v1/chat/completions)
+            assert self.selector is not None, "only path routes register other paths"
+            found = self.selector.path_route(scope["path"])
+            assert found is not None
+            route = ROUTES[found[0]]
+        x = self.accounting.start(scope, route)
         await self.serve(x, parse, receive, send, _openai_error)
 
     async def serve(
@@ -83,7 +95,11 @@ class Inference:
                 x.request = request = parse_body(x.route, body)
             else:
                 x.request = request = await self._upload(receive, x)
-            x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
+            selector = self.selector
+            if selector is None:
+                x.pool = pool = self.fleet.resolve(request.model, x.principal.allows_model)
+            else:
+                x.pool = pool = self._select(selector, x, request)
             authorize(x)
             admitting = self.admission.admit(x, receive)  # None: decided without waiting
             if admitting is not None:
@@ -113,6 +129,34 @@ class Inference:
             await _unless_gone(write_error(send, error, x))
         finally:
             self.accounting.finish(x)
+
+    def _select(self, selector: ModelSelector, x: Exchange, request: InferenceRequest) -> Pool:
+        """The pool model routing picks (routes, auto, splits, context windows), with its
+        transforms applied to the request."""
+        principal = x.principal
+        assert principal is not None
+        forward = x.head.forward
+        choice = selector.choose(
+            request.model,
+            request.payload,
+            forward,
+            path=x.scope["path"],
+            tier=principal.tier,
+            sticky=principal.key_id or principal.subject or x.head.request_id,
+            allowed=principal.allows_model if principal.models is not None else None,
+        )
+        pool = self.fleet.resolve(choice.model, principal.allows_model)
+        edit = choice.request_edit
+        if edit is not None:
+            # A multipart body's fields are forwarded as sent: only headers change there.
+            payload = request.payload if request.form is None else {}
+            if edit.apply(payload, forward) and request.form is None:
+                request.edited = True
+        if choice.variant is not None:
+            assert choice.split is not None
+            x.variant = (choice.split, choice.variant)
+        x.response_edit = choice.response_edit
+        return pool
 
     async def _upload(self, receive: Receive, x: Exchange) -> InferenceRequest:
         """A multipart body: bounded by its own limit, read off the hot path of JSON routes."""

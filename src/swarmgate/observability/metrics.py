@@ -130,6 +130,14 @@ class Metrics:
                 registry=r,
             )
         )
+        self._variants = _Counter(
+            Counter(
+                "gateway_variant_requests_total",
+                "Inference requests by split (A/B test or canary) and the variant they got",
+                ["split", "variant", "status"],
+                registry=r,
+            )
+        )
         self._upstream_latency = _Histogram(
             Histogram(
                 "gateway_upstream_duration_seconds",
@@ -343,6 +351,7 @@ class Metrics:
             self._requests,
             self._latency,
             self._inference,
+            self._variants,
             self._upstream_latency,
             self._ttft,
             self._tokens,
@@ -374,6 +383,9 @@ class Metrics:
 
     def inference(self, model: str, kind: str) -> None:
         self._inference.inc((model, kind))
+
+    def variant(self, split: str, variant: str, status: int) -> None:
+        self._variants.inc((split, variant, str(status)))
 
     def upstream(self, model: str, deployment: str, seconds: float) -> None:
         self._upstream_latency.observe((model, deployment), seconds)

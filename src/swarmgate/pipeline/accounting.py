@@ -52,6 +52,29 @@ class Accounting:
             if x.facts is not None and x.pool is not None:
                 _learn(x, now)
         usage = x.usage
+        cost = self._spent(x, usage)
+        metrics.in_flight -= 1
+        if x.variant is not None:
+            metrics.variant(*x.variant, x.status)
+        latency = now - x.started
+        route = x.route
+        metrics.request("POST", route.endpoint or route.path, x.status, latency)
+        if x.pool is not None:
+            metrics.inference(x.pool.model, route.name)
+            if x.fallback:
+                metrics.fallback(x.pool.model)
+        principal = x.principal
+        if principal is not None:
+            metrics.seen(principal.key_id or principal.subject, now)
+            if self.ledger is not None:
+                self.ledger.put(_record(x, principal, usage, cost, latency))
+        if x.status >= 400:
+            self._log_failure(x, latency)
+
+    def _spent(self, x: Exchange, usage: Usage | None) -> float:
+        """The tokens and cost of the usage counted, and the admission's grant settled with
+        them; the cost."""
+        metrics = self.metrics
         cost = 0.0
         if usage is not None and x.attempts:
             d = x.attempts[-1].deployment
@@ -68,21 +91,7 @@ class Accounting:
             used = grant.settle(usage, generated, cost)
             if used:
                 metrics.tokens_settled(grant.tier, used)
-        metrics.in_flight -= 1
-        latency = now - x.started
-        route = x.route
-        metrics.request("POST", route.endpoint or route.path, x.status, latency)
-        if x.pool is not None:
-            metrics.inference(x.pool.model, route.name)
-            if x.fallback:
-                metrics.fallback(x.pool.model)
-        principal = x.principal
-        if principal is not None:
-            metrics.seen(principal.key_id or principal.subject, now)
-            if self.ledger is not None:
-                self.ledger.put(_record(x, principal, usage, cost, latency))
-        if x.status >= 400:
-            self._log_failure(x, latency)
+        return cost
 
     def _attempts(self, x: Exchange, now: float) -> None:
         metrics = self.metrics

@@ -446,6 +446,8 @@ def _response_headers(x: Exchange, d: Deployment) -> Headers:
     headers = [(b"x-request-id", x.head.request_id.encode()), *d.headers]
     if x.grant is not None:
         headers += x.grant.headers()
+    if x.response_edit is not None:  # model routing's transforms and variant header
+        return x.response_edit.headers(headers)
     return headers
 
 

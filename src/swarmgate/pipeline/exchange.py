@@ -15,6 +15,7 @@ from swarmgate.pipeline.asgi import RequestHead, read_head
 from swarmgate.pipeline.request import InferenceRequest, Route
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Deployment, DeploymentState, Lease, Pool
+from swarmgate.routing.transform import ResponseEdit
 from swarmgate.types import ASGIScope, Outcome, Principal, Usage
 
 
@@ -47,6 +48,10 @@ class Exchange:
     grant: Grant | None = None  # the limits it was admitted under, settled in finish
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage | None = None  # counted from the answer; None: nothing to account
+    # Model routing (routing/selection.py): the split and variant picked, and the edit of the
+    # answer's headers (the variant header, a response transform); None when not configured.
+    variant: tuple[str, str] | None = None
+    response_edit: ResponseEdit | None = None
     status: int = 0  # what the client was answered (499: it left first)
     error: str | None = None  # the message of the error the client was answered with
     fallback: bool = False  # answered with the model's fallback response: every deployment down

@@ -98,10 +98,11 @@ class InferenceRequest:
     wants_usage: bool  # whether the client asked for the usage chunk of a stream
     content_type: str = "application/json"
     form: Form | None = None  # a multipart body, split into its parts
+    edited: bool = False  # the payload was changed (a transform): the raw bytes are stale
 
     def body_for(self, upstream_model: str) -> bytes:
         """The body to send a deployment that knows the model as ``upstream_model``."""
-        if not self.stream and self.model == upstream_model:
+        if not self.stream and self.model == upstream_model and not self.edited:
             return self.raw
         if self.form is not None:
             return self.form.with_field("model", upstream_model)
