@@ -198,6 +198,11 @@ class NoDeployment(GatewayError):
     code = "no_deployment_available"
 
 
+class DeploymentsDraining(NoDeployment):
+    """Every deployment of the model is drained by an operator (``/api/v1/workers/{id}/drain``):
+    none takes a new request, so waiting in line for one would only time out."""
+
+
 class DeploymentsDown(NoDeployment):
     """Every deployment of the model is down (circuit open, ejected, failing its probes):
     the model's fallback response. ``status`` and ``content`` (a body that replaces the OpenAI

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from swarmgate.config import parse_settings
-from swarmgate.errors import ModelNotFound, NoDeployment
+from swarmgate.errors import DeploymentsDraining, ModelNotFound, NoDeployment
 from swarmgate.limits.queue import TierPolicy
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
@@ -123,3 +123,20 @@ def test_a_model_without_a_balancer_setting_balances_by_least_outstanding() -> N
     busy = pool.members[0].lease()
     assert {Plan(pool, RoutingFacts("m")).next().name for _ in range(5)} == {"m@b:1"}
     busy.release()
+
+
+def test_a_model_whose_deployments_are_all_draining_says_so() -> None:
+    settings = parse_settings(
+        {"models": {"m": {"deployments": [{"url": "http://a:1"}, {"url": "http://b:1"}]}}}, {}
+    )
+    pool = Fleet(settings).resolve("m")
+    pool.members[0].draining = True
+    assert Plan(pool, RoutingFacts("m")).next() is pool.members[1]  # the other still serves
+    pool.members[1].draining = True
+    with pytest.raises(DeploymentsDraining, match="every deployment of model 'm' is draining"):
+        Plan(pool, RoutingFacts("m")).next()
+    pool.members[0].draining = False
+    pool.members[0].in_flight = pool.members[0].max_concurrent  # busy, not draining
+    with pytest.raises(NoDeployment) as busy:
+        Plan(pool, RoutingFacts("m")).next()
+    assert not isinstance(busy.value, DeploymentsDraining)

@@ -21,6 +21,7 @@ import orjson
 
 from swarmgate.errors import (
     DeploymentsDown,
+    DeploymentsDraining,
     GatewayError,
     NoDeployment,
     UpstreamBroken,
@@ -100,7 +101,7 @@ class Caller:
                     if failed is not None:  # no other deployment to retry on: its error
                         raise failed from None
                     # Every deployment down: the model's fallback response, no wait in line.
-                    if plan.tried or isinstance(exc, DeploymentsDown):
+                    if plan.tried or isinstance(exc, DeploymentsDown | DeploymentsDraining):
                         raise
                     # Every deployment busy before the first attempt: wait in line for a slot
                     # (by tier, bounded), handed over with its lease.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 
 from swarmgate.config import Fallback, Retry
-from swarmgate.errors import DeploymentsDown, NoDeployment
+from swarmgate.errors import DeploymentsDown, DeploymentsDraining, NoDeployment
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import DeploymentState, Pool
 
@@ -123,6 +123,12 @@ class Plan:
         untried = [m for m in pool.members if m not in self.tried]
         if untried and not any(m.healthy for m in untried):
             return fallback_error(pool.model, pool.config.fallback)
+        if untried and all(m.draining for m in untried):
+            return DeploymentsDraining(
+                f"every deployment of model {pool.model!r} is draining (taken out of rotation "
+                "by an operator); retry later",
+                headers={"Retry-After": "1"},
+            )
         return NoDeployment(
             f"no deployment of model {pool.model!r} can take the request now "
             f"({len(pool.members)} configured, all busy or unavailable)"
