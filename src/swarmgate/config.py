@@ -341,15 +341,20 @@ class Balancing(Frozen):
         return self
 
 
+# A model's balancer when its config names none (``Settings.balancing_of``).
+SCRAPED_DEFAULT = Balancing(strategy="resource_aware")
+UNSCRAPED_DEFAULT = Balancing()
+
+
 class Model(Frozen):
     type: ModelType = ModelType.CHAT
     capabilities: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
-    # How a request picks one of the deployments (docs/routing.md); the default weighs each
-    # deployment's requests in flight against its weight.
-    balancer: Balancing = Balancing()
+    # How a request picks one of the deployments (docs/routing.md). Left out (None): chosen
+    # when the pools are built, by ``Settings.balancing_of``.
+    balancer: Balancing | None = None
     # Model routing (docs/model-routing.md): the longest prompt it takes, in tokens (a longer
     # one goes to the first fallback that takes it); the models tried, in order, when all its
     # deployments are busy or down; the edits made to its requests and answers.
@@ -591,6 +596,18 @@ class Settings(Frozen):
 
     def timeouts_for(self, deployment: Deployment) -> Timeouts:
         return deployment.timeouts or self.timeouts
+
+    def balancing_of(self, model: Model) -> Balancing:
+        """The balancer ``model`` names; if it names none, resource-aware where every one of
+        its deployments is scraped, least-outstanding otherwise (docs/routing-aware.md).
+
+        Every one, not some: a deployment that is never scraped would look idler than its
+        scraped peers (their figures add to their in-flight counts) and draw their traffic."""
+        if model.balancer is not None:
+            return model.balancer
+        if self.scrape.interval is not None and all(d.metrics_path for d in model.deployments):
+            return SCRAPED_DEFAULT
+        return UNSCRAPED_DEFAULT
 
 
 def worker_problem(settings: Settings, workers: int) -> str | None:

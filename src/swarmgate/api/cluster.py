@@ -108,6 +108,7 @@ def model_status(pool: Pool) -> dict[str, Any]:
     return {
         "status": status,
         "type": str(pool.type),
+        "balancer": pool.strategy,  # the default's choice shows here (Settings.balancing_of)
         "deployments": len(members),
         "usable": pool.usable,
         "healthy": healthy,

@@ -210,6 +210,7 @@ class Pool:
     config: Model
     members: tuple[DeploymentState, ...]
     balancer: Balancer = field(default_factory=LeastOutstanding)
+    strategy: str = "least_outstanding"  # the name of ``balancer``'s strategy, for status views
     capacity: int = field(init=False)  # its deployments' max_concurrent, summed
 
     @property
@@ -311,8 +312,14 @@ class Fleet:
                 state.health.configure(d.circuit_breaker, d.health_check)
                 members.append(state)
             model = settings.models[model_id]
+            # Decided here, once per build: the default depends on the whole fleet's config.
+            balancing = settings.balancing_of(model)
             pools[model_id] = Pool(
-                model_id, model, tuple(members), balancer=balancer_for(model.balancer)
+                model_id,
+                model,
+                tuple(members),
+                balancer=balancer_for(balancing),
+                strategy=balancing.strategy,
             )
         aliases = {a: m for m, model in settings.models.items() for a in model.aliases}
         return FleetSnapshot(pools, aliases, settings.default_model)
