@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from swarmgate.config import Balancing
 from tests.integration.gguf_factory import MODEL_ALIAS
@@ -65,6 +66,19 @@ def _status(gateway: Gateway) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=5) as response:
         body: dict[str, Any] = json.loads(response.read())
     return body
+
+
+def _metric(gateway: Gateway, name: str, **labels: str) -> float | None:
+    request = urllib.request.Request(
+        gateway.url + "/metrics", headers={"authorization": f"Bearer {gateway.admin_key}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 def _worker(gateway: Gateway, name: str) -> dict[str, Any]:
@@ -144,6 +158,11 @@ def test_every_balancer_sends_llama_server_its_share_through_the_sdk(
     worker = _worker(every_strategy, llama)
     assert worker["queue_waiting"] >= 0 and worker["queue_running"] >= 0
     assert "kv_cache_usage" not in worker  # this llama.cpp build exports no KV gauge
+    # And in the gateway's own metrics.
+    labels = {"model": strategy, "deployment": llama}
+    assert _metric(every_strategy, "gateway_deployment_requests_running", **labels) is not None
+    assert _metric(every_strategy, "gateway_deployment_requests_waiting", **labels) is not None
+    assert _metric(every_strategy, "gateway_deployment_kv_cache_usage", **labels) is None
 
 
 class Hammer:
@@ -207,11 +226,15 @@ def test_resource_aware_by_default_turns_traffic_away_from_a_llama_server_busy_e
         assert _worker(gateway, llama)["queue_running"] >= 1
         busy = one_by_one(12)
         still = _worker(gateway, llama)
+        waiting = _metric(
+            gateway, "gateway_deployment_requests_waiting", model="m", deployment=llama
+        )
     assert hammer.failures == []
     # The gateway had nothing in flight there, and llama-server was the fastest: only the
     # scraped queue can have turned every request away.
     assert busy[llama] == 0, busy
     assert still["queue_waiting"] >= 1, still
+    assert waiting is not None and waiting >= 1
 
     _wait_for(
         "llama-server idle again in its scraped figures",

@@ -40,7 +40,8 @@ Labels = tuple[str, ...]
 
 
 class DeploymentHealthRow(NamedTuple):
-    """One deployment's health as the metrics read it at a flush (from the fleet's states)."""
+    """One deployment's health, and the load its own ``/metrics`` reported, as the metrics
+    read them at a flush (from the fleet's states)."""
 
     model: str
     deployment: str
@@ -50,6 +51,10 @@ class DeploymentHealthRow(NamedTuple):
     ejections: int  # times outlier detection ejected it (a running total)
     probes_ok: int  # active probes that succeeded (a running total)
     probes_failed: int
+    # As last scraped (routing/scrape.py); None: not scraped, or the figures were dropped.
+    waiting: float | None = None
+    running: float | None = None
+    kv_usage: float | None = None  # also None when the server exports no KV gauge
 
 
 class _Counter:
@@ -342,6 +347,31 @@ class Metrics:
             ["model", "deployment", "result"],
             registry=r,
         )
+        # The deployments' own figures, shown only while the scraper holds some.
+        self._scraped = tuple(
+            Gauge(
+                name,
+                text,
+                ["model", "deployment"],
+                registry=r,
+                multiprocess_mode="max",
+            )
+            for name, text in (
+                (
+                    "gateway_deployment_requests_waiting",
+                    "Requests waiting at a deployment, from its own /metrics as last scraped",
+                ),
+                (
+                    "gateway_deployment_requests_running",
+                    "Requests running at a deployment, from its own /metrics as last scraped",
+                ),
+                (
+                    "gateway_deployment_kv_cache_usage",
+                    "A deployment's KV-cache use (0 to 1), from its own /metrics as last scraped",
+                ),
+            )
+        )
+        self._scraped_shown: set[tuple[int, Labels]] = set()
         self._fleet_health: Callable[[], Iterable[DeploymentHealthRow]] | None = None
         self._fleet_seen: dict[tuple[str, str], DeploymentHealthRow] = {}
         # The ledger writer's totals, read at each flush, and the part already counted.
@@ -491,6 +521,21 @@ class Metrics:
                 if delta:
                     child.inc(delta)
             seen[labels] = row
+            self._flush_scraped(labels, (row.waiting, row.running, row.kv_usage))
+
+    def _flush_scraped(self, labels: Labels, figures: tuple[float | None, ...]) -> None:
+        # A figure the scraper dropped (stale, or never read) is removed rather than left
+        # at its last value: an old "idle" must not look current. (With several workers a
+        # removed series stays in the multiprocess files at its last value.)
+        shown = self._scraped_shown
+        for i, (gauge, value) in enumerate(zip(self._scraped, figures, strict=True)):
+            key = (i, labels)
+            if value is not None:
+                gauge.labels(*labels).set(value)
+                shown.add(key)
+            elif key in shown:
+                gauge.remove(*labels)
+                shown.discard(key)
 
     def _flush_ledger(self) -> None:
         if self._ledger_counts is None:
