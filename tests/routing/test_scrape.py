@@ -103,6 +103,9 @@ def test_the_scraped_figures_are_gateway_metrics_while_they_last() -> None:
     assert sample("requests_waiting", "m@a:1") is None
     assert sample("kv_cache_usage", "m@a:1") is None
     assert sample("requests_waiting", "m@b:2") == 6
+    # A deployment that left the fleet leaves the metrics with its figures.
+    fleet.replace(parse_settings({"models": {"m": {"deployments": [{"url": "http://a:1"}]}}}, {}))
+    assert sample("requests_waiting", "m@b:2") is None
 
 
 def test_a_hung_server_is_bounded_by_the_timeout_and_does_not_hold_the_others() -> None:

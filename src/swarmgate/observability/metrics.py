@@ -498,7 +498,8 @@ class Metrics:
         if self._fleet_health is None:
             return
         seen = self._fleet_seen
-        for row in self._fleet_health():
+        rows = list(self._fleet_health())
+        for row in rows:
             labels = (row.model, row.deployment)
             self._circuit.labels(*labels).set(row.circuit)
             self._deployment_up.labels(*labels).set(1 if row.up else 0)
@@ -521,21 +522,24 @@ class Metrics:
                 if delta:
                     child.inc(delta)
             seen[labels] = row
-            self._flush_scraped(labels, (row.waiting, row.running, row.kv_usage))
+        self._flush_scraped(rows)
 
-    def _flush_scraped(self, labels: Labels, figures: tuple[float | None, ...]) -> None:
-        # A figure the scraper dropped (stale, or never read) is removed rather than left
-        # at its last value: an old "idle" must not look current. (With several workers a
+    def _flush_scraped(self, rows: list[DeploymentHealthRow]) -> None:
+        # Only the figures the scraper holds now are shown: one it dropped (stale, never
+        # read), or a deployment's that left the fleet, is removed rather than left at its
+        # last value, since an old "idle" must not look current. (With several workers a
         # removed series stays in the multiprocess files at its last value.)
-        shown = self._scraped_shown
-        for i, (gauge, value) in enumerate(zip(self._scraped, figures, strict=True)):
-            key = (i, labels)
-            if value is not None:
-                gauge.labels(*labels).set(value)
-                shown.add(key)
-            elif key in shown:
-                gauge.remove(*labels)
-                shown.discard(key)
+        gauges = self._scraped
+        shown: set[tuple[int, Labels]] = set()
+        for row in rows:
+            labels = (row.model, row.deployment)
+            for i, value in enumerate((row.waiting, row.running, row.kv_usage)):
+                if value is not None:
+                    gauges[i].labels(*labels).set(value)
+                    shown.add((i, labels))
+        for i, gone in self._scraped_shown - shown:
+            gauges[i].remove(*gone)
+        self._scraped_shown = shown
 
     def _flush_ledger(self) -> None:
         if self._ledger_counts is None:
