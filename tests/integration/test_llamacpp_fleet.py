@@ -17,7 +17,6 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
@@ -198,7 +197,7 @@ class Hammer:
 
 
 def test_resource_aware_by_default_turns_traffic_away_from_a_llama_server_busy_elsewhere(
-    processes: Processes, llama_server: str, tmp_path: Path
+    processes: Processes, llama_server: str
 ) -> None:
     sim = processes.sim({MODEL_ALIAS: SLOW_SIM}, replicas=2)
     # No balancer named, scraping on, every deployment scraped: resource-aware.
