@@ -6,13 +6,17 @@ schema, streamed as OpenAI streams them; text after a ``tool`` message; JSON con
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
+from swarmgate.sim import Fleet
 from tests.openai_schema import problems
 from tests.sim.helpers import StartSim, tool_calls_of
 
@@ -249,3 +253,29 @@ async def test_malformed_tools_and_schemas_are_400s(url: str, http: aiohttp.Clie
     assert (await refused(http, url, response_format={"type": "yaml"}))["param"] == (
         "response_format"
     )
+
+
+async def test_the_demo_fleets_chat_models_answer_tools_and_schemas(
+    sim_fleet: Callable[..., Awaitable[Fleet]], http: aiohttp.ClientSession
+) -> None:
+    raw = yaml.safe_load(files("swarmgate").joinpath("sim/demo_fleet.yaml").read_text())
+    for server in raw["servers"]:
+        server.update(port=0, speed=20)  # the demo's own profiles, twenty times faster
+    fleet = await sim_fleet(raw, testing=False)
+    chat_models = {"mixtral-8x7b", "hermes-2", "openchat-3.5", "phi-3-mini"}
+    served = {}
+    for server in raw["servers"]:
+        for name in set(server["models"]) & chat_models:
+            served[name] = fleet.urls[server["name"]] + "/v1/chat/completions"
+    assert set(served) == chat_models
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}
+    for name, url in served.items():
+        async with http.post(url, json={"model": name, "messages": ASK, "tools": TOOLS}) as r:
+            body = await r.json()
+        [call] = body["choices"][0]["message"]["tool_calls"]
+        valid(call["function"]["name"], call["function"]["arguments"])
+        async with http.post(
+            url, json={"model": name, "messages": ASK, "response_format": fmt}
+        ) as r:
+            body = await r.json()
+        valid("get_weather", body["choices"][0]["message"]["content"])
