@@ -209,7 +209,9 @@ class SimServer:
         plan, early = await self._profile_failures(request, engine, plan)
         if early is not None:
             return early
-        async with engine.slot(tokens, len(tokens) + limit) as prefill:
+        # A reply's length is its own (tool calls, JSON): its KV blocks are that many.
+        output = limit if reply is None or gen.max_tokens is not None else reply.tokens
+        async with engine.slot(tokens, len(tokens) + output) as prefill:
             await asyncio.sleep(prefill.seconds)
             if reply is not None:
                 return await self._structured(request, plan, engine, gen, prefill, reply)
