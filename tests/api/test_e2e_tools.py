@@ -195,6 +195,26 @@ def test_the_ledger_counts_a_tool_call_streams_tokens(gw: Gateway, client: OpenA
         assert row["tokens_in"] > 50  # the tools' definitions are part of the prompt
 
 
+def test_a_tool_call_stream_cut_mid_arguments_ends_in_an_error_and_is_recorded_cut(
+    gw: Gateway, client: OpenAI
+) -> None:
+    received = []
+    with pytest.raises(openai.APIError):
+        stream = client.chat.completions.create(
+            model="agent",
+            messages=ASK,
+            tools=TOOLS,
+            stream=True,
+            extra_headers={"X-Sim-Fail": "reset:3", "X-Request-ID": "tools-cut"},
+        )
+        received.extend(stream)
+    # The call's opening and a first fragment of its arguments, then the stream broke.
+    assert received and received[0].choices[0].delta.tool_calls
+    wait_for(lambda: "tools-cut" in ledger_rows(gw), 10, 0.1, "the ledger row")
+    row = ledger_rows(gw)["tools-cut"]
+    assert row["cut"] and row["streamed"]
+
+
 def test_the_sdks_stream_helper_parses_the_arguments(client: OpenAI) -> None:
     with client.chat.completions.stream(
         model="agent", messages=ASK, tools=[WEATHER], tool_choice="required", seed=5

@@ -256,17 +256,16 @@ class SimServer:
             for i, call in enumerate(reply.tool_calls):
                 events.append(fmt.tool_call(i, call))
                 events.extend(fmt.arguments(i, piece) for piece in tools.pieces(call.arguments))
-            events[-1] += fmt.finish(finish)
             return await stream_events(
                 request,
                 engine,
                 fmt,
                 events.__getitem__,
                 len(events),
-                [],
                 usage,
                 cached,
                 plan.reset_after,
+                closing=[fmt.finish(finish)],
             )
         await asyncio.sleep(reply.tokens / engine.profile.tokens_per_second)
         engine.counters.generation_tokens += reply.tokens

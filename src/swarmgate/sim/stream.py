@@ -8,7 +8,7 @@ stream falling behind its rate, so throughput in tokens per second holds under l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -39,9 +39,16 @@ async def stream_tokens(
     def event(i: int) -> bytes:
         return fmt.token(tokens[i], finish_reason if i == last else None)
 
-    opening = [fmt.role()] if fmt.chat else []
     return await stream_events(
-        request, engine, fmt, event, len(tokens), opening, usage, cached_tokens, reset_after
+        request,
+        engine,
+        fmt,
+        event,
+        len(tokens),
+        usage,
+        cached_tokens,
+        reset_after,
+        opening=[fmt.role()] if fmt.chat else [],
     )
 
 
@@ -51,13 +58,16 @@ async def stream_events(
     fmt: ChunkFormat,
     event: Callable[[int], bytes],
     count: int,
-    opening: list[bytes],
     usage: Usage,
     cached_tokens: int | None,
     reset_after: int | None,
+    *,
+    opening: Sequence[bytes] = (),
+    closing: Sequence[bytes] = (),
 ) -> web.StreamResponse:
-    """Send ``count`` tokens, token *i* as the SSE bytes ``event(i)``, the first at once
-    (prefill is done), after ``opening``; then the usage chunk if asked for, and ``[DONE]``.
+    """Send ``count`` tokens, token *i* as the SSE event ``event(i)``, the first at once
+    (prefill is done): after the ``opening`` events, before the ``closing`` ones, the usage
+    chunk if asked for, and ``[DONE]``.
 
     ``reset_after``: abort the TCP connection after that many events, with no terminating
     chunk, as a crashed model server would.
@@ -79,6 +89,7 @@ async def stream_events(
             engine.counters.generation_tokens += due - sent
             sent = due
             if sent == count:
+                pending.extend(closing)
                 if fmt.include_usage:
                     pending.append(fmt.usage(usage, cached_tokens))
                 pending.append(DONE)
