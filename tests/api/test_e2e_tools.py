@@ -20,7 +20,7 @@ import pytest
 import urllib3
 import yaml
 from openai import OpenAI
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel, Field
 
 from tests.api.e2e import FAST, Processes, assert_clean_log
@@ -127,6 +127,13 @@ def ledger_rows(gw: Gateway) -> dict[str, dict[str, Any]]:
         return {row["request_id"]: dict(row) for row in db.execute("SELECT * FROM usage_ledger")}
 
 
+def create(client: OpenAI, **fields: Any) -> ChatCompletion:
+    """``client.chat.completions.create``, its answer checked against OpenAI's schema."""
+    raw = client.chat.completions.with_raw_response.create(model="agent", **fields)
+    assert problems("CreateChatCompletionResponse", raw.http_response.json()) == []
+    return raw.parse()
+
+
 def test_a_tool_call_through_the_gateway(client: OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="agent", messages=ASK, tools=TOOLS, seed=1
@@ -219,9 +226,16 @@ def test_the_sdks_stream_helper_parses_the_arguments(client: OpenAI) -> None:
     with client.chat.completions.stream(
         model="agent", messages=ASK, tools=[WEATHER], tool_choice="required", seed=5
     ) as stream:
-        kinds = {event.type for event in stream}
+        seen = list(stream)
         final = stream.get_final_completion()
+    kinds = {event.type for event in seen}
     assert {"tool_calls.function.arguments.delta", "tool_calls.function.arguments.done"} <= kinds
+    chunks = [
+        e.chunk.model_dump(mode="json", exclude_unset=True) for e in seen if e.type == "chunk"
+    ]
+    assert len(chunks) > 3
+    for chunk in chunks:  # as the SDK received them
+        assert problems("CreateChatCompletionStreamResponse", chunk) == [], chunk
     [call] = final.choices[0].message.tool_calls or []
     assert isinstance(call.function.parsed_arguments, GetWeather)
     assert final.choices[0].finish_reason == "tool_calls"
@@ -229,7 +243,7 @@ def test_the_sdks_stream_helper_parses_the_arguments(client: OpenAI) -> None:
 
 def test_tool_choice_through_the_gateway(client: OpenAI) -> None:
     def names(**fields: Any) -> list[str]:
-        answer = client.chat.completions.create(model="agent", messages=ASK, **fields)
+        answer = create(client, messages=ASK, **fields)
         return [c.function.name for c in answer.choices[0].message.tool_calls or []]
 
     assert names(tools=TOOLS, tool_choice="none") == []
@@ -237,11 +251,9 @@ def test_tool_choice_through_the_gateway(client: OpenAI) -> None:
     named = {"type": "function", "function": {"name": "get_time"}}
     assert names(tools=TOOLS, tool_choice=named) == ["get_time"]
     both = [{"role": "user", "content": "the weather, and the time"}]
-    answer = client.chat.completions.create(model="agent", messages=both, tools=TOOLS)
+    answer = create(client, messages=both, tools=TOOLS)
     assert len(answer.choices[0].message.tool_calls or []) == 2
-    single = client.chat.completions.create(
-        model="agent", messages=both, tools=TOOLS, parallel_tool_calls=False
-    )
+    single = create(client, messages=both, tools=TOOLS, parallel_tool_calls=False)
     assert len(single.choices[0].message.tool_calls or []) == 1
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(
@@ -277,7 +289,7 @@ def test_a_multi_turn_tool_loop(client: OpenAI, stream: bool) -> None:
             ) as s:
                 answer = s.get_final_completion()
         else:
-            answer = client.chat.completions.create(model="agent", messages=messages, tools=TOOLS)
+            answer = create(client, messages=messages, tools=TOOLS)
         assert answer.usage is not None
         prompts.append(answer.usage.prompt_tokens)
         message = answer.choices[0].message
@@ -298,9 +310,11 @@ def test_a_multi_turn_tool_loop(client: OpenAI, stream: bool) -> None:
 
 def test_parse_with_a_pydantic_model(client: OpenAI) -> None:
     for seed in range(3):
-        answer = client.chat.completions.parse(
+        raw = client.chat.completions.with_raw_response.parse(
             model="agent", messages=ASK, response_format=Forecast, seed=seed
         )
+        assert problems("CreateChatCompletionResponse", raw.http_response.json()) == []
+        answer = raw.parse()
         parsed = answer.choices[0].message.parsed
         assert isinstance(parsed, Forecast)
         assert 1 <= len(parsed.highs) <= 7
