@@ -147,7 +147,9 @@ class _Values:
         high = _bound(schema, "maxItems", low + 3)
         if high < low:
             raise SchemaError("'maxItems' is below 'minItems'")
-        count = low if depth >= SHALLOW_DEPTH else self.rng.randint(max(low, min(1, high)), high)
+        # At least one item when allowed, at most three more than the minimum.
+        most = min(high, low + 3)
+        count = low if depth >= SHALLOW_DEPTH else self.rng.randint(max(low, min(1, most)), most)
         items = schema.get("items", {})
         out: list[Any] = []
         for _ in range(count * 10 if schema.get("uniqueItems") else count):
