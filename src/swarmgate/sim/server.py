@@ -35,7 +35,7 @@ from swarmgate.sim.request import (
     parse_image,
     parse_speech,
 )
-from swarmgate.sim.stream import abort, stream_events, stream_tokens
+from swarmgate.sim.stream import abort, stream_tokens, stream_tool_calls
 from swarmgate.types import Usage
 
 SERVER_HEADER = "X-Sim-Server"
@@ -252,20 +252,8 @@ class SimServer:
                 return await stream_tokens(
                     request, engine, fmt, content, finish, usage, cached, plan.reset_after
                 )
-            events = []
-            for i, call in enumerate(reply.tool_calls):
-                events.append(fmt.tool_call(i, call))
-                events.extend(fmt.arguments(i, piece) for piece in tools.pieces(call.arguments))
-            return await stream_events(
-                request,
-                engine,
-                fmt,
-                events.__getitem__,
-                len(events),
-                usage,
-                cached,
-                plan.reset_after,
-                closing=[fmt.finish(finish)],
+            return await stream_tool_calls(
+                request, engine, fmt, reply.tool_calls, finish, usage, cached, plan.reset_after
             )
         await asyncio.sleep(reply.tokens / engine.profile.tokens_per_second)
         engine.counters.generation_tokens += reply.tokens

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from swarmgate.sim.engine import ModelEngine
+from swarmgate.sim.tools import ToolCall, pieces
 from swarmgate.sim.wire import DONE, ChunkFormat
 from swarmgate.types import Usage
 
@@ -49,6 +50,35 @@ async def stream_tokens(
         cached_tokens,
         reset_after,
         opening=[fmt.role()] if fmt.chat else [],
+    )
+
+
+async def stream_tool_calls(
+    request: web.Request,
+    engine: ModelEngine,
+    fmt: ChunkFormat,
+    calls: Sequence[ToolCall],
+    finish_reason: str,
+    usage: Usage,
+    cached_tokens: int | None,
+    reset_after: int | None,
+) -> web.StreamResponse:
+    """Send tool calls as OpenAI does: each call's id and name (one token), then its
+    arguments in pieces (a token each), then an empty delta with the finish reason."""
+    events = []
+    for i, call in enumerate(calls):
+        events.append(fmt.tool_call(i, call))
+        events.extend(fmt.arguments(i, piece) for piece in pieces(call.arguments))
+    return await stream_events(
+        request,
+        engine,
+        fmt,
+        events.__getitem__,
+        len(events),
+        usage,
+        cached_tokens,
+        reset_after,
+        closing=[fmt.finish(finish_reason)],
     )
 
 
