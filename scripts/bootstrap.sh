@@ -30,6 +30,9 @@ if [ "${1:-}" = "test" ]; then
   need=()
   command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  # deploy/: promtool checks the alert rules, systemd-analyze the unit (tests/deploy).
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v systemd-analyze >/dev/null || need+=(systemd)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
   extras=".[test]"
 else
