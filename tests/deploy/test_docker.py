@@ -17,6 +17,8 @@ import os
 import shlex
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import pytest
 import yaml
 
 from swarmgate.sim.fleet import load_fleet_profile
-from tests.plugins.processes import Gateway, Sim, free_port
+from tests.plugins.processes import SWARMGATE, Gateway, Sim, free_port, spawn, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -205,6 +207,19 @@ def test_the_stack_has_its_services_and_every_mounted_file_exists(stack: dict[st
     assert "swarmgate" in services["sim"]["command"] and "sim" in services["sim"]["command"]
 
 
+def _request(gw: Gateway, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        gw.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {gw.admin_key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return int(r.status), r.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
 def _mounts(service: dict[str, Any]) -> dict[str, Path]:
     return {
         v["target"]: Path(v["source"]) for v in service.get("volumes", []) if v["type"] == "bind"
@@ -270,3 +285,48 @@ def test_prometheus_and_grafana_are_wired_to_the_gateway_and_the_dashboard(
     assert dashboards, f"nothing mounted in {folder}"
     for target in dashboards:
         assert json.loads(grafana[target].read_text())["uid"] == "swarmgate"
+
+
+def test_the_compose_gateway_serves_the_compose_fleet(
+    stack: dict[str, Any], tmp_path: Path, gateway_factory: Callable[..., Gateway]
+) -> None:
+    """The two mounted configs, run as compose runs them (with the compose environment's
+    secrets), on loopback and free ports, SQLite and no Redis standing in for the services."""
+    services = stack["services"]
+    profile = yaml.safe_load(_mounts(services["sim"])["/etc/swarmgate/sim-fleet.yaml"].read_text())
+    ports: dict[int, int] = {}
+    for server in profile["servers"]:
+        ports[server["port"]] = free_port()
+        server.update(host="127.0.0.1", port=ports[server["port"]])
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump(profile))
+    log = tmp_path / "sim.log"
+    sim = Sim(spawn([*SWARMGATE, "sim", "--config", str(tmp_path / "sim.yaml")], log), log, "")
+    try:
+        for port in ports.values():
+            wait_healthy(Sim(sim.proc, log, f"http://127.0.0.1:{port}"))
+        gateway = services["gateway"]
+        config = yaml.safe_load(
+            _mounts(gateway)[gateway["environment"]["SWARMGATE_CONFIG"]].read_text()
+        )
+        del config["store"], config["redis"]  # the factory's SQLite file; limits in process
+        for spec in config["models"].values():
+            for deployment in spec["deployments"]:
+                port = urlsplit(deployment["url"]).port
+                deployment["url"] = f"http://127.0.0.1:{ports[port]}"
+        secrets = {
+            k: v
+            for k, v in gateway["environment"].items()
+            if k in ("SWARMGATE_ADMIN_KEY", "SWARMGATE_AUTH__SECRET")
+        }
+        gw = gateway_factory(config, secrets)
+        assert gw.admin_key == secrets["SWARMGATE_ADMIN_KEY"]
+        for model in ("llama3", "mixtral", "llama-3-8b", "mixtral-8x7b"):
+            status, _ = _request(
+                gw,
+                "/v1/chat/completions",
+                {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert status == 200, model
+        assert _request(gw, "/v1/embeddings", {"model": "embed-small", "input": "a"})[0] == 200
+    finally:
+        sim.stop()

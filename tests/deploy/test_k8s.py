@@ -14,12 +14,16 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from tests.plugins.processes import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -224,3 +228,21 @@ def test_the_configmap_is_a_valid_config_and_the_secret_holds_the_secrets(
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_pod_would_start_with_the_configmap_and_the_secret(
+    manifests: dict[str, dict[str, Any]], gateway_factory: Callable[..., Gateway]
+) -> None:
+    """``swarmgate serve`` with the ConfigMap's file and the Secret's variables (its store and
+    Redis, cluster addresses, left out: the factory's SQLite file), answering the probes."""
+    config = yaml.safe_load(manifests["ConfigMap/swarmgate-config"]["data"]["swarmgate.yaml"])
+    secret = manifests["Secret/swarmgate-secrets"]["stringData"]
+    env = {
+        k: v for k, v in secret.items() if k in ("SWARMGATE_ADMIN_KEY", "SWARMGATE_AUTH__SECRET")
+    }
+    gw = gateway_factory(config, env)
+    assert gw.admin_key == secret["SWARMGATE_ADMIN_KEY"]
+    (container,) = _pod(manifests)["spec"]["containers"]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        with urllib.request.urlopen(gw.url + container[probe]["httpGet"]["path"], timeout=5) as r:
+            assert r.status == 200, probe
