@@ -130,6 +130,17 @@ def test_the_dashboard_covers_what_the_issue_asks_for() -> None:
     panels = list(_panels(dashboard["panels"]))
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()  # Grafana's grid: 24 columns; no two panels overlap
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
     for panel in panels:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
