@@ -183,7 +183,11 @@ class Gateway:
         for route in self.selector.path_routes if self.selector else ():
             self.routes |= {f"{route.path_prefix}{p}": ("POST", self.inference) for p in ROUTES}
         self.health = Health(
-            settings.server.name, self.fleet, self.store, settings.monitoring.health_interval
+            settings.server.name,
+            self.fleet,
+            self.store,
+            settings.monitoring.health_interval,
+            self.metrics,
         )
         self.routes |= {
             "/": ("GET", self.health.root),

@@ -372,6 +372,15 @@ class Metrics:
             )
         )
         self._scraped_shown: set[tuple[int, Labels]] = set()
+        # Set by the health checks' pings (api/health.py), not by traffic; "livemin": one
+        # worker that cannot reach it is enough to say so, a worker gone says nothing.
+        self._dependency_up = Gauge(
+            "gateway_dependency_up",
+            "1 while a shared dependency (database, redis) answered its latest health ping",
+            ["dependency"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self._fleet_health: Callable[[], Iterable[DeploymentHealthRow]] | None = None
         self._fleet_seen: dict[tuple[str, str], DeploymentHealthRow] = {}
         # The ledger writer's totals, read at each flush, and the part already counted.
@@ -483,6 +492,10 @@ class Metrics:
             seen[caller] = now
 
     # Off the hot path.
+
+    def dependency(self, name: str, up: bool) -> None:
+        """The latest health ping of ``name`` (``database``, ``redis``) answered, or not."""
+        self._dependency_up.labels(name).set(1 if up else 0)
 
     def follow_ledger(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Count the ledger writer's records: ``counts`` returns its totals by state (the
