@@ -30,6 +30,8 @@ if [ "${1:-}" = "test" ]; then
   need=()
   command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  # DNS discovery's tests run a real DNS server (the binary only: no system service on port 53).
+  command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
   extras=".[test]"
 else
