@@ -261,9 +261,18 @@ class Discover(Frozen):
         return self
 
 
+NO_URL = ()  # what stands for a url missing with no discover either (see Deployment)
+
+
+def _url_given(value: Any) -> Any:
+    if value == NO_URL:
+        raise ValueError("required (or discover, to find the servers in DNS)")
+    return value
+
+
 class Deployment(Frozen):
     # One server (``url``) or those DNS names (``discover``): one of the two.
-    url: BaseUrl | None = None
+    url: Annotated[BaseUrl | None, BeforeValidator(_url_given)] = None
     discover: Discover | None = None
     model: str | None = None  # the name the upstream knows the model by; default: the model id
     api_key_env: str | None = None
@@ -287,10 +296,17 @@ class Deployment(Frozen):
     # Resolved from api_key_env by the loader; never written in YAML.
     api_key: str | None = Field(default=None, exclude=True, repr=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_or_discover(cls, value: Any) -> Any:
+        # A missing url is reported at its place, with the other fields' problems (an
+        # "after" check would wait for those to be fixed first).
+        if isinstance(value, dict) and value.get("url") is None and "discover" not in value:
+            return {**value, "url": NO_URL}
+        return value
+
     @model_validator(mode="after")
-    def _url_or_discover(self) -> Deployment:
-        if self.url is None and self.discover is None:
-            raise ValueError("url: required (or discover, to find the servers in DNS)")
+    def _not_both(self) -> Deployment:
         if self.url is not None and self.discover is not None:
             raise ValueError("url and discover: give one of them, not both")
         return self

@@ -291,3 +291,18 @@ def test_sighup_reloads_a_single_process_server_in_place(
     assert gw.proc.poll() is None  # the same process: no restart
     flight.finish()
     assert "config reloaded (SIGHUP)" in gw.output()
+
+
+def test_with_redis_a_reload_reaches_every_worker(
+    sim_factory: Callable[..., Sim], gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    sim = sim_factory({"m": FAST, "n": FAST})
+    gw = gateway_factory(config(sim.url, redis={"url": redis_url}), args=("--workers", "2"))
+    wait_for(lambda: gw.output().count("Application startup complete") == 2, 20, what="two workers")
+    rewrite(gw, lambda raw: raw["models"].update(n={"deployments": [{"url": sim.url}]}))
+    reply = admin(gw, "POST", "/admin/reload")
+    assert reply.status == 200, reply.text
+    # The worker that answered told the other over Redis, which re-read the file itself.
+    wait_for(lambda: "config reloaded (event)" in gw.output(), 10, what="the other worker")
+    for _ in range(20):  # a new connection each: either worker may answer
+        assert models(gw) == {"m", "n"}
