@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import yaml
 
-from swarmgate.api.reload import applicable, restart_needed
+from swarmgate.api.reload import Applied, applicable, restart_needed
 from swarmgate.config import parse_settings
 from tests.auth.e2e import admin, audit_records, call, wait_for
 from tests.plugins.processes import SWARMGATE, Gateway, Sim
@@ -53,6 +53,24 @@ def test_what_needs_a_restart_is_named_and_not_applied() -> None:
     assert applied.server == running.server and applied.auth == running.auth
     assert applied.limits.redis_timeout == running.limits.redis_timeout
     assert restart_needed(running, settings()) == []
+
+
+def test_what_a_reload_did_is_summed_up() -> None:
+    applied = Applied.between(
+        {"m": ["m@a:1", "m@b:1"], "old": ["old@c:1"]},
+        {"m": ["m@b:1", "m@d:1"], "new": ["new@c:1"]},
+        ["server.port"],
+    )
+    assert applied == Applied(
+        ("server.port",), ("new",), ("old",), ("m@d:1", "new@c:1"), ("m@a:1", "old@c:1")
+    )
+    assert applied.summary() == (
+        "models added: new; models removed: old; deployments added: m@d:1, new@c:1; "
+        "deployments removed: m@a:1, old@c:1"
+    )
+    assert Applied.between({"m": ["x"]}, {"m": ["x"]}, []).summary() == (
+        "no model or deployment added or removed"
+    )
 
 
 def test_with_redis_limits_cannot_be_switched_on_or_off_in_place() -> None:
@@ -161,6 +179,11 @@ def test_admin_reload_applies_the_file_and_drops_nothing_in_flight(
     assert reply.body["reloaded"] is True and reply.body["trigger"] == "api"
     assert reply.body["restart_required"] == []
     assert reply.body["config"] == str(gw.config_path.resolve())
+    assert reply.body["models"] == {"added": ["n"], "removed": []}
+    assert reply.body["deployments"] == {
+        "added": sorted([name_of(fast.url), name_of(fast.url, "n")]),
+        "removed": [name_of(slow0)],
+    }
     assert set(workers(gw)) == {name_of(fast.url), name_of(slow1), name_of(fast.url, "n")}
     assert models(gw) >= {"m", "n"}
     flight.finish()

@@ -70,8 +70,10 @@ def loopback_sims(tmp_path: Path) -> Iterator[Callable[[list[str]], tuple[int, P
 
 
 def workers(gw: Gateway) -> set[str]:
+    """The ids of the gateway's workers, every one of them found in DNS."""
     reply = call(gw.url + "/api/v1/workers", key=gw.admin_key)
     assert reply.status == 200, reply.text
+    assert {w["source"] for w in reply.body["data"]} <= {"dns"}, reply.body
     return {w["id"] for w in reply.body["data"]}
 
 

@@ -25,7 +25,7 @@ from swarmgate.api.native_downloads import PATH as DOWNLOADS
 from swarmgate.api.native_downloads import NativeDownloads
 from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
-from swarmgate.api.reload import Reloader, applicable, restart_needed
+from swarmgate.api.reload import Applied, Reloader, applicable, restart_needed
 from swarmgate.api.usage import build_usage_router
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.ip import Networks
@@ -257,9 +257,10 @@ class Gateway:
             routes |= {f"{route.path_prefix}{p}": ("POST", self.inference) for p in ROUTES}
         return routes
 
-    async def reload(self, new: Settings) -> list[str]:
-        """Apply what ``new`` changes that can change at run time (``api/reload.py``); the
-        settings that need a restart for their change, not applied.
+    async def reload(self, new: Settings) -> Applied:
+        """Apply what ``new`` changes that can change at run time (``api/reload.py``); what
+        was added and removed, and the settings that need a restart for their change (not
+        applied).
 
         Requests and streams in flight keep the pool, plan, lease and selector they started
         with; a deployment that stays keeps its state (in-flight count, circuit, health),
@@ -268,6 +269,7 @@ class Gateway:
         the other old, except for the DNS lookups of new ``discover`` entries, made first."""
         pending = restart_needed(self.settings, new)
         settings = applicable(self.settings, new)
+        before = self._fleet_names()
         await self.discovery.reconfigure(settings, notify=False)
         # Through the registry: workers added, drained or removed at run time stay so.
         self.registry.rebase(settings, self.discovery.answers)
@@ -284,7 +286,10 @@ class Gateway:
         if self.hints is not None:
             self.hints.attach()  # a balancer made prefix-aware by the reload publishes too
         self.settings = settings
-        return pending
+        return Applied.between(before, self._fleet_names(), pending)
+
+    def _fleet_names(self) -> dict[str, list[str]]:
+        return {m: [s.name for s in p.members] for m, p in self.fleet.snapshot.pools.items()}
 
     def _audit_reload(self, action: str, actor: str, outcome: str, details: dict[str, Any]) -> None:
         self.security.audit.record(

@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,20 +82,66 @@ def applicable(running: Settings, new: Settings) -> Settings:
     return running.model_copy(update=update)
 
 
+Fleet = Mapping[str, Iterable[str]]  # model → its deployments' names
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a reload did: the models and deployments it added and removed, and the changes
+    it left for a restart."""
+
+    restart_required: tuple[str, ...] = ()
+    models_added: tuple[str, ...] = ()
+    models_removed: tuple[str, ...] = ()
+    deployments_added: tuple[str, ...] = ()
+    deployments_removed: tuple[str, ...] = ()
+
+    @classmethod
+    def between(cls, before: Fleet, after: Fleet, restart_required: Iterable[str]) -> Applied:
+        old = {name for names in before.values() for name in names}
+        new = {name for names in after.values() for name in names}
+        return cls(
+            tuple(restart_required),
+            tuple(sorted(set(after) - set(before))),
+            tuple(sorted(set(before) - set(after))),
+            tuple(sorted(new - old)),
+            tuple(sorted(old - new)),
+        )
+
+    def summary(self) -> str:
+        parts = [
+            f"{what} {', '.join(names)}"
+            for what, names in (
+                ("models added:", self.models_added),
+                ("models removed:", self.models_removed),
+                ("deployments added:", self.deployments_added),
+                ("deployments removed:", self.deployments_removed),
+            )
+            if names
+        ]
+        return "; ".join(parts) or "no model or deployment added or removed"
+
+
 @dataclass(frozen=True, slots=True)
 class Reloaded:
     trigger: str  # api, file, SIGHUP, event
     path: str
     digest: str  # sha256 of the file's bytes
-    restart_required: tuple[str, ...]
+    applied: Applied
 
     def view(self) -> dict[str, Any]:
+        a = self.applied
         return {
             "reloaded": True,
             "trigger": self.trigger,
             "config": self.path,
             "sha256": self.digest,
-            "restart_required": list(self.restart_required),
+            "models": {"added": list(a.models_added), "removed": list(a.models_removed)},
+            "deployments": {
+                "added": list(a.deployments_added),
+                "removed": list(a.deployments_removed),
+            },
+            "restart_required": list(a.restart_required),
         }
 
 
@@ -114,7 +160,7 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-Apply = Callable[[Settings], Awaitable[list[str]]]
+Apply = Callable[[Settings], Awaitable[Applied]]
 Audit = Callable[[str, str, str, dict[str, Any]], None]  # action, actor, outcome, details
 
 
@@ -176,22 +222,28 @@ class Reloader:
                 self._rejected = digest
                 self._audit("config.reload", actor or trigger, "rejected", problems=exc.problems)
                 raise ConfigRejected(self.path, exc.problems) from None
-            pending = await self.apply(new)
+            applied = await self.apply(new)
             self.digest, self._rejected = digest, None
             self.config = new.reload
         self._restart_watch()
-        done = Reloaded(trigger, self.path, digest, tuple(pending))
+        done = Reloaded(trigger, self.path, digest, applied)
+        view = done.view()
         self._audit(
-            "config.reload", actor or trigger, "ok", sha256=digest, restart_required=pending
+            "config.reload",
+            actor or trigger,
+            "ok",
+            sha256=digest,
+            models=view["models"],
+            deployments=view["deployments"],
+            restart_required=view["restart_required"],
         )
-        if pending:
+        log.info("config reloaded (%s) from %s: %s", trigger, self.path, applied.summary())
+        if applied.restart_required:
             log.warning(
-                "config reloaded (%s); these changes need a restart: %s",
+                "config reloaded (%s), but these changes need a restart: %s",
                 trigger,
-                ", ".join(pending),
+                ", ".join(applied.restart_required),
             )
-        else:
-            log.info("config reloaded (%s) from %s", trigger, self.path)
         return done
 
     async def publish(self) -> None:

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Discover, Settings, nameserver_address
 from swarmgate.errors import DiscoveryFailed
 from swarmgate.routing.dns import DnsResolver, Resolver
@@ -70,6 +71,22 @@ def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+def _found(model_id: str, dep: DeploymentConfig, answers: Answers) -> list[DeploymentConfig]:
+    """The deployments a ``discover`` entry stands for now."""
+    assert dep.discover is not None
+    prefix = dep.name or model_id
+    return [
+        dep.model_copy(
+            update={
+                "url": _url(dep.discover.scheme, found.host, found.port),
+                "discover": None,
+                "name": f"{prefix}@{found.label}:{found.port}",
+            }
+        )
+        for found in answers.get(Target(model_id, dep.discover), ())
+    ]
+
+
 def expand(settings: Settings, answers: Answers) -> Settings:
     """``settings`` with every ``discover`` entry replaced by the deployments found for it
     (none yet: none)."""
@@ -81,16 +98,21 @@ def expand(settings: Settings, answers: Answers) -> Settings:
         for dep in model.deployments:
             if dep.discover is None:
                 deployments.append(dep)
-                continue
-            prefix = dep.name or model_id
-            for found in answers.get(Target(model_id, dep.discover), ()):
-                url = _url(dep.discover.scheme, found.host, found.port)
-                name = f"{prefix}@{found.label}:{found.port}"
-                deployments.append(
-                    dep.model_copy(update={"url": url, "discover": None, "name": name})
-                )
+            else:
+                deployments.extend(_found(model_id, dep, answers))
         models[model_id] = model.model_copy(update={"deployments": tuple(deployments)})
     return settings.model_copy(update={"models": models})
+
+
+def found_names(settings: Settings, answers: Answers) -> set[str]:
+    """The names of the deployments found in DNS (their workers' ``source`` is ``dns``)."""
+    return {
+        str(found.name)
+        for model_id, model in settings.models.items()
+        for dep in model.deployments
+        if dep.discover is not None
+        for found in _found(model_id, dep, answers)
+    }
 
 
 async def resolve(target: Target, resolver: Resolver) -> tuple[tuple[Found, ...], int]:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Settings, validation_problems
 from swarmgate.errors import BadRequest, Conflict, NotFound, StoreError
-from swarmgate.routing.discovery import Found, Target, expand
+from swarmgate.routing.discovery import Found, Target, expand, found_names
 from swarmgate.routing.fleet import DeploymentState, Fleet, _deployment_name, deployments_of
 from swarmgate.store import names
 from swarmgate.store.deployments import ACTIVE, DRAINING, REMOVED, DeploymentStore, FleetChange
@@ -159,6 +159,7 @@ class Registry:
         self.changes: dict[str, FleetChange] = {}
         # What DNS discovery found for the file's ``discover`` entries (routing/discovery.py).
         self.answers: dict[Target, tuple[Found, ...]] = {}
+        self._discovered: set[str] = set()  # the names of the deployments found
         self._reads = 0  # reads of the store started; only the newest one read is applied
         self._applied = 0
         self._task: asyncio.Task[None] | None = None
@@ -238,6 +239,7 @@ class Registry:
 
     def _apply(self) -> None:
         base = expand(self.settings, self.answers)
+        self._discovered = found_names(self.settings, self.answers)
         self.fleet.replace(effective(base, self.changes.values(), self.environ))
         draining = {c.name for c in self.changes.values() if c.state == DRAINING}
         for state in self.fleet.snapshot.states():
@@ -252,9 +254,14 @@ class Registry:
         )
 
     def source(self, name: str) -> str:
-        """``config`` for a deployment of the config file, ``api`` for one added at run time."""
+        """``config`` for a deployment of the config file, ``dns`` for one its ``discover``
+        entries found, ``api`` for one added at run time."""
         change = self.changes.get(name)
-        return "api" if change is not None and change.spec is not None else "config"
+        if change is not None and change.spec is not None:
+            return "api"
+        if name in self._discovered:
+            return "dns"
+        return "config"
 
     async def _put(
         self, name: str, model: str, spec: dict[str, Any] | None, state: str, by: str | None
