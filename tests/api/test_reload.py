@@ -275,8 +275,14 @@ def test_an_invalid_file_is_refused_with_check_configs_messages(
     assert answer.status == 200, answer.text
     wait_for(lambda: len(audit_records(gw, action="config.reload")) == 2, 5, what="both audited")
     assert {r["outcome"] for r in audit_records(gw, action="config.reload")} == {"rejected"}
+    metrics = call(gw.url + "/metrics").text
+    assert "gateway_config_last_reload_successful 0.0" in metrics
+    assert 'gateway_config_reloads_total{outcome="rejected",trigger="api"} 2.0' in metrics
     gw.config_path.write_text(before)
     assert admin(gw, "POST", "/admin/reload").status == 200
+    metrics = call(gw.url + "/metrics").text
+    assert "gateway_config_last_reload_successful 1.0" in metrics
+    assert 'gateway_config_reloads_total{outcome="ok",trigger="api"} 1.0' in metrics
 
 
 def test_a_change_of_the_file_is_reloaded_when_watched(

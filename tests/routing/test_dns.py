@@ -124,6 +124,9 @@ def test_a_gateway_follows_a_records_and_keeps_a_stream_on_a_pod_that_went_away(
     time.sleep(3.0)  # two rounds at least: each failed lookup waits out its 0.5 s timeout twice
     assert workers(gw) == wanted
     assert gw.output().count("cannot be resolved") == 1, gw.output()
+    assert 'gateway_discovery_lookups_total{model="m",result="failed"}' in (
+        call(gw.url + "/metrics").text
+    )
     dnsmasq.set_addresses({"llm.test": ["127.0.0.2"]})
     dnsmasq.start()
     wait_for(lambda: workers(gw) == {f"m@127.0.0.2:{port}"}, 5, what="back after the outage")

@@ -131,7 +131,7 @@ class Gateway:
             settings, self.fleet, self.store.deployments, self.store.events, environment({})
         )
         # Deployments named by DNS (``discover``), re-resolved in the background.
-        self.discovery = Discovery(settings, self.registry.discovered, resolver)
+        self.discovery = Discovery(settings, self.registry.discovered, resolver, self.metrics)
         self.cluster = Cluster(settings.server.name, self.registry)
         self.authenticator = self.security.authenticator
         self.ledger: Ledger | None = None
@@ -234,7 +234,7 @@ class Gateway:
             ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
         )
         self.reloader = Reloader(
-            config_path, settings, self.reload, self.store.events, self._audit_reload
+            config_path, settings, self.reload, self.store.events, self._audit_reload, self.metrics
         )
         self.management = build_management_app(
             [

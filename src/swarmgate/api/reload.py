@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from swarmgate.config import Settings, load_settings
 from swarmgate.errors import ConfigError, ConfigRejected, Conflict
+from swarmgate.observability.metrics import Metrics
 from swarmgate.store import names
 from swarmgate.store.events import EventBus
 
@@ -172,12 +173,14 @@ class Reloader:
         apply: Apply,
         events: EventBus | None = None,
         audit: Audit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = str(Path(path).resolve()) if path is not None else None
         self.config = settings.reload
         self.apply = apply
         self.events = events
         self.audit = audit
+        self.metrics = metrics
         self._lock = asyncio.Lock()
         self._token = os.urandom(6).hex()  # this process, in the events it publishes
         self.digest = _digest(self.path) if self.path else None  # the content running now
@@ -221,12 +224,16 @@ class Reloader:
             except ConfigError as exc:
                 self._rejected = digest
                 self._audit("config.reload", actor or trigger, "rejected", problems=exc.problems)
+                if self.metrics is not None:
+                    self.metrics.config_reload(trigger, "rejected")
                 raise ConfigRejected(self.path, exc.problems) from None
             applied = await self.apply(new)
             self.digest, self._rejected = digest, None
             self.config = new.reload
         self._restart_watch()
         done = Reloaded(trigger, self.path, digest, applied)
+        if self.metrics is not None:
+            self.metrics.config_reload(trigger, "ok")
         view = done.view()
         self._audit(
             "config.reload",

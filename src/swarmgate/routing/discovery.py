@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Discover, Settings, nameserver_address
 from swarmgate.errors import DiscoveryFailed
+from swarmgate.observability.metrics import Metrics
 from swarmgate.routing.dns import DnsResolver, Resolver
 
 log = logging.getLogger("swarmgate.discovery")
@@ -157,8 +158,10 @@ class Discovery:
         settings: Settings,
         on_change: Callable[[dict[Target, tuple[Found, ...]]], None],
         resolver: Resolver | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.on_change = on_change
+        self.metrics = metrics
         self._given = resolver  # tests' twin; else one built from the settings
         self.settings = settings
         self.resolver: Resolver | None = resolver
@@ -230,6 +233,8 @@ class Discovery:
                 raise DiscoveryFailed("no resolver (see the error above)")
             found, total = await resolve(target, resolver)
         except DiscoveryFailed as exc:
+            if self.metrics is not None:
+                self.metrics.discovery_lookup(target.model, False)
             if target not in self.failing:  # once per outage
                 kept = len(self.answers.get(target, ()))
                 log.warning(
@@ -242,6 +247,8 @@ class Discovery:
                 )
             self.failing[target] = str(exc)
             return False
+        if self.metrics is not None:
+            self.metrics.discovery_lookup(target.model, True)
         if self.failing.pop(target, None) is not None:
             log.info("discovery: model %s: %s resolves again", target.model, target.source)
         if total > len(found) and target not in self._truncated:
