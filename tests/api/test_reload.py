@@ -18,7 +18,7 @@ import yaml
 
 from swarmgate.api.reload import Applied, applicable, restart_needed
 from swarmgate.config import parse_settings
-from tests.auth.e2e import admin, audit_records, call, wait_for
+from tests.auth.e2e import admin, audit_records, call, create_key, wait_for
 from tests.plugins.processes import SWARMGATE, Gateway, Sim
 
 FAST: dict[str, Any] = {"ttft_ms": 1, "tokens_per_second": 2000, "max_tokens_default": 4}
@@ -335,3 +335,35 @@ def test_with_redis_a_reload_reaches_every_worker(
     wait_for(lambda: "config reloaded (event)" in gw.output(), 10, what="the other worker")
     for _ in range(20):  # a new connection each: either worker may answer
         assert models(gw) == {"m", "n"}
+
+
+def test_limits_and_tiers_change_in_place(
+    sim_factory: Callable[..., Sim], gateway_factory: Callable[..., Gateway]
+) -> None:
+    sim = sim_factory({"m": FAST})
+    raw = config(sim.url)
+    raw["limits"] = {"tiers": {"default": {"rpm": 100}}}
+    gw = gateway_factory(raw)
+    refused = admin(gw, "POST", "/admin/keys", {"name": "g", "owner": "o", "tier": "gold"})
+    assert refused.status == 400 and "no tier 'gold'" in refused.text
+    _, secret = create_key(gw)
+
+    def chat() -> int:
+        return call(
+            gw.url + "/v1/chat/completions",
+            "POST",
+            key=secret,
+            json_body={"model": "m", "messages": MESSAGES},
+        ).status
+
+    assert [chat() for _ in range(3)] == [200, 200, 200]
+
+    def tighten(raw: dict[str, Any]) -> None:
+        raw["limits"] = {"tiers": {"default": {"rpm": 4}, "gold": {"rpm": 1000}}}
+
+    rewrite(gw, tighten)
+    assert admin(gw, "POST", "/admin/reload").status == 200
+    # The three requests already counted count against the new limit.
+    assert [chat() for _ in range(2)] == [200, 429]
+    created = admin(gw, "POST", "/admin/keys", {"name": "g", "owner": "o", "tier": "gold"})
+    assert created.status == 201, created.text
