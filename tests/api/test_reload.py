@@ -164,16 +164,23 @@ def test_admin_reload_applies_the_file_and_drops_nothing_in_flight(
     assert added.status == 201, added.text
     assert set(workers(gw)) == {name_of(slow0), name_of(slow1)}
 
+    fast_path = gw.url + "/fast/v1/chat/completions"
+    body = {"model": "m", "messages": MESSAGES}
+    assert call(fast_path, "POST", key=gw.admin_key, json_body=body).status == 404
+
     flight = InFlight(gw)
     flight.wait_started(gw)
-    # The file's deployment of m goes, a model comes; the worker added at run time stays.
-    rewrite(
-        gw,
-        lambda raw: raw["models"].update(
+
+    # The file's deployment of m goes, a model comes with a path route; the worker added at
+    # run time stays.
+    def change(raw: dict[str, Any]) -> None:
+        raw["models"].update(
             m={"deployments": [{"url": fast.url}], "balancer": "round_robin"},
             n={"deployments": [{"url": fast.url}], "aliases": ["quick"]},
-        ),
-    )
+        )
+        raw["routing"] = {"routes": [{"path_prefix": "/fast", "model": "n"}]}
+
+    rewrite(gw, change)
     reply = admin(gw, "POST", "/admin/reload")
     assert reply.status == 200, reply.text
     assert reply.body["reloaded"] is True and reply.body["trigger"] == "api"
@@ -195,6 +202,8 @@ def test_admin_reload_applies_the_file_and_drops_nothing_in_flight(
         json_body={"model": "quick", "messages": MESSAGES},
     )
     assert answer.status == 200 and answer.headers["x-swarmgate-model"] == "n"
+    routed = call(fast_path, "POST", key=gw.admin_key, json_body=body)
+    assert routed.status == 200 and routed.headers["x-swarmgate-model"] == "n", routed.text
     wait_for(lambda: audit_records(gw, action="config.reload") != [], 5, what="audited")
     records = audit_records(gw, action="config.reload")
     assert len(records) == 1 and records[0]["outcome"] == "ok"
