@@ -34,6 +34,8 @@ if [ "${1:-}" = "test" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   command -v systemd-analyze >/dev/null || need+=(systemd)
   command -v npm >/dev/null || need+=(npm)
+  # DNS discovery's tests run a real DNS server (the binary only: no system service on port 53).
+  command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
   extras=".[test]"
 else

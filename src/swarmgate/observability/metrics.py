@@ -381,6 +381,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self._reloads = Counter(
+            "gateway_config_reloads_total",
+            "Configuration reloads, by trigger (api, file, SIGHUP, event) and outcome "
+            "(ok, rejected: the file had problems)",
+            ["trigger", "outcome"],
+            registry=r,
+        )
+        self._reload_ok = Gauge(
+            "gateway_config_last_reload_successful",
+            "1 unless the last reload was refused (the file has problems)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self._reload_ok.set(1)
+        self._lookups = Counter(
+            "gateway_discovery_lookups_total",
+            "DNS lookups of a model's discover entries, by result (ok, failed: the last "
+            "answer kept)",
+            ["model", "result"],
+            registry=r,
+        )
         self._fleet_health: Callable[[], Iterable[DeploymentHealthRow]] | None = None
         self._fleet_seen: dict[tuple[str, str], DeploymentHealthRow] = {}
         # The ledger writer's totals, read at each flush, and the part already counted.
@@ -496,6 +517,12 @@ class Metrics:
     def dependency(self, name: str, up: bool) -> None:
         """The latest health ping of ``name`` (``database``, ``redis``) answered, or not."""
         self._dependency_up.labels(name).set(1 if up else 0)
+    def config_reload(self, trigger: str, outcome: str) -> None:
+        self._reloads.labels(trigger, outcome).inc()
+        self._reload_ok.set(1 if outcome == "ok" else 0)
+
+    def discovery_lookup(self, model: str, ok: bool) -> None:
+        self._lookups.labels(model, "ok" if ok else "failed").inc()
 
     def follow_ledger(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Count the ledger writer's records: ``counts`` returns its totals by state (the
