@@ -517,6 +517,7 @@ class Metrics:
     def dependency(self, name: str, up: bool) -> None:
         """The latest health ping of ``name`` (``database``, ``redis``) answered, or not."""
         self._dependency_up.labels(name).set(1 if up else 0)
+
     def config_reload(self, trigger: str, outcome: str) -> None:
         self._reloads.labels(trigger, outcome).inc()
         self._reload_ok.set(1 if outcome == "ok" else 0)
