@@ -16,15 +16,14 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarmgate.api import openapi
-from swarmgate.api.management import principal_of, request_id_of
+from swarmgate.api.management import privileged, request_id_of
 from swarmgate.api.reload import Reloader
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.keyadmin import Actor
 from swarmgate.auth.keys import NEVER, ExpiresAt
-from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
-from swarmgate.errors import BadRequest, Forbidden, NotFound
+from swarmgate.errors import BadRequest, NotFound
 from swarmgate.store import names
 from swarmgate.store.audit import MAX_PAGE
 from swarmgate.store.ipblocks import StoredBlock
@@ -112,16 +111,15 @@ class _Context:
         self.security = security
 
     async def admin(self, request: Request) -> Principal:
-        auth = self.security.settings.auth
-        if not auth.enabled and not auth.open_admin_without_auth:
-            # Everyone would be the system principal: never an admin by default.
-            raise Forbidden(
-                "the admin API is closed: authentication is disabled (auth.enabled: false); "
-                "set auth.open_admin_without_auth: true to open it to every caller"
-            )
-        principal = await principal_of(self.security.authenticator, request)
-        require(principal, ApiScope.ADMIN)
-        return principal
+        security = self.security
+        return await privileged(
+            security.settings.auth,
+            security.authenticator,
+            request,
+            ApiScope.ADMIN,
+            "the admin API is closed: authentication is disabled (auth.enabled: false); "
+            "set auth.open_admin_without_auth: true to open it to every caller",
+        )
 
     def actor(self, request: Request, who: Principal) -> Actor:
         return Actor(
