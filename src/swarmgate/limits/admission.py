@@ -213,9 +213,7 @@ class Admission:
                 plan.tier,
                 plan.shown,
             )
-            metrics.admission(plan.tier, "admitted")
-            if tokens:
-                metrics.tokens_reserved(plan.tier, tokens)
+            metrics.admitted(plan.tier, tokens)
             return
         check = plan.checks[verdict.refused]
         if check.kind is CheckKind.CAPACITY:  # only when the line could not be waited in

@@ -471,6 +471,15 @@ class Metrics:
     def admission(self, tier: str, decision: str) -> None:
         self._admissions.inc((tier, decision))
 
+    def admitted(self, tier: str, tokens: int) -> None:
+        """An admission and its token reservation: ``admission(tier, "admitted")`` and
+        ``tokens_reserved``, in one call (the hot path of every limited request)."""
+        pending, labels = self._admissions.pending, (tier, "admitted")
+        pending[labels] = pending.get(labels, 0.0) + 1.0
+        if tokens:
+            reserved, tier_only = self._tokens_reserved.pending, (tier,)
+            reserved[tier_only] = reserved.get(tier_only, 0.0) + tokens
+
     def limit_exceeded(self, tier: str, limit: str, scope: str) -> None:
         self._limit_exceeded.inc((tier, limit, scope))
 
@@ -478,7 +487,8 @@ class Metrics:
         self._tokens_reserved.inc((tier,), tokens)
 
     def tokens_settled(self, tier: str, tokens: int) -> None:
-        self._tokens_settled.inc((tier,), tokens)
+        pending, labels = self._tokens_settled.pending, (tier,)
+        pending[labels] = pending.get(labels, 0.0) + tokens
 
     def limiter_redis(self, op: str, seconds: float) -> None:
         self._redis_latency.observe((op,), seconds)
