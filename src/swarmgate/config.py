@@ -278,6 +278,10 @@ class Deployment(Frozen):
     api_key_env: str | None = None
     weight: Annotated[float, Field(gt=0)] = 1.0
     max_concurrent: Annotated[int, Field(ge=1)] = 100
+    # The depth of its own queue, as scraped from its /metrics (requests waiting inside it,
+    # other clients' too), at which it counts as full even below max_concurrent; None: the
+    # model's ``max_waiting`` (None there too: its queue is not looked at).
+    max_waiting: Annotated[int, Field(ge=1)] | None = None
     input_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     output_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     # Charged once for each request the deployment answers (seed 004's cost_per_request), on
@@ -439,6 +443,8 @@ class Model(Frozen):
     # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
+    # Its deployments' ``max_waiting`` unless they set their own (docs/limits.md).
+    max_waiting: Annotated[int, Field(ge=1)] | None = None
     # Resilience (docs/resilience.md); a deployment may override the first two.
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     health_check: HealthCheck = HealthCheck()
@@ -714,6 +720,26 @@ class Settings(Frozen):
         unknown = [name for name in self.limits.models if name not in self.models]
         if unknown:
             raise ValueError(f"limits.models: {', '.join(unknown)}: not a configured model")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_depth_read(self) -> Settings:
+        # A max_waiting nobody reads would be a limit that silently never applies.
+        problems = []
+        for name, model in self.models.items():
+            for i, dep in enumerate(model.deployments):
+                if (dep.max_waiting if dep.max_waiting is not None else model.max_waiting) is None:
+                    continue
+                where = f"models.{name}.deployments[{i}]"
+                if self.scrape.interval is None:
+                    problems.append(
+                        f"{where}: max_waiting needs scrape.interval (the queue depth is read "
+                        "from the deployment's own /metrics)"
+                    )
+                elif dep.metrics_path is None:
+                    problems.append(f"{where}: max_waiting needs a metrics_path (it is null)")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def timeouts_for(self, deployment: Deployment) -> Timeouts:
