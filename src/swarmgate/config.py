@@ -724,20 +724,12 @@ class Settings(Frozen):
 
     @model_validator(mode="after")
     def _queue_depth_read(self) -> Settings:
-        # A max_waiting nobody reads would be a limit that silently never applies.
-        problems = []
-        for name, model in self.models.items():
-            for i, dep in enumerate(model.deployments):
-                if (dep.max_waiting if dep.max_waiting is not None else model.max_waiting) is None:
-                    continue
-                where = f"models.{name}.deployments[{i}]"
-                if self.scrape.interval is None:
-                    problems.append(
-                        f"{where}: max_waiting needs scrape.interval (the queue depth is read "
-                        "from the deployment's own /metrics)"
-                    )
-                elif dep.metrics_path is None:
-                    problems.append(f"{where}: max_waiting needs a metrics_path (it is null)")
+        problems = [
+            f"models.{name}.deployments[{i}]: {problem}"
+            for name, model in self.models.items()
+            for i, dep in enumerate(model.deployments)
+            if (problem := max_waiting_problem(self.scrape, model, dep)) is not None
+        ]
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -756,6 +748,21 @@ class Settings(Frozen):
         if self.scrape.interval is not None and all(d.metrics_path for d in model.deployments):
             return SCRAPED_DEFAULT
         return UNSCRAPED_DEFAULT
+
+
+def max_waiting_problem(scrape: Scrape, model: Model, dep: Deployment) -> str | None:
+    """Why ``dep``'s ``max_waiting`` (its own, or ``model``'s) would never apply, if so: a
+    limit that nobody reads must not look set."""
+    if (dep.max_waiting if dep.max_waiting is not None else model.max_waiting) is None:
+        return None
+    if scrape.interval is None:
+        return (
+            "max_waiting needs scrape.interval (the queue depth is read from the deployment's "
+            "own /metrics)"
+        )
+    if dep.metrics_path is None:
+        return "max_waiting needs a metrics_path (it is null)"
+    return None
 
 
 def worker_problem(settings: Settings, workers: int) -> str | None:
