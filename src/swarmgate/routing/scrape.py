@@ -13,9 +13,8 @@ After each round it decides, for each deployment with a ``max_waiting``, whether
 counts it full (``load.queue_full``; ``DeploymentState.queue_full``, which the plan reads as
 one attribute). A deployment found below its ``max_waiting`` again releases its pool's
 waiters at once (``Pool.release_waiters``, highest tier first): no lease ended, so nothing
-else would. Figures
-that count a deployment full are decided again the moment they turn stale, between rounds if
-need be, so that a reading older than ``stale_after`` never holds one full.
+else would. Figures that hold a deployment full are decided again the moment they turn
+stale, between rounds if need be, so that a reading older than ``stale_after`` never counts.
 """
 
 from __future__ import annotations
