@@ -510,3 +510,29 @@ def test_a_bad_balancer_is_reported_with_its_path() -> None:
     assert problems(_balancer({"strategy": "consistent_hash", "hash_on": []})) == [
         "models.m.balancer.hash_on: name at least one of header, user, key"
     ]
+
+
+def test_max_waiting_is_the_models_unless_a_deployment_sets_its_own_and_needs_a_scrape() -> None:
+    from swarmgate.routing.fleet import deployments_of
+
+    model = {
+        "max_waiting": 8,
+        "deployments": [{"url": "http://a:1"}, {"url": "http://b:1", "max_waiting": 2}],
+    }
+    settings = parse_settings({"models": {"m": model}, "scrape": {"interval": 1}}, NO_ENV)
+    assert [d.max_waiting for d in deployments_of(settings)["m"]] == [8, 2]
+    unset = parse_settings(minimal(scrape={"interval": 1}), NO_ENV)
+    assert [d.max_waiting for d in deployments_of(unset)["m"]] == [None]
+
+    assert problems({"models": {"m": model}}) == [
+        f"models.m.deployments[{i}]: max_waiting needs scrape.interval (the queue depth is read "
+        "from the deployment's own /metrics)"
+        for i in (0, 1)
+    ]
+    unread = {"deployments": [{"url": "http://a:1", "metrics_path": None, "max_waiting": 1}]}
+    assert problems({"models": {"m": unread}, "scrape": {"interval": 1}}) == [
+        "models.m.deployments[0]: max_waiting needs a metrics_path (it is null)"
+    ]
+    assert problems(
+        {"models": {"m": {"deployments": [{"url": "http://a:1", "max_waiting": 0}]}}}
+    ) == ["models.m.deployments[0].max_waiting: Input should be greater than or equal to 1 (got 0)"]

@@ -278,6 +278,10 @@ class Deployment(Frozen):
     api_key_env: str | None = None
     weight: Annotated[float, Field(gt=0)] = 1.0
     max_concurrent: Annotated[int, Field(ge=1)] = 100
+    # The depth of its own queue, as scraped from its /metrics (requests waiting inside it,
+    # other clients' too), at which it counts as full even below max_concurrent; None: the
+    # model's ``max_waiting`` (None there too: its queue is not looked at).
+    max_waiting: Annotated[int, Field(ge=1)] | None = None
     input_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     output_cost_per_1k: Annotated[float, Field(ge=0)] = 0.0
     # Charged once for each request the deployment answers (seed 004's cost_per_request), on
@@ -439,6 +443,8 @@ class Model(Frozen):
     # own bounds in ``limits.queue`` take precedence.
     queue_timeout: Annotated[float, Field(ge=0)] = 0.0
     queue_size: Annotated[int, Field(ge=0)] = 100
+    # Its deployments' ``max_waiting`` unless they set their own (docs/limits.md).
+    max_waiting: Annotated[int, Field(ge=1)] | None = None
     # Resilience (docs/resilience.md); a deployment may override the first two.
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     health_check: HealthCheck = HealthCheck()
@@ -716,6 +722,18 @@ class Settings(Frozen):
             raise ValueError(f"limits.models: {', '.join(unknown)}: not a configured model")
         return self
 
+    @model_validator(mode="after")
+    def _queue_depth_read(self) -> Settings:
+        problems = [
+            f"models.{name}.deployments[{i}]: {problem}"
+            for name, model in self.models.items()
+            for i, dep in enumerate(model.deployments)
+            if (problem := max_waiting_problem(self.scrape, model, dep)) is not None
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     def timeouts_for(self, deployment: Deployment) -> Timeouts:
         return deployment.timeouts or self.timeouts
 
@@ -730,6 +748,21 @@ class Settings(Frozen):
         if self.scrape.interval is not None and all(d.metrics_path for d in model.deployments):
             return SCRAPED_DEFAULT
         return UNSCRAPED_DEFAULT
+
+
+def max_waiting_problem(scrape: Scrape, model: Model, dep: Deployment) -> str | None:
+    """Why ``dep``'s ``max_waiting`` (its own, or ``model``'s) would never apply, if so: a
+    limit that nobody reads must not look set."""
+    if (dep.max_waiting if dep.max_waiting is not None else model.max_waiting) is None:
+        return None
+    if scrape.interval is None:
+        return (
+            "max_waiting needs scrape.interval (the queue depth is read from the deployment's "
+            "own /metrics)"
+        )
+    if dep.metrics_path is None:
+        return "max_waiting needs a metrics_path (it is null)"
+    return None
 
 
 def worker_problem(settings: Settings, workers: int) -> str | None:

@@ -49,6 +49,7 @@ class Gateway:
         admission: Admission | None = None,
         principal: Principal = USER,
         limits: dict[str, Any] | None = None,
+        scrape: dict[str, Any] | None = None,
         **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
@@ -57,6 +58,7 @@ class Gateway:
                 "models": {"m": {"deployments": deployments, **model}},
                 "server": server or {},
                 "limits": limits or {},
+                "scrape": scrape or {},
             },
             {"UP_KEY": "up-secret"},
         )

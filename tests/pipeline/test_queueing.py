@@ -1,5 +1,6 @@
 """Waiting for a slot of a saturated model, through the request path on the memory transport:
-order by tier and key, bounds with 503 + Retry-After, departures, shares, metrics."""
+order by tier and key, bounds with 503 + Retry-After, departures, shares, metrics, and a
+deployment whose own queue (as scraped) holds it full."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from swarmgate.config import parse_settings
+from swarmgate.config import Scrape, parse_settings
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.exchange import Exchange
 from swarmgate.pipeline.queueing import Queueing
@@ -16,7 +17,9 @@ from swarmgate.pipeline.request import ROUTES
 from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet, Lease
 from swarmgate.routing.plan import Router
+from swarmgate.routing.scrape import Scraper
 from swarmgate.types import Principal, Role
+from swarmgate.upstream.exposition import MemoryExpositions
 from swarmgate.upstream.memory import MemoryResponse, SentRequest
 from tests.pipeline.fleets import USER, Answer, Gateway
 
@@ -245,3 +248,74 @@ async def test_a_model_with_room_never_waits(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(Queueing, "capped_tier", must_not_wait)
     answers = await asyncio.gather(*(chat(gw, f"r{i}", "free", "k") for i in range(2)))
     assert {a.status for a in answers} == {200}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def queued(waiting: int) -> str:
+    return f"vllm:num_requests_waiting {waiting}\nvllm:num_requests_running 8\n"
+
+
+async def test_a_deployment_full_by_its_own_queue_holds_requests_until_a_scrape_frees_it() -> None:
+    up = Upstream()
+    limits = {"tiers": {"free": {"priority": 0}}, "queue": {"pro": {"max_wait": 0.2}}}
+    gw = Gateway(
+        up,
+        A,
+        deployment={"max_concurrent": 1},
+        queue_timeout=30,
+        max_waiting=2,
+        limits=limits,
+        scrape={"interval": 1, "stale_after": 10},
+    )
+    page = A + "/metrics"
+    scraper = Scraper(gw.fleet, MemoryExpositions({page: queued(5)}), Scrape(), Clock())
+    await scraper.scrape()  # other clients filled its queue: 5 wait there
+    free = chat(gw, "f1", "free", "f")
+    enterprise = chat(gw, "e1", "enterprise", "e")
+    await settle()
+    # None of ours is in flight (below max_concurrent), yet they wait: the server is full.
+    assert up.arrived == [] and gw.in_flight() == [0]
+    assert gw.fleet.resolve("m").queue.waiting == 2
+    refused = await asyncio.wait_for(chat(gw, "p1", "pro", "p"), 2)
+    assert refused.status == 503 and refused.headers[b"retry-after"] == b"1"
+    assert "no slot freed within 0.2 s" in refused.json()["error"]["message"]
+
+    # Its queue drained: the scrape hands the slot over (no lease ended that would have),
+    # to the highest tier first; the free request gets it when the enterprise one is done.
+    scraper.expositions.pages[page] = queued(1)  # type: ignore[attr-defined]
+    await scraper.scrape()
+    await settle()
+    assert up.arrived == ["e1"]
+    up.finish("e1")
+    await settle()
+    assert up.arrived == ["e1", "f1"]
+    up.finish("f1")
+    assert [(await t).status for t in (enterprise, free)] == [200, 200]
+    assert gw.in_flight() == [0]
+
+    # Full again, then the server stops answering its scrape: once its last figures are
+    # stale_after old they no longer count, and the waiter goes ahead.
+    scraper.expositions.pages[page] = queued(9)  # type: ignore[attr-defined]
+    await scraper.scrape()
+    late = chat(gw, "f2", "free", "f")
+    await settle()
+    assert not late.done() and up.arrived == ["e1", "f1"]
+    del scraper.expositions.pages[page]  # type: ignore[attr-defined]
+    scraper.clock.now += 9  # type: ignore[attr-defined]
+    await scraper.scrape()
+    await settle()
+    assert up.arrived == ["e1", "f1"]  # 9 s old: still counts
+    scraper.clock.now += 1  # type: ignore[attr-defined]
+    scraper.assess()
+    await settle()
+    assert up.arrived == ["e1", "f1", "f2"]
+    up.finish("f2")
+    assert (await late).status == 200
+    assert gw.in_flight() == [0]

@@ -168,3 +168,69 @@ def test_a_model_whose_deployments_are_all_draining_says_so() -> None:
     with pytest.raises(NoDeployment) as busy:
         Plan(pool, RoutingFacts("m")).next()
     assert not isinstance(busy.value, DeploymentsDraining)
+
+
+def _queue_watched(*deployments: dict[str, Any], max_waiting: int | None = 2) -> Fleet:
+    model = {"max_waiting": max_waiting, "deployments": list(deployments)}
+    return Fleet(_settings({"m": model}, scrape={"interval": 1}))
+
+
+async def test_slots_freed_without_a_release_go_to_the_waiters_highest_tier_first() -> None:
+    fleet = _queue_watched(
+        {"url": "http://a:1", "max_concurrent": 2}, {"url": "http://b:1", "max_concurrent": 2}
+    )
+    pool = fleet.resolve("m")
+    a, b = pool.members
+    a.queue_full = b.queue_full = True  # as a scrape decides
+    loop = asyncio.get_running_loop()
+    free, pro = TierPolicy("free", 0), TierPolicy("pro", 10)
+    waiters = [
+        pool.queue.enter(tier, key, 9, loop.create_future(), 0)
+        for tier, key in [(free, "f1"), (free, "f2"), (pro, "p1"), (free, "f3")]
+    ]
+    assert pool.release_waiters() == 0  # both still full: nobody is handed a slot
+    b.in_flight = 1
+    b.queue_full = False  # a scrape found b's queue below max_waiting again
+    assert pool.release_waiters() == 1  # b's one free slot, to the highest tier
+    assert [w.future.done() for w in waiters if w] == [False, False, True, False]
+    assert b.in_flight == 2  # counted for the lease the waiter takes
+    a.queue_full = False
+    assert pool.release_waiters() == 2  # a's two, then nothing left free
+    assert [w.future.result() if w.future.done() else None for w in waiters if w] == [
+        a,
+        a,
+        b,
+        None,
+    ]
+    assert (a.in_flight, b.in_flight, pool.queue.waiting) == (2, 2, 1)
+
+
+def test_a_slot_released_on_a_deployment_full_by_its_queue_is_not_handed_over() -> None:
+    async def main() -> None:
+        fleet = _queue_watched({"url": "http://a:1", "max_concurrent": 1})
+        pool = fleet.resolve("m")
+        (a,) = pool.members
+        held = a.lease()
+        a.queue_full = True
+        future = asyncio.get_running_loop().create_future()
+        waiter = pool.queue.enter(TierPolicy("pro", 10), "k", 9, future, 0)
+        held.release()
+        assert waiter is not None and waiter.queued and not future.done()
+        assert a.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_a_reload_that_drops_max_waiting_frees_a_deployment_its_queue_held_full() -> None:
+    fleet = _queue_watched({"url": "http://a:1"})
+    (a,) = fleet.resolve("m").members
+    a.queue_full = True
+    fleet.replace(
+        _settings(
+            {"m": {"max_waiting": 3, "deployments": [{"url": "http://a:1"}]}},
+            scrape={"interval": 1},
+        )
+    )
+    assert a.queue_full  # still looked at: the next scrape decides
+    fleet.replace(_settings({"m": {"deployments": [{"url": "http://a:1"}]}}))
+    assert fleet.resolve("m").members[0] is a and not a.queue_full and a.has_capacity

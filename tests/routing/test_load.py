@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarmgate.routing.load import Load, parse
+from swarmgate.routing.load import Load, parse, queue_full
 from swarmgate.sim.engine import ModelCounters, ModelEngine
 from swarmgate.sim.metrics import render
 
@@ -100,3 +100,42 @@ def test_any_text_parses_or_is_refused_without_raising(text: str) -> None:
 
 def test_age() -> None:
     assert Load(10.0, 0, 0).age(12.5) == 2.5
+
+
+@pytest.mark.parametrize(
+    ("load", "max_waiting", "now", "full"),
+    [
+        (Load(100.0, waiting=4, running=2), 4, 100.0, True),  # at max_waiting: full
+        (Load(100.0, waiting=9, running=2), 4, 105.0, True),
+        (Load(100.0, waiting=3, running=8), 4, 100.0, False),  # busy, but its queue is short
+        (Load(100.0, waiting=9, running=2), None, 100.0, False),  # no max_waiting: never
+        (None, 4, 100.0, False),  # nothing read (or dropped): never
+        (Load(100.0, waiting=9, running=2), 4, 109.99, True),
+        (Load(100.0, waiting=9, running=2), 4, 110.0, False),  # stale_after old: never counts
+        (Load(100.0, waiting=9, running=2), 4, 500.0, False),
+    ],
+)
+def test_a_deployment_is_full_by_its_queue_only_on_fresh_figures(
+    load: Load | None, max_waiting: int | None, now: float, full: bool
+) -> None:
+    assert queue_full(load, max_waiting, now, stale_after=10.0) is full
+
+
+@given(
+    st.floats(0, 1e6),
+    st.integers(1, 1000),
+    st.floats(0, 1e4),
+    st.floats(0, 1e3),
+    st.floats(0.01, 1e3),
+)
+def test_a_deeper_queue_or_fresher_figures_never_make_a_full_deployment_less_full(
+    waiting: float, max_waiting: int, at: float, age: float, stale_after: float
+) -> None:
+    load = Load(at, waiting=waiting, running=0)
+    full = queue_full(load, max_waiting, at + age, stale_after)
+    if age >= stale_after + 1e-6 or waiting < max_waiting:
+        assert not full
+    if full:
+        assert queue_full(load._replace(waiting=waiting + 1), max_waiting, at + age, stale_after)
+        assert queue_full(load, max_waiting, at + age / 2, stale_after)
+        assert queue_full(load, max(1, max_waiting - 1), at + age, stale_after)

@@ -79,6 +79,19 @@ def test_a_worker_is_validated_with_check_configs_messages() -> None:
     assert (model, spec, config.model) == ("m", {"url": "http://h:2", "model": "llama"}, "llama")
 
 
+def test_a_worker_with_a_max_waiting_nobody_would_read_is_refused_as_in_the_file() -> None:
+    settings = _settings("http://h:1")  # no scrape.interval
+    worker = {"url": "http://h:2", "max_waiting": 4}
+    with pytest.raises(BadRequest) as info:
+        parse_worker(settings, {"model": "m", **worker}, {})
+    in_file = _file_problems({"models": {"m": {"deployments": [{"url": "http://h:1"}, worker]}}})
+    assert info.value.message.split("; ") == in_file
+    scraped = parse_settings(
+        {"models": {"m": {"deployments": [{"url": "http://h:1"}]}}, "scrape": {"interval": 1}}, {}
+    )
+    assert parse_worker(scraped, {"model": "m", **worker}, {})[2].max_waiting == 4
+
+
 @pytest_asyncio.fixture
 async def registry(database: Database) -> AsyncIterator[Registry]:
     settings = _settings("http://h:1", "http://h:2")

@@ -1,5 +1,6 @@
 """The scraper: one assignment per deployment per round; figures age out when a server goes
-quiet; the request path never waits on it."""
+quiet; the request path never waits on it; a queue at ``max_waiting`` holds a deployment full
+while its figures are fresh."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any
 
 import pytest
 
-from swarmgate.config import parse_settings
+from swarmgate.config import Scrape, parse_settings
+from swarmgate.errors import NoDeployment
 from swarmgate.observability.metrics import Metrics
+from swarmgate.routing.balancers import RoutingFacts
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.load import Load
+from swarmgate.routing.plan import Router
 from swarmgate.routing.scrape import Scraper
 from swarmgate.routing.watch import health_rows
 from swarmgate.upstream.exposition import MemoryExpositions
@@ -32,11 +36,15 @@ def _fleet(*deployments: dict[str, Any]) -> Fleet:
     return Fleet(parse_settings({"models": {"m": {"deployments": list(deployments)}}}, {}))
 
 
-def _scraper(fleet: Fleet, pages: dict[str, str | None], **config: Any) -> Scraper:
+def _scrape_config(**config: Any) -> Scrape:
     settings = parse_settings(
         {"models": {"m": {"deployments": [{"url": "http://x:1"}]}}, "scrape": config}, {}
     )
-    return Scraper(fleet, MemoryExpositions(pages), settings.scrape, Clock())
+    return settings.scrape
+
+
+def _scraper(fleet: Fleet, pages: dict[str, str | None], **config: Any) -> Scraper:
+    return Scraper(fleet, MemoryExpositions(pages), _scrape_config(**config), Clock())
 
 
 def test_each_deployment_is_read_at_its_metrics_path() -> None:
@@ -143,3 +151,105 @@ def test_the_task_runs_only_with_an_interval_and_stops() -> None:
         assert fleet.snapshot.pools["m"].members[0].load is not None
 
     asyncio.run(main())
+
+
+def _queued(waiting: int) -> str:
+    return f"vllm:num_requests_waiting {waiting}\nvllm:num_requests_running 4\n"
+
+
+def _watched(*deployments: dict[str, Any], max_waiting: int = 2, **scrape: Any) -> Fleet:
+    """A fleet whose queues are looked at (``max_waiting``, so a scrape interval too)."""
+    model = {"max_waiting": max_waiting, "deployments": list(deployments)}
+    return Fleet(parse_settings({"models": {"m": model}, "scrape": {"interval": 1, **scrape}}, {}))
+
+
+def test_a_queue_at_max_waiting_holds_a_deployment_full_until_a_scrape_shows_it_below() -> None:
+    fleet = _watched({"url": "http://a:1"}, {"url": "http://b:2", "max_waiting": 10})
+    pages: dict[str, str | None] = {
+        "http://a:1/metrics": _queued(2),
+        "http://b:2/metrics": _queued(5),
+    }
+    scraper = _scraper(fleet, pages)
+    a, b = fleet.snapshot.pools["m"].members
+    assert a.has_capacity and b.has_capacity  # nothing read yet: nothing counts
+    asyncio.run(scraper.scrape())
+    assert (a.queue_full, b.queue_full) == (True, False)  # 2 of 2, 5 of 10
+    assert a.in_flight == 0 and not a.has_capacity and b.has_capacity
+    plan = Router().plan(fleet.snapshot.pools["m"], RoutingFacts("m", False))
+    assert plan.next() is b
+    with pytest.raises(NoDeployment):
+        plan.next()  # a is not offered although it has no request of ours in flight
+    scraper.expositions.pages["http://a:1/metrics"] = _queued(1)  # type: ignore[attr-defined]
+    asyncio.run(scraper.scrape())
+    assert not a.queue_full and a.has_capacity
+
+
+def test_figures_holding_a_deployment_full_stop_counting_when_they_turn_stale() -> None:
+    fleet = _watched({"url": "http://a:1"})
+    scraper = _scraper(fleet, {"http://a:1/metrics": _queued(7)}, stale_after=10)
+    (a,) = fleet.snapshot.pools["m"].members
+    asyncio.run(scraper.scrape())
+    assert a.queue_full and scraper.expiry == 110.0
+    del scraper.expositions.pages["http://a:1/metrics"]  # type: ignore[attr-defined]
+    scraper.clock.now += 9.9  # type: ignore[attr-defined]
+    asyncio.run(scraper.scrape())  # not read: the last figures still count
+    assert a.queue_full
+    scraper.clock.now += 0.1  # type: ignore[attr-defined]
+    scraper.assess()  # between rounds, at the expiry
+    assert not a.queue_full and scraper.expiry is None
+
+
+def test_the_scraper_decides_again_when_figures_expire_between_rounds() -> None:
+    async def main() -> None:
+        fleet = _watched({"url": "http://a:1"}, interval=30, stale_after=0.2)
+        expositions = MemoryExpositions({"http://a:1/metrics": _queued(3)})
+        scraper = Scraper(fleet, expositions, _scrape_config(interval=30, stale_after=0.2))
+        (a,) = fleet.snapshot.pools["m"].members
+        scraper.start()
+        try:
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if a.queue_full:
+                    break
+            assert a.queue_full
+            for _ in range(500):  # the next round is 30 s away: only the expiry can end it
+                await asyncio.sleep(0.01)
+                if not a.queue_full:
+                    break
+            assert not a.queue_full
+            assert expositions.requested == ["http://a:1/metrics"]  # one round, no more
+        finally:
+            await scraper.stop()
+
+    asyncio.run(main())
+
+
+def test_a_deployment_held_full_by_its_queue_is_a_gateway_metric() -> None:
+    models = {
+        "m": {
+            "max_waiting": 2,
+            "deployments": [{"url": "http://a:1"}, {"url": "http://b:2", "max_waiting": 9}],
+        },
+        "n": {"deployments": [{"url": "http://c:3"}]},
+    }
+    fleet = Fleet(parse_settings({"models": models, "scrape": {"interval": 1}}, {}))
+    pages: dict[str, str | None] = {
+        "http://a:1/metrics": _queued(3),
+        "http://b:2/metrics": _queued(3),
+        "http://c:3/metrics": _queued(30),
+    }
+    scraper = _scraper(fleet, pages)
+    metrics = Metrics()
+    metrics.follow_fleet(health_rows(fleet))
+
+    def full(model: str, deployment: str) -> float | None:
+        metrics.flush()
+        labels = {"model": model, "deployment": deployment}
+        return metrics.registry.get_sample_value("gateway_deployment_queue_full", labels)
+
+    asyncio.run(scraper.scrape())
+    assert (full("m", "m@a:1"), full("m", "m@b:2")) == (1.0, 0.0)
+    assert full("n", "n@c:3") is None  # no max_waiting: its queue is not looked at
+    scraper.expositions.pages["http://a:1/metrics"] = _queued(0)  # type: ignore[attr-defined]
+    asyncio.run(scraper.scrape())
+    assert full("m", "m@a:1") == 0.0

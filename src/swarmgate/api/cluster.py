@@ -54,13 +54,18 @@ def _circuit(state: DeploymentState) -> dict[str, Any]:
 
 
 def _scraped(state: DeploymentState) -> dict[str, Any]:
-    """Its own figures as last scraped from its /metrics (routing/scrape.py), when there are."""
+    """Its own figures as last scraped from its /metrics (routing/scrape.py), when there are,
+    and with a ``max_waiting``, whether they hold it full."""
     load = state.load
-    if load is None:
-        return {}
-    out: dict[str, Any] = {"queue_waiting": load.waiting, "queue_running": load.running}
-    if load.kv_usage is not None:
-        out["kv_cache_usage"] = load.kv_usage
+    out: dict[str, Any] = {}
+    if load is not None:
+        out = {"queue_waiting": load.waiting, "queue_running": load.running}
+        if load.kv_usage is not None:
+            out["kv_cache_usage"] = load.kv_usage
+    max_waiting = state.deployment.max_waiting
+    if max_waiting is not None:
+        out["max_waiting"] = max_waiting
+        out["queue_full"] = state.queue_full
     return out
 
 
@@ -114,6 +119,9 @@ def model_status(pool: Pool) -> dict[str, Any]:
         "draining": draining,
         "in_flight": sum(m.in_flight for m in members),
         "capacity": pool.capacity,
+        # Held full by their own queue (max_waiting), and requests waiting here for a slot.
+        "queue_full": sum(1 for m in members if m.queue_full),
+        "waiting": pool.queue.waiting,
         "workers": [m.name for m in members],
         "down": down,
     }

@@ -55,6 +55,8 @@ class DeploymentHealthRow(NamedTuple):
     waiting: float | None = None
     running: float | None = None
     kv_usage: float | None = None  # also None when the server exports no KV gauge
+    # Whether those figures hold it full (its queue at max_waiting); None: it has none.
+    queue_full: bool | None = None
 
 
 class _Counter:
@@ -369,6 +371,11 @@ class Metrics:
                     "gateway_deployment_kv_cache_usage",
                     "A deployment's KV-cache use (0 to 1), from its own /metrics as last scraped",
                 ),
+                (
+                    "gateway_deployment_queue_full",
+                    "1 while a deployment's own queue, as last scraped, holds max_waiting "
+                    "requests or more (it takes no new request), else 0; only with max_waiting",
+                ),
             )
         )
         self._scraped_shown: set[tuple[int, Labels]] = set()
@@ -584,7 +591,8 @@ class Metrics:
         shown: set[tuple[int, Labels]] = set()
         for row in rows:
             labels = (row.model, row.deployment)
-            for i, value in enumerate((row.waiting, row.running, row.kv_usage)):
+            full = None if row.queue_full is None else float(row.queue_full)
+            for i, value in enumerate((row.waiting, row.running, row.kv_usage, full)):
                 if value is not None:
                     gauges[i].labels(*labels).set(value)
                     shown.add((i, labels))

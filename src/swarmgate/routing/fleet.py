@@ -2,13 +2,15 @@
 
 Config and state are apart. A ``Deployment`` is one configured model server, resolved and
 frozen (name, URLs, timeouts, prices, the response headers naming it). Its ``DeploymentState``
-is what changes while the gateway runs: requests in flight today; health and circuit state
-later. A ``Pool`` is a model's states; ``FleetSnapshot`` resolves a model name or alias to its
-pool. ``Fleet`` holds the current snapshot and replaces it in one assignment (reload, discovery
-and the fleet API will use ``replace``); a deployment that survives a replacement keeps its
-state, so its in-flight count stays true. Only a ``Lease`` changes an in-flight count; when
-requests wait for a slot, a released lease hands its slot to the pool's ``SlotQueue``
-(``limits/queue.py``) instead.
+is what changes while the gateway runs: requests in flight, health and circuit state, the load
+scraped from its own ``/metrics`` and whether that load counts it full (``queue_full``). A
+``Pool`` is a model's states; ``FleetSnapshot`` resolves a model name or alias to its pool.
+``Fleet`` holds the current snapshot and replaces it in one assignment (reload, discovery and
+the fleet API use ``replace``); a deployment that survives a replacement keeps its state, so
+its in-flight count stays true. Only a ``Lease`` changes an in-flight count; when requests
+wait for a slot, a released lease hands its slot to the pool's ``SlotQueue``
+(``limits/queue.py``) instead, and slots that free up otherwise (a deployment's queue drained)
+are handed over by ``Pool.release_waiters``, counted for the lease the waiter gets.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class Deployment:
     headers: tuple[tuple[bytes, bytes], ...]
     circuit_breaker: CircuitBreaker = routing_health.DEFAULT_BREAKER
     health_check: HealthCheck = routing_health.DEFAULT_PROBES
+    # The scraped queue depth at which it counts as full (``DeploymentState.queue_full``);
+    # None: its queue is not looked at.
+    max_waiting: int | None = None
 
     @classmethod
     def build(
@@ -67,6 +72,9 @@ class Deployment:
         breaker = dep.circuit_breaker or (model_config.circuit_breaker if model_config else None)
         probes = dep.health_check or (model_config.health_check if model_config else None)
         unary_first_byte = min(timeouts.unary_first_byte or timeouts.total, timeouts.total)
+        max_waiting = dep.max_waiting
+        if max_waiting is None and model_config is not None:
+            max_waiting = model_config.max_waiting
         return cls(
             name=name,
             model=model,
@@ -88,6 +96,7 @@ class Deployment:
             ),
             circuit_breaker=breaker or routing_health.DEFAULT_BREAKER,
             health_check=probes or routing_health.DEFAULT_PROBES,
+            max_waiting=max_waiting,
         )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -121,8 +130,13 @@ class Lease:
         if state is not None:
             queue = state.queue
             # Usually nobody waits: one attribute test on the hot path. A draining deployment
-            # takes no new request, not even a waiter's.
-            if queue.waiting and not state.draining and queue.hand_over(state):
+            # takes no new request, not even a waiter's; nor does one whose own queue is full.
+            if (
+                queue.waiting
+                and not state.draining
+                and not state.queue_full
+                and queue.hand_over(state)
+            ):
                 return
             state.in_flight -= 1
 
@@ -159,6 +173,9 @@ class DeploymentState:
     in_flight: int = 0
     # Drained by an operator (routing/registry.py): no new requests; those in flight finish.
     draining: bool = False
+    # Its own queue, as last scraped, holds ``max_waiting`` requests or more: no new request
+    # until a scrape shows it below (set by ``routing/scrape.py``; never with no max_waiting).
+    queue_full: bool = False
     # The line for a slot of this deployment's pool (one queue shared by the pool).
     queue: SlotQueue[DeploymentState] = field(default_factory=SlotQueue)
     # Circuit, ejection and probes: whether it may be picked (routing/health.py).
@@ -185,7 +202,11 @@ class DeploymentState:
 
     @property
     def has_capacity(self) -> bool:
-        return not self.draining and self.in_flight < self.deployment.max_concurrent
+        return (
+            not self.draining
+            and not self.queue_full
+            and self.in_flight < self.deployment.max_concurrent
+        )
 
     @property
     def failures(self) -> int:
@@ -240,6 +261,28 @@ class Pool:
     def healthy(self) -> int:
         """Deployments that are up (circuit not open, not ejected, probes up), busy or not."""
         return sum(1 for m in self.members if m.healthy)
+
+    def release_waiters(self) -> int:
+        """Hand the slots that are free now to the pool's waiters, highest tier first, each
+        to the least loaded deployment that has one; the number handed over.
+
+        A released lease hands its own slot over (``Lease.release``). This is for capacity
+        that came back without a release: a scrape showing a deployment's queue below its
+        ``max_waiting`` again. Without it, a waiter would wait for some lease to end, or
+        until its ``max_wait`` if none was in flight."""
+        queue = self.queue
+        handed = 0
+        while queue.waiting:
+            free = [m for m in self.members if m.has_capacity and m.health.routable]
+            if not free:
+                break
+            state = min(free, key=lambda m: m.in_flight / m.max_concurrent)
+            state.in_flight += 1  # counted before the hand-over, as a released slot is
+            if not queue.hand_over(state):  # every waiting tier holds its share
+                state.in_flight -= 1
+                break
+            handed += 1
+        return handed
 
 
 def _deployment_name(model: str, dep: DeploymentConfig) -> str:
@@ -313,6 +356,9 @@ class Fleet:
                 # The same state object, so that leases taken before the swap release into it.
                 state = old.get((d.model, d.name, d.url)) or DeploymentState(d)
                 state.deployment = d
+                # Held full by its queue only while it has a max_waiting (the next scrape
+                # decides again).
+                state.queue_full = state.queue_full and d.max_waiting is not None
                 state.health.configure(d.circuit_breaker, d.health_check)
                 members.append(state)
             model = settings.models[model_id]

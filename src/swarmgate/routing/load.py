@@ -3,7 +3,8 @@
 A model server knows what the gateway cannot see: requests other clients sent it, its queue,
 how full its KV cache is. ``parse`` reads those figures from Prometheus' text format under
 the names vLLM, SGLang and llama.cpp's server export them; ``Load`` keeps them, frozen, with
-the time they were read, so a balancer can weigh them by their age. Nothing here does I/O.
+the time they were read, so a balancer can weigh them by their age, and ``queue_full`` decides
+from them whether a deployment's queue is too deep to send it more. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ class Load(NamedTuple):
 
     def age(self, now: float) -> float:
         return now - self.at
+
+
+def queue_full(load: Load | None, max_waiting: int | None, now: float, stale_after: float) -> bool:
+    """Whether a deployment counts as full by its own queue: it has a ``max_waiting``, and
+    figures younger than ``stale_after`` show at least that many requests waiting in it.
+    Figures that old, or none, never count: a server that stopped answering its scrape
+    is not held full on its last reading."""
+    return (
+        max_waiting is not None
+        and load is not None
+        and now - load.at < stale_after
+        and load.waiting >= max_waiting
+    )
 
 
 def parse(text: str, at: float) -> Load | None:

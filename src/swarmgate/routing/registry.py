@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from swarmgate.config import Deployment as DeploymentConfig
-from swarmgate.config import Settings, validation_problems
+from swarmgate.config import Settings, max_waiting_problem, validation_problems
 from swarmgate.errors import BadRequest, Conflict, NotFound, StoreError
 from swarmgate.routing.discovery import Found, Target, expand, found_names
 from swarmgate.routing.fleet import DeploymentState, Fleet, _deployment_name, deployments_of
@@ -127,15 +127,27 @@ def parse_worker(
             problems.append(f"{where}.api_key_env: ${env} is not set")
         else:
             resolved["api_key"] = environ[env]
-    try:
-        config = DeploymentConfig.model_validate(resolved)
-    except ValidationError as exc:
-        problems.extend(f"{where}.{p}" for p in validation_problems(exc, DeploymentConfig))
+    config, found = _validated(settings, model, resolved, where)
+    problems.extend(found)
     if "discover" in spec:
         problems.append(f"{where}.discover: only in the config file; a worker has a url")
     if problems:
         raise BadRequest("; ".join(problems))
+    assert config is not None
     return model, spec, config
+
+
+def _validated(
+    settings: Settings, model: str, resolved: dict[str, Any], where: str
+) -> tuple[DeploymentConfig | None, list[str]]:
+    """A worker's deployment validated as the file's would be (None if it is not), and its
+    problems."""
+    try:
+        config = DeploymentConfig.model_validate(resolved)
+    except ValidationError as exc:
+        return None, [f"{where}.{p}" for p in validation_problems(exc, DeploymentConfig)]
+    unread = max_waiting_problem(settings.scrape, settings.models[model], config)
+    return config, [] if unread is None else [f"{where}: {unread}"]
 
 
 class Registry:

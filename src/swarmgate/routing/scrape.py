@@ -8,6 +8,13 @@ A deployment that does not answer keeps its last figures until they are ``stale_
 seconds old, then has none: a dead server's last "idle" reading cannot draw traffic forever.
 The fleet is read afresh each round, so that deployments added or removed by a reload are
 followed.
+
+After each round it decides, for each deployment with a ``max_waiting``, whether its queue
+counts it full (``load.queue_full``; ``DeploymentState.queue_full``, which the plan reads as
+one attribute). A deployment found below its ``max_waiting`` again releases its pool's
+waiters at once (``Pool.release_waiters``, highest tier first): no lease ended, so nothing
+else would. Figures that hold a deployment full are decided again the moment they turn
+stale, between rounds if need be, so that a reading older than ``stale_after`` never counts.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 from swarmgate.config import Scrape
 from swarmgate.errors import UpstreamError
 from swarmgate.routing.fleet import DeploymentState, Fleet
-from swarmgate.routing.load import parse
+from swarmgate.routing.load import parse, queue_full
 from swarmgate.types import Clock
 from swarmgate.upstream.exposition import Expositions
 
@@ -41,6 +48,8 @@ class Scraper:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._failing: set[str] = set()  # names whose failure was logged (once per outage)
+        # When the oldest figures holding a deployment full turn stale (None: none do).
+        self.expiry: float | None = None
 
     def start(self) -> None:
         if self.config.interval is not None and self._task is None:
@@ -59,7 +68,13 @@ class Scraper:
             started = self.clock()
             await self.scrape()
             # A round that took long does not shorten the next one's wait below a tenth.
-            await asyncio.sleep(max(interval - (self.clock() - started), interval / 10))
+            due = self.clock() + max(interval - (self.clock() - started), interval / 10)
+            while self.expiry is not None and self.expiry < due:
+                # At least a millisecond: a clock that has not quite reached the expiry
+                # must not spin the loop.
+                await asyncio.sleep(max(self.expiry - self.clock(), 0.001))
+                self.assess()
+            await asyncio.sleep(max(due - self.clock(), 0.0))
 
     async def scrape(self) -> int:
         """One round over the fleet; the number of deployments whose figures were read."""
@@ -67,7 +82,33 @@ class Scraper:
         if not states:
             return 0
         read = await asyncio.gather(*(self._one(s) for s in states))
+        self.assess()
         return sum(read)
+
+    def assess(self) -> int:
+        """Decide again which deployments their queue holds full, and hand the slots free now
+        (of those no longer full, say) to their pools' waiters; the number handed over."""
+        now = self.clock()
+        stale_after = self.config.stale_after
+        expiry: float | None = None
+        handed = 0
+        for pool in self.fleet.snapshot.pools.values():
+            for state in pool.members:
+                max_waiting = state.deployment.max_waiting
+                if max_waiting is None:
+                    continue
+                full = queue_full(state.load, max_waiting, now, stale_after)
+                if full:
+                    assert state.load is not None
+                    ends = state.load.at + stale_after
+                    expiry = ends if expiry is None else min(expiry, ends)
+                state.queue_full = full
+            # Whatever freed the slots (this deployment's queue drained, or anything else
+            # that did not end a lease), a waiter must not wait while one is free.
+            if pool.queue.waiting:
+                handed += pool.release_waiters()
+        self.expiry = expiry
+        return handed
 
     async def _one(self, state: DeploymentState) -> bool:
         url = state.deployment.metrics_url

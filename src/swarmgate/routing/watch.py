@@ -52,6 +52,7 @@ def health_rows(fleet: Fleet) -> Callable[[], Iterator[DeploymentHealthRow]]:
                 None if load is None else load.waiting,
                 None if load is None else load.running,
                 None if load is None else load.kv_usage,
+                None if state.deployment.max_waiting is None else state.queue_full,
             )
 
     return rows
