@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -530,10 +532,12 @@ def targets(cells: Sequence[Cell]) -> list[str]:
     return lines
 
 
-def report(sweep: Sweep, cells: Sequence[Cell]) -> str:
+def report(sweep: Sweep, cells: Sequence[Cell], began: str) -> str:
     f, w = sweep.fleet, sweep.workload
     mean = mean_prompt_tokens(w)
     lines = [
+        began,
+        "",
         f"Fleet: {len(f.speeds)} replicas of one model at speeds "
         f"{', '.join(f'{s:g}x' for s in f.speeds)}; {f.slots} slots each; {f.ttft_ms:g} ms "
         f"(+ up to {f.jitter_ms:g}) to first token plus the uncached prompt at "
@@ -587,6 +591,13 @@ def main() -> int:
     loads = [float(x) for x in args.loads.split(",")]
     balancers = args.balancers.split(",")
     replicas = [int(x) for x in args.replicas.split(",")]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    began = (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, swarmgate at git {commit}, "
+        f"load average {os.getloadavg()[0]:.2f} at the start, {os.cpu_count()} CPUs."
+    )
     cells: list[Cell] = []
     with redis_server() as redis:
         for load in loads:
@@ -601,7 +612,7 @@ def main() -> int:
                 print(f"{100 * load:.0f}% {cell.label}: {took:.0f} s", file=sys.stderr)
                 print(HEADER.splitlines()[0], file=sys.stderr)
                 print(cell.row(), file=sys.stderr)
-    print(report(sweep, cells))
+    print(report(sweep, cells, began))
     return 0
 
 
