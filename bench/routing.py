@@ -605,10 +605,10 @@ def main() -> int:
             if args.no_sharing:
                 runs.append(("prefix_aware", max(replicas), False))
             for balancer, n, share in runs:
-                began = time.monotonic()
+                started = time.monotonic()
                 cell = sweep.cell(balancer, load, n, redis if n > 1 else None, share)
                 cells.append(cell)
-                took = time.monotonic() - began
+                took = time.monotonic() - started
                 print(f"{100 * load:.0f}% {cell.label}: {took:.0f} s", file=sys.stderr)
                 print(HEADER.splitlines()[0], file=sys.stderr)
                 print(cell.row(), file=sys.stderr)
