@@ -1,8 +1,8 @@
 """Routing quality: how each balancer does on a skewed simulated fleet under open-loop load.
 
 Four simulated replicas of one model at speeds 1x, 1x, 0.5x and 0.25x, four slots each, each
-with a prefix cache that holds about a third of the workload's prompts (the fleet's four
-hold all of them), behind ``swarmgate serve``. The workload: users, each on one of a few
+with a prefix cache that holds a quarter to a third of what a cell's prompts hold (the four
+together hold all of it), behind ``swarmgate serve``. The workload: users, each on one of a few
 long system prompts, each holding a conversation that grows by a question and an answer per
 turn (and starts again after a few turns); requests arrive as a Poisson process at a share of
 the fleet's capacity (computed from the simulator's settings, with no prefix-cache hit), and
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,7 +360,9 @@ async def _one(client: openai.AsyncOpenAI, arrival: Arrival, due: float, max_tok
             stream=True,
         ) as response:
             result.deployment = response.headers.get("x-swarmgate-deployment", "")
-            async for chunk in await response.parse():
+            stream = await response.parse()
+            assert isinstance(stream, openai.AsyncStream)  # stream=True
+            async for chunk in stream:
                 if result.ttft is None and chunk.choices and chunk.choices[0].delta.content:
                     result.ttft = loop.time() - due
         result.e2e = loop.time() - due
@@ -376,7 +378,7 @@ async def drive(
     arrivals: Sequence[Arrival],
     max_tokens: int,
     warmup: float,
-    on_warm: Any,
+    on_warm: Callable[[], None],
 ) -> tuple[list[Result], int, float]:
     """Send every arrival at its time, the i-th to gateway ``i % len(gateways)`` (as an L4
     load balancer would); returns the measured results (those due after ``warmup``), how
