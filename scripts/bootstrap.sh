@@ -30,6 +30,12 @@ if [ "${1:-}" = "test" ]; then
   need=()
   command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  # deploy/: promtool checks the alert rules, systemd-analyze the unit (tests/deploy).
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v systemd-analyze >/dev/null || need+=(systemd)
+  command -v npm >/dev/null || need+=(npm)
+  # DNS discovery's tests run a real DNS server (the binary only: no system service on port 53).
+  command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
   extras=".[test]"
 else
@@ -46,4 +52,11 @@ if [ "$have" != "$want" ] && ! { [ "$extras" = "." ] && [ "$have" = "${want% *} 
     || [ ! -x .venv/bin/swarmgate ]; then
   .venv/bin/pip install -q -e "$extras"
   echo "$want" > "$stamp"
+fi
+
+# deploy/k8s's cert-manager Certificate is checked by the validator generated from
+# cert-manager's CRD (tests/deploy/test_k8s.py), an npm package kept beside the venv.
+if [ "$extras" = ".[test]" ] && [ ! -d .venv/npm/node_modules/@kubernetes-models/cert-manager ]; then
+  npm install --prefix .venv/npm --no-save --no-audit --no-fund --silent \
+    @kubernetes-models/cert-manager@4.4.4
 fi

@@ -13,7 +13,15 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.json"
+# Beside the repository (../shared), also from a git worktree of it further down (/work/wt/x).
+SPEC = next(
+    (
+        p / "shared" / "openai-openapi.json"
+        for p in Path(__file__).resolve().parents[1:]
+        if (p / "shared" / "openai-openapi.json").exists()
+    ),
+    Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.json",
+)
 
 
 def _nullable(node: Any) -> Any:

@@ -441,7 +441,7 @@ def _balancer(value: Any) -> dict[str, Any]:
 
 
 def test_a_models_balancer_is_a_name_or_a_strategy_with_its_options() -> None:
-    assert parse_settings(minimal(), NO_ENV).models["m"].balancer.strategy == "least_outstanding"
+    assert parse_settings(minimal(), NO_ENV).models["m"].balancer is None  # left out
     assert parse_settings(_balancer("round_robin"), NO_ENV).models["m"].balancer.strategy == (
         "round_robin"
     )
@@ -453,6 +453,30 @@ def test_a_models_balancer_is_a_name_or_a_strategy_with_its_options() -> None:
     ).models["m"]
     assert sticky.balancer.hash_on == ("user",) and sticky.balancer.load_factor == 1.5
     assert sticky.balancer.header == "X-Session-ID"
+
+
+def _strategy_of(raw: dict[str, Any], model: str = "m") -> str:
+    settings = parse_settings(raw, NO_ENV)
+    return settings.balancing_of(settings.models[model]).strategy
+
+
+def test_a_model_naming_no_balancer_is_resource_aware_where_every_deployment_is_scraped() -> None:
+    scraped = {"scrape": {"interval": 2}}
+    assert _strategy_of(minimal()) == "least_outstanding"  # no scraping
+    assert _strategy_of(minimal(**scraped)) == "resource_aware"  # metrics_path: /metrics
+    both = minimal(**scraped)
+    both["models"]["m"]["deployments"] = [
+        {"url": "http://127.0.0.1:9000"},
+        {"url": "http://127.0.0.1:9001", "metrics_path": "/stats/prometheus"},
+    ]
+    assert _strategy_of(both) == "resource_aware"
+    # One deployment never scraped: the scraped ones would look busier than it.
+    both["models"]["m"]["deployments"][1]["metrics_path"] = None
+    assert _strategy_of(both) == "least_outstanding"
+    # A balancer named is kept, scraped or not.
+    named = _balancer("round_robin") | scraped
+    assert _strategy_of(named) == "round_robin"
+    assert _strategy_of(_balancer("least_outstanding") | scraped) == "least_outstanding"
 
 
 def test_a_bad_balancer_is_reported_with_its_path() -> None:

@@ -106,9 +106,11 @@ def test_the_translation_says_what_it_maps_and_ignores() -> None:
 
 def test_the_load_balancer_algorithm_is_each_models_balancer() -> None:
     settings = load_settings(EXAMPLE, {})
-    assert {settings.models[m].balancer.strategy for m in SEED_MODELS} == {"round_robin"}
+    assert {settings.balancing_of(settings.models[m]).strategy for m in SEED_MODELS} == {
+        "round_robin"
+    }
     variable = load_settings(EXAMPLE, {"LOAD_BALANCER_ALGORITHM": "least_connections"})
-    assert variable.models["hermes-2"].balancer.strategy == "least_outstanding"
+    assert variable.balancing_of(variable.models["hermes-2"]).strategy == "least_outstanding"
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["load_balancer"]["algorithm"] = "intelligent"
     with pytest.raises(ConfigError) as exc:

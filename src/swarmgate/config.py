@@ -14,6 +14,7 @@ whatever directory they run in.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -214,8 +216,64 @@ class Fallback(Frozen):
     retry_after: Annotated[int, Field(ge=0, le=86400)] | None = None
 
 
+def _duration_value(value: Any) -> Any:
+    """``10s``, ``2m`` or a number of seconds."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Duration = Annotated[float, BeforeValidator(_duration_value), Field(gt=0, le=86400)]
+DNS_NAME = re.compile(
+    r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?"
+)
+
+
+def _dns_name(value: str) -> str:
+    if not DNS_NAME.fullmatch(value):
+        raise ValueError("not a DNS name")
+    return value.rstrip(".")
+
+
+DnsName = Annotated[str, AfterValidator(_dns_name)]
+
+
+class Discover(Frozen):
+    """A deployment found in DNS (routing/discovery.py), re-resolved every ``interval``:
+    ``dns`` names A/AAAA records (a Kubernetes headless service), each address a deployment
+    on ``port``; ``srv`` names SRV records, each target (resolved to its addresses) a
+    deployment on the record's port. At most ``max_addresses`` of them."""
+
+    dns: DnsName | None = None
+    srv: DnsName | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    scheme: Literal["http", "https"] = "http"
+    interval: Duration = 10.0
+    max_addresses: Annotated[int, Field(ge=1, le=1024)] = 64
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Discover:
+        if (self.dns is None) == (self.srv is None):
+            raise ValueError("give dns (A/AAAA records) or srv (SRV records), one of them")
+        if self.dns is not None and self.port is None:
+            raise ValueError("port: required with dns (A/AAAA records carry no port)")
+        if self.srv is not None and self.port is not None:
+            raise ValueError("port: not with srv (the SRV records give each port)")
+        return self
+
+
+NO_URL = ()  # what stands for a url missing with no discover either (see Deployment)
+
+
+def _url_given(value: Any) -> Any:
+    if value == NO_URL:
+        raise ValueError("required (or discover, to find the servers in DNS)")
+    return value
+
+
 class Deployment(Frozen):
-    url: BaseUrl
+    # One server (``url``) or those DNS names (``discover``): one of the two.
+    url: Annotated[BaseUrl | None, BeforeValidator(_url_given)] = None
+    discover: Discover | None = None
     model: str | None = None  # the name the upstream knows the model by; default: the model id
     api_key_env: str | None = None
     weight: Annotated[float, Field(gt=0)] = 1.0
@@ -237,6 +295,21 @@ class Deployment(Frozen):
     health_check: HealthCheck | None = None
     # Resolved from api_key_env by the loader; never written in YAML.
     api_key: str | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_or_discover(cls, value: Any) -> Any:
+        # A missing url is reported at its place, with the other fields' problems (an
+        # "after" check would wait for those to be fixed first).
+        if isinstance(value, dict) and value.get("url") is None and "discover" not in value:
+            return {**value, "url": NO_URL}
+        return value
+
+    @model_validator(mode="after")
+    def _not_both(self) -> Deployment:
+        if self.url is not None and self.discover is not None:
+            raise ValueError("url and discover: give one of them, not both")
+        return self
 
 
 # The options each strategy takes besides ``strategy`` (docs/routing.md).
@@ -341,15 +414,20 @@ class Balancing(Frozen):
         return self
 
 
+# A model's balancer when its config names none (``Settings.balancing_of``).
+SCRAPED_DEFAULT = Balancing(strategy="resource_aware")
+UNSCRAPED_DEFAULT = Balancing()
+
+
 class Model(Frozen):
     type: ModelType = ModelType.CHAT
     capabilities: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     description: str = ""
     owned_by: str = "swarmgate"
-    # How a request picks one of the deployments (docs/routing.md); the default weighs each
-    # deployment's requests in flight against its weight.
-    balancer: Balancing = Balancing()
+    # How a request picks one of the deployments (docs/routing.md). Left out (None): chosen
+    # when the pools are built, by ``Settings.balancing_of``.
+    balancer: Balancing | None = None
     # Model routing (docs/model-routing.md): the longest prompt it takes, in tokens (a longer
     # one goes to the first fallback that takes it); the models tried, in order, when all its
     # deployments are busy or down; the edits made to its requests and answers.
@@ -549,6 +627,53 @@ class Scrape(Frozen):
     stale_after: Seconds = 10.0
 
 
+class Discovery(Frozen):
+    """How DNS discovery resolves (``discover`` in a deployment): the nameservers to ask
+    (``10.96.0.10``, ``127.0.0.1:5353``, ``[::1]:53``; none: the system's, from
+    /etc/resolv.conf) and how long one lookup may take."""
+
+    nameservers: tuple[str, ...] = ()
+    timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for server in value:
+            nameserver_address(server)
+        return value
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """``10.0.0.1``, ``10.0.0.1:5353``, ``::1``, ``[::1]:5353`` → (address, port)."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{text!r} is not an address[:port]")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        if not number.isdigit():
+            raise ValueError(f"{text!r} is not an address[:port]")
+        port = int(number)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: a nameserver is an IP address (with :port)") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: the port must be 1 to 65535")
+    return host, port
+
+
+class Reload(Frozen):
+    """Configuration hot reload (docs/configuration.md): with ``watch``, the file is looked
+    at every ``interval`` seconds and reloaded when its content changed."""
+
+    watch: bool = False
+    interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
 class Settings(Frozen):
     server: Server = Server()
     default_model: str | None = None
@@ -564,6 +689,8 @@ class Settings(Frozen):
     native: Native = Native()
     limits: Limits = Limits()
     scrape: Scrape = Scrape()
+    discovery: Discovery = Discovery()
+    reload: Reload = Reload()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -591,6 +718,18 @@ class Settings(Frozen):
 
     def timeouts_for(self, deployment: Deployment) -> Timeouts:
         return deployment.timeouts or self.timeouts
+
+    def balancing_of(self, model: Model) -> Balancing:
+        """The balancer ``model`` names; if it names none, resource-aware where every one of
+        its deployments is scraped, least-outstanding otherwise (docs/routing-aware.md).
+
+        Every one, not some: a deployment that is never scraped would look idler than its
+        scraped peers (their figures add to their in-flight counts) and draw their traffic."""
+        if model.balancer is not None:
+            return model.balancer
+        if self.scrape.interval is not None and all(d.metrics_path for d in model.deployments):
+            return SCRAPED_DEFAULT
+        return UNSCRAPED_DEFAULT
 
 
 def worker_problem(settings: Settings, workers: int) -> str | None:

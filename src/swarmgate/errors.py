@@ -1,11 +1,14 @@
 """The one error tree. Every error knows its HTTP status and its OpenAI ``type``/``code``.
 
     SwarmgateError
-    ├── ConfigError                       (startup; never reaches a client)
+    ├── ConfigError                       (startup, reload; never reaches a client)
+    ├── DiscoveryFailed                   a DNS name could not be resolved (logged)
     ├── StoreError                        database / Redis unavailable (503)
     └── GatewayError                      rendered as an OpenAI error body
         ├── BadRequest            400  invalid_request_error
-        │   └── InvalidJSON       400  invalid_request_error / invalid_json
+        │   ├── InvalidJSON       400  invalid_request_error / invalid_json
+        │   └── ConfigRejected    400  invalid_request_error / invalid_config (a reload's
+        │                              problems, as check-config prints them)
         ├── Unauthorized          401  authentication_error / invalid_api_key
         ├── Forbidden             403  permission_error
         │   └── IPBlocked         403  permission_error / ip_blocked
@@ -49,6 +52,11 @@ class ConfigError(SwarmgateError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class DiscoveryFailed(SwarmgateError):
+    """A DNS lookup of discovery failed (timeout, no answer, no such name): the last answer
+    stays in use."""
 
 
 class StoreError(SwarmgateError):
@@ -98,6 +106,24 @@ class BadRequest(GatewayError):
 
 class InvalidJSON(BadRequest):
     code = "invalid_json"
+
+
+class ConfigRejected(BadRequest):
+    """A reload refused: the file's problems, each one as ``swarmgate check-config`` says it,
+    are in the body as ``problems`` too, and the file as ``config``."""
+
+    code = "invalid_config"
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        super().__init__(f"invalid configuration in {path}: " + "; ".join(problems))
+        self.path = path
+        self.problems = problems
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        out = super().body(request_id)
+        out["error"]["problems"] = self.problems
+        out["error"]["config"] = self.path
+        return out
 
 
 class Unauthorized(GatewayError):

@@ -54,7 +54,8 @@ IGNORED: dict[tuple[str, str], tuple[str, str | None]] = {
     ),
     ("gateway", "intelligent_routing"): (
         "each model's balancer decides (load_balancer.algorithm; by default the fewest "
-        "requests in flight for each replica's weight)",
+        "requests in flight for each replica's weight, or with scrape.interval set the "
+        "replicas' own queue and KV-cache figures too)",
         "INTELLIGENT_ROUTING",
     ),
     ("gateway", "cost_optimization_enabled"): (

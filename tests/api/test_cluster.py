@@ -102,6 +102,7 @@ def test_status_routes_and_their_errors(
         "models": 1,
     }
     assert status["models"]["m"]["workers"] == [name_of(a), name_of(b)]
+    assert status["models"]["m"]["balancer"] == "least_outstanding"  # nothing scraped
     for worker in status["workers"]:
         assert worker["status"] == "healthy"
         assert worker["models"] == ["m"]

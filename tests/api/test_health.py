@@ -29,6 +29,18 @@ def _get(url: str) -> tuple[int, dict[str, Any], float]:
         return exc.code, json.loads(exc.read()), time.monotonic() - started
 
 
+def _dependencies(gw: Gateway) -> dict[str, str]:
+    """gateway_dependency_up's samples, by dependency."""
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    prefix = 'gateway_dependency_up{dependency="'
+    return {
+        line[len(prefix) :].split('"')[0]: line.rsplit(" ", 1)[1]
+        for line in lines
+        if line.startswith(prefix)
+    }
+
+
 def _chat(gw: Gateway, model: str) -> int:
     request = urllib.request.Request(
         gw.url + "/v1/chat/completions",
@@ -62,6 +74,7 @@ def test_health_answers_the_seeds_fields(
         assert checks["database"]["status"] == "up"  # the gateway's SQLite store
         assert checks["redis"] == {"status": "not_configured"}
         assert checks["models"]["a"] == {"status": "healthy", "deployments": 1, "healthy": 1}
+    assert _dependencies(gw) == {"database": "1.0"}  # Redis is not configured: no series
     assert _get(gw.url + "/health/live")[:2] == (200, {"status": "alive", "version": __version__})
 
 
@@ -152,6 +165,7 @@ def test_a_store_outage_degrades_and_health_answers_without_waiting(
         "up",
         "up",
     )
+    assert _dependencies(gw) == {"database": "1.0", "redis": "1.0"}
     pg.halt()
     with redis.hung():
         deadline = time.monotonic() + 10
@@ -166,3 +180,5 @@ def test_a_store_outage_degrades_and_health_answers_without_waiting(
             time.sleep(0.1)
         assert (status, body["status"]) == (200, "degraded")
         assert _get(gw.url + "/health/live")[0] == 200
+        # What the alerts read (deploy/prometheus/alerts.yml: DatabaseDown, RedisDown).
+        assert _dependencies(gw) == {"database": "0.0", "redis": "0.0"}

@@ -123,10 +123,13 @@ def test_fail_open_serves_through_a_redis_restart_and_recovers(
     with redis.Redis.from_url(own_redis.url) as client:
         assert client.keys("swarmgate:limit:key:*")
     log = gw.output()
-    assert log.count("rate limiter: redis unavailable") == 1, log
-    assert log.count("rate limiter: redis is back") == 1, log
-    assert metric(gw, 'gateway_limiter_redis_transitions_total{state="down"}') == 1
-    assert metric(gw, 'gateway_limiter_redis_transitions_total{state="up"}') == 1
+    # Once per transition, not per request. A loaded machine may also time out one call
+    # before the outage (a real transition of its own, logged and counted the same way).
+    downs = log.count("rate limiter: redis unavailable")
+    assert 1 <= downs <= 3, log
+    assert log.count("rate limiter: redis is back") == downs, log
+    assert metric(gw, 'gateway_limiter_redis_transitions_total{state="down"}') == downs
+    assert metric(gw, 'gateway_limiter_redis_transitions_total{state="up"}') == downs
     assert "Traceback" not in log
 
 

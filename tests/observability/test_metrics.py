@@ -85,3 +85,14 @@ def test_active_users_are_distinct_callers_within_the_window() -> None:
     metrics.seen("key-c", now)
     metrics.flush()
     assert metrics.registry.get_sample_value("gateway_active_users", {}) == 2
+
+
+def test_dependencies_are_shown_up_then_down() -> None:
+    metrics = Metrics()
+    assert b"gateway_dependency_up{" not in metrics.render()  # nothing checked yet
+    metrics.dependency("database", True)
+    metrics.dependency("redis", True)
+    metrics.dependency("redis", False)
+    text = metrics.render().decode()
+    assert 'gateway_dependency_up{dependency="database"} 1.0' in text
+    assert 'gateway_dependency_up{dependency="redis"} 0.0' in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from swarmgate.config import parse_settings
 from swarmgate.errors import DeploymentsDraining, ModelNotFound, NoDeployment
 from swarmgate.limits.queue import TierPolicy
-from swarmgate.routing.balancers import RoutingFacts
+from swarmgate.routing.balancers import LeastOutstanding, RoutingFacts
 from swarmgate.routing.fleet import Fleet
+from swarmgate.routing.load import Load
 from swarmgate.routing.plan import Plan
+from swarmgate.routing.resource import ResourceAware
 
 
 def _settings(models: dict[str, Any], **extra: Any) -> Any:
@@ -123,6 +126,31 @@ def test_a_model_without_a_balancer_setting_balances_by_least_outstanding() -> N
     busy = pool.members[0].lease()
     assert {Plan(pool, RoutingFacts("m")).next().name for _ in range(5)} == {"m@b:1"}
     busy.release()
+
+
+def test_with_scraping_a_model_without_a_balancer_setting_is_resource_aware() -> None:
+    def models(*deployments: dict[str, Any]) -> dict[str, Any]:
+        return {"m": {"deployments": list(deployments)}}
+
+    scrape = {"interval": 1}
+    fleet = Fleet(_settings(models({"url": "http://a:1"}, {"url": "http://b:1"}), scrape=scrape))
+    pool = fleet.resolve("m")
+    assert isinstance(pool.balancer, ResourceAware) and pool.strategy == "resource_aware"
+    # Used as such: a fresh scrape of other clients' work on a steers requests to b.
+    busy, _ = pool.members
+    busy.load = Load(time.monotonic(), waiting=6, running=2)
+    assert {Plan(pool, RoutingFacts("m")).next().name for _ in range(20)} == {"m@b:1"}
+    # Decided again when the pools are rebuilt: a deployment added unscraped turns it back.
+    fleet.replace(
+        _settings(
+            models({"url": "http://a:1"}, {"url": "http://c:1", "metrics_path": None}),
+            scrape=scrape,
+        )
+    )
+    pool = fleet.resolve("m")
+    assert isinstance(pool.balancer, LeastOutstanding) and pool.strategy == "least_outstanding"
+    named = {"m": {"deployments": [{"url": "http://a:1"}], "balancer": "round_robin"}}
+    assert Fleet(_settings(named, scrape=scrape)).resolve("m").strategy == "round_robin"
 
 
 def test_a_model_whose_deployments_are_all_draining_says_so() -> None:

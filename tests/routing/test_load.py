@@ -37,6 +37,40 @@ def test_llamacpp_has_no_kv_gauge() -> None:
     assert parse(_render("llamacpp", Engine("m", 2, 1, 0.9)), at=0.0) == Load(0.0, 1, 2, None)
 
 
+# llama.cpp's own server (xllamacpp 2026.10.11549, the tests' llama_server) with both of its
+# slots busy and six requests waiting, as it exposed itself; the gauges' neighbours trimmed.
+LLAMA_SERVER_PAGE = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 1320
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 9440
+# HELP llamacpp:n_tokens_max Largest observed sequence length (prompt + generation)
+# TYPE llamacpp:n_tokens_max counter
+llamacpp:n_tokens_max 256
+# HELP llamacpp:predicted_tokens_seconds Average generation throughput in tokens/s
+# TYPE llamacpp:predicted_tokens_seconds gauge
+llamacpp:predicted_tokens_seconds 1587.3
+# HELP llamacpp:requests_processing Number of requests processing
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 2
+# HELP llamacpp:requests_deferred Number of requests deferred
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 6
+# HELP llamacpp:n_busy_slots_per_decode Average number of busy slots per llama_decode() call
+# TYPE llamacpp:n_busy_slots_per_decode gauge
+llamacpp:n_busy_slots_per_decode 1.8
+"""
+
+
+def test_llama_servers_own_page_gives_its_queue_and_running_requests() -> None:
+    assert parse(LLAMA_SERVER_PAGE, at=1.0) == Load(1.0, waiting=6, running=2, kv_usage=None)
+    # Older builds also exported a KV gauge; it is read when there.
+    older = LLAMA_SERVER_PAGE + "llamacpp:kv_cache_usage_ratio 0.4\n"
+    assert parse(older, at=1.0) == Load(1.0, waiting=6, running=2, kv_usage=0.4)
+
+
 def test_several_models_on_one_server_add_up_and_the_fullest_cache_counts() -> None:
     page = _render("vllm", Engine("a", 1, 2, 0.5), Engine("b", 3, 4, 0.75))
     assert parse(page, 0.0) == Load(0.0, waiting=6, running=4, kv_usage=0.75)

@@ -4,9 +4,11 @@ file, stored, and a drained deployment skipped by the plan."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from swarmgate.config import parse_settings
 from swarmgate.errors import BadRequest, ConfigError, Conflict, NoDeployment, NotFound
@@ -77,10 +79,13 @@ def test_a_worker_is_validated_with_check_configs_messages() -> None:
     assert (model, spec, config.model) == ("m", {"url": "http://h:2", "model": "llama"}, "llama")
 
 
-@pytest.fixture
-def registry(database: Database) -> Registry:
+@pytest_asyncio.fixture
+async def registry(database: Database) -> AsyncIterator[Registry]:
     settings = _settings("http://h:1", "http://h:2")
-    return Registry(settings, Fleet(settings), DeploymentStore(database), LocalBus(), {})
+    registry = Registry(settings, Fleet(settings), DeploymentStore(database), LocalBus(), {})
+    yield registry
+    # Its own changes reach it as events too: the reads they start end before the store does.
+    await registry.stop()
 
 
 async def test_drain_is_skipped_by_the_plan_and_restart_readmits(registry: Registry) -> None:

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from swarmgate.config import parse_settings
+from swarmgate.observability.metrics import Metrics
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.load import Load
 from swarmgate.routing.scrape import Scraper
+from swarmgate.routing.watch import health_rows
 from swarmgate.upstream.exposition import MemoryExpositions
 
 PAGE = "vllm:num_requests_waiting 3\nvllm:num_requests_running 5\nvllm:kv_cache_usage_perc 0.5\n"
@@ -74,6 +76,36 @@ def test_a_quiet_server_keeps_its_figures_until_they_are_stale_then_has_none(
         asyncio.run(scraper.scrape())
         assert state.load is None
     assert len(caplog.records) == 1  # one warning per outage, not one per round
+
+
+def test_the_scraped_figures_are_gateway_metrics_while_they_last() -> None:
+    fleet = _fleet({"url": "http://a:1"}, {"url": "http://b:2"})
+    page = "llamacpp:requests_processing 2\nllamacpp:requests_deferred 6\n"
+    scraper = _scraper(fleet, {"http://a:1/metrics": PAGE, "http://b:2/metrics": page})
+    metrics = Metrics()
+    metrics.follow_fleet(health_rows(fleet))
+
+    def sample(name: str, deployment: str) -> float | None:
+        metrics.flush()  # as a scrape of the gateway does
+        labels = {"model": "m", "deployment": deployment}
+        return metrics.registry.get_sample_value(f"gateway_deployment_{name}", labels)
+
+    assert sample("requests_waiting", "m@a:1") is None  # nothing read yet
+    asyncio.run(scraper.scrape())
+    assert (sample("requests_waiting", "m@a:1"), sample("requests_running", "m@a:1")) == (3, 5)
+    assert sample("kv_cache_usage", "m@a:1") == 0.5
+    assert (sample("requests_waiting", "m@b:2"), sample("requests_running", "m@b:2")) == (6, 2)
+    assert sample("kv_cache_usage", "m@b:2") is None  # llama.cpp exports none
+    # Dropped by the scraper (stale): gone from the metrics too, not left at its last value.
+    del scraper.expositions.pages["http://a:1/metrics"]  # type: ignore[attr-defined]
+    scraper.clock.now += 10  # type: ignore[attr-defined]
+    asyncio.run(scraper.scrape())
+    assert sample("requests_waiting", "m@a:1") is None
+    assert sample("kv_cache_usage", "m@a:1") is None
+    assert sample("requests_waiting", "m@b:2") == 6
+    # A deployment that left the fleet leaves the metrics with its figures.
+    fleet.replace(parse_settings({"models": {"m": {"deployments": [{"url": "http://a:1"}]}}}, {}))
+    assert sample("requests_waiting", "m@b:2") is None
 
 
 def test_a_hung_server_is_bounded_by_the_timeout_and_does_not_hold_the_others() -> None:

@@ -284,3 +284,58 @@ async def test_redis_gives_back_what_a_cancelled_admission_took(redis_url: str) 
         assert verdict.refused == -1
     finally:
         await counters.close()
+
+
+RPS = Check(CheckKind.RATE, "k:rps", 2.0, 0.5, 2, "rps", "key")
+# (advance the clock by, tokens reserved, tokens used at settle or None: still in flight)
+STEPS = st.lists(
+    st.tuples(
+        st.floats(0, 30, allow_nan=False),
+        st.integers(0, 60),
+        st.one_of(st.none(), st.integers(0, 90)),
+    ),
+    max_size=60,
+)
+
+
+@given(STEPS)
+def test_the_bound_fast_path_decides_as_the_general_path(steps: list[Any]) -> None:
+    """``take_now`` binds a plan's counters and decides it inline (``_take_bound``); the same
+    requests through the general ``_take`` give the same verdicts, remaining and resets."""
+    checks = (RPS, RPM, TPM, CONC._replace(limit=2, period=45.0))
+    clocks = Clock(), Clock()
+    fast, slow = MemoryCounters(clocks[0]), MemoryCounters(clocks[1])
+    held: list[tuple[Any, Any, str, int, int]] = []
+    for n, (advance, tokens, used) in enumerate(steps):
+        for clock in clocks:
+            clock.now += advance
+        lease = f"l{n}"
+        a = fast.take_now(checks, tokens, lease)
+        b = slow._take(checks, clocks[1].now, tokens, lease)
+        assert a[:4] == b[:4]  # refused, wait, remaining, reset
+        if a.refused < 0:
+            if used is None:
+                held.append((a, b, lease, tokens, tokens))
+            else:
+                fast.settle(checks, a, lease, tokens, used)
+                slow.settle(checks, b, lease, tokens, used)
+    for a, b, lease, tokens, used in held:
+        fast.settle(checks, a, lease, tokens, used)
+        slow.settle(checks, b, lease, tokens, used)
+    last_a, last_b = fast.take_now(checks, 1, "end"), slow._take(checks, clocks[1].now, 1, "end")
+    assert last_a[:4] == last_b[:4]
+
+
+def test_a_sweep_unbinds_so_a_shared_counter_is_never_split() -> None:
+    """Two plans share the owner's counter; after a sweep drops it, both bind the new one."""
+    clock = Clock()
+    counters = MemoryCounters(clock)
+    owner = Check(CheckKind.REQUESTS, "owner:o:rpm", 2, 60.0, 1, "rpm", "owner")
+    one, other = (owner, RPM), (owner, RPM._replace(key="k2:rpm"))
+    assert counters.take_now(one, 0, "a").refused == -1
+    clock.now += 120  # every entry slid out: the sweep drops the counters
+    for _ in range(SWEEP_EVERY):
+        counters.take_now((), 0, "s")
+    assert counters.take_now(one, 0, "b").refused == -1
+    assert counters.take_now(other, 0, "c").refused == -1
+    assert counters.take_now(one, 0, "d").refused == 0  # the owner's 2 per minute, shared

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarmgate.sim.tools import ToolCall
+from swarmgate.sim.wire import ChunkFormat
 from swarmgate.types import Usage
 from swarmgate.upstream.relay import StreamRelay, has_usage, usage_object, without_null_usage
 
@@ -89,3 +93,28 @@ def test_without_null_usage_removes_exactly_that_member(
     with_usage = dict(items)
     text = json.dumps(with_usage).encode() if spaced else orjson.dumps(with_usage)
     assert orjson.loads(without_null_usage(text)) == obj
+
+
+def _tool_call_stream(include_usage: bool) -> bytes:
+    """A tool-call stream as the simulator writes it, whose arguments hold what the relay looks
+    for ("usage": null and a usage object), as JSON text inside a string."""
+    fmt = ChunkFormat(chat=True, id="chatcmpl-1", created=1, model="m", include_usage=include_usage)
+    call = ToolCall("call_1", "record", '{"usage": null, "x": {"usage": {"prompt_tokens": 9}}}')
+    fragments = [call.arguments[i : i + 4] for i in range(0, len(call.arguments), 4)]
+    events = [fmt.tool_call(0, call), *(fmt.arguments(0, f) for f in fragments)]
+    events.append(fmt.finish("tool_calls"))
+    if include_usage:
+        events.append(fmt.usage(Usage(40, 1 + len(fragments))))
+    return b"".join(events) + b"data: [DONE]\n\n"
+
+
+@settings(derandomize=True, deadline=None)
+@given(cuts=st.lists(st.integers(0, 2000), max_size=12))
+def test_tool_call_chunks_pass_through_unaltered_and_counted(cuts: list[int]) -> None:
+    upstream = _tool_call_stream(include_usage=True)  # the gateway always asks for usage
+    pieces = [upstream[a:b] for a, b in itertools.pairwise([0, *sorted(cuts), len(upstream)])]
+    for wants, expected in ((True, upstream), (False, _tool_call_stream(include_usage=False))):
+        relay = StreamRelay(wants_usage=wants)
+        out = b"".join(relay.feed(p) for p in pieces) + relay.close()
+        assert out == expected
+        assert relay.done and relay.usage == Usage(40, 15)

@@ -1,4 +1,4 @@
-"""The admin API under ``/admin`` (admin scope): keys, the audit log, IP blocks.
+"""The admin API under ``/admin`` (admin scope): keys, the audit log, IP blocks, reload.
 
 (No ``from __future__ import annotations`` here: FastAPI must resolve the route signatures,
 which name the ``Admin`` dependency defined inside each builder.)
@@ -16,14 +16,14 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarmgate.api import openapi
-from swarmgate.api.management import principal_of, request_id_of
+from swarmgate.api.management import privileged, request_id_of
+from swarmgate.api.reload import Reloader
 from swarmgate.auth.ip import Networks
 from swarmgate.auth.keyadmin import Actor
 from swarmgate.auth.keys import NEVER, ExpiresAt
-from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
 from swarmgate.config import parse_duration
-from swarmgate.errors import BadRequest, Forbidden, NotFound
+from swarmgate.errors import BadRequest, NotFound
 from swarmgate.store import names
 from swarmgate.store.audit import MAX_PAGE
 from swarmgate.store.ipblocks import StoredBlock
@@ -111,16 +111,15 @@ class _Context:
         self.security = security
 
     async def admin(self, request: Request) -> Principal:
-        auth = self.security.settings.auth
-        if not auth.enabled and not auth.open_admin_without_auth:
-            # Everyone would be the system principal: never an admin by default.
-            raise Forbidden(
-                "the admin API is closed: authentication is disabled (auth.enabled: false); "
-                "set auth.open_admin_without_auth: true to open it to every caller"
-            )
-        principal = await principal_of(self.security.authenticator, request)
-        require(principal, ApiScope.ADMIN)
-        return principal
+        security = self.security
+        return await privileged(
+            security.settings.auth,
+            security.authenticator,
+            request,
+            ApiScope.ADMIN,
+            "the admin API is closed: authentication is disabled (auth.enabled: false); "
+            "set auth.open_admin_without_auth: true to open it to every caller",
+        )
 
     def actor(self, request: Request, who: Principal) -> Actor:
         return Actor(
@@ -150,7 +149,7 @@ def _normalized(cidr: str) -> str:
         raise BadRequest(f"cidr: {exc}", param="cidr") from None
 
 
-def build_admin_router(security: Security) -> APIRouter:
+def build_admin_router(security: Security, reloader: Reloader | None = None) -> APIRouter:
     # Every route answers what the admin check may raise (401, 403, 503) and declares the
     # bearer scheme; validation errors are documented as 400 by ``openapi.merge``.
     router = APIRouter(prefix="/admin", tags=["admin"], responses=openapi.AUTH_ERRORS)
@@ -158,6 +157,8 @@ def build_admin_router(security: Security) -> APIRouter:
     _key_routes(router, ctx)
     _audit_routes(router, ctx)
     _ip_routes(router, ctx)
+    if reloader is not None:
+        _reload_routes(router, ctx, reloader)
     for route in router.routes:
         if isinstance(route, APIRoute):
             route.openapi_extra = {"security": [{"bearer": []}], **(route.openapi_extra or {})}
@@ -352,3 +353,26 @@ def _ip_routes(router: APIRouter, ctx: _Context) -> None:
         await security.store.events.publish(names.IP_EVENTS, "unblock " + cidr)
         audit(request, who, "ip.unblock", cidr)
         return {"cidr": cidr, "unblocked": True}
+
+
+def _reload_routes(router: APIRouter, ctx: _Context, reloader: Reloader) -> None:
+    Admin = Annotated[Principal, Depends(ctx.admin)]
+
+    @router.post(
+        "/reload",
+        summary="Reload the configuration file",
+        description="Reads the file the gateway was started with and applies what can change "
+        "at run time (models, deployments, balancers, routing, timeouts, limits and tiers, "
+        "discovery); settings that need a restart are listed in restart_required. A file with "
+        "problems is refused (400) with check-config's messages, the running config untouched. "
+        "Other processes sharing the event bus (Redis) re-read their own file too.",
+        responses={
+            400: openapi.error("The file has problems (listed in error.problems)"),
+            409: openapi.error("The gateway was not started from a file"),
+        },
+    )
+    async def reload_config(request: Request, who: Admin) -> dict[str, Any]:
+        actor = who.key_id or who.subject
+        done = await reloader.reload("api", actor)
+        await reloader.publish()
+        return done.view()

@@ -25,6 +25,7 @@ from swarmgate.api.native_downloads import PATH as DOWNLOADS
 from swarmgate.api.native_downloads import NativeDownloads
 from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
+from swarmgate.api.reload import Applied, Reloader, applicable, restart_needed
 from swarmgate.api.usage import build_usage_router
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.ip import Networks
@@ -53,6 +54,8 @@ from swarmgate.pipeline.queueing import Queueing
 from swarmgate.pipeline.request import ROUTES
 from swarmgate.pipeline.results import Results
 from swarmgate.routing import scrape
+from swarmgate.routing.discovery import Discovery
+from swarmgate.routing.dns import Resolver
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.hints import PlacementHints
 from swarmgate.routing.plan import Router
@@ -100,7 +103,14 @@ def counters_of(settings: Settings, metrics: Metrics) -> CounterStore:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport | None = None,
+        *,
+        config_path: str | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics(metrics_dir_from_env(), settings.monitoring.active_users_window)
         self.fleet = Fleet(settings)
@@ -120,6 +130,8 @@ class Gateway:
         self.registry = Registry(
             settings, self.fleet, self.store.deployments, self.store.events, environment({})
         )
+        # Deployments named by DNS (``discover``), re-resolved in the background.
+        self.discovery = Discovery(settings, self.registry.discovered, resolver, self.metrics)
         self.cluster = Cluster(settings.server.name, self.registry)
         self.authenticator = self.security.authenticator
         self.ledger: Ledger | None = None
@@ -147,14 +159,9 @@ class Gateway:
             line,
         )
         self.selector = selector = ModelSelector.of(settings)
-        router = Router()
-        caller = Caller(self.transport, Queueing(settings.limits, self.metrics))
-        # Only when some model has fallbacks: the call stage wrapped by its chains.
-        calls = (
-            FallbackCaller(caller, selector, self.fleet, router)
-            if selector is not None and selector.fallbacks
-            else caller
-        )
+        self.router = router = Router()
+        self.caller = Caller(self.transport, Queueing(settings.limits, self.metrics))
+        calls = self._calls(selector)
         self.inference = Inference(
             self.authenticator,
             self.fleet,
@@ -179,11 +186,13 @@ class Gateway:
         self.routes: dict[str, tuple[str, Handler]] = {
             path: ("POST", self.inference) for path in ROUTES
         }
-        # A path route's prefix before each inference path (routing.routes[].path_prefix).
-        for route in self.selector.path_routes if self.selector else ():
-            self.routes |= {f"{route.path_prefix}{p}": ("POST", self.inference) for p in ROUTES}
+        self.routes |= self._path_routes(self.selector)
         self.health = Health(
-            settings.server.name, self.fleet, self.store, settings.monitoring.health_interval
+            settings.server.name,
+            self.fleet,
+            self.store,
+            settings.monitoring.health_interval,
+            self.metrics,
         )
         self.routes |= {
             "/": ("GET", self.health.root),
@@ -228,12 +237,67 @@ class Gateway:
             ),
             ("/api/v1/models/", "GET", self.native_models, "/api/v1/models/{model_id}"),
         )
+        self.reloader = Reloader(
+            config_path, settings, self.reload, self.store.events, self._audit_reload, self.metrics
+        )
         self.management = build_management_app(
             [
-                build_admin_router(self.security),
+                build_admin_router(self.security, self.reloader),
                 build_usage_router(self.security),
                 build_cluster_router(self.security, self.cluster),
             ]
+        )
+
+    def _calls(self, selector: ModelSelector | None) -> Caller | FallbackCaller:
+        """The call stage; wrapped by the fallback chains only when some model has one."""
+        if selector is not None and selector.fallbacks:
+            return FallbackCaller(self.caller, selector, self.fleet, self.router)
+        return self.caller
+
+    def _path_routes(self, selector: ModelSelector | None) -> dict[str, tuple[str, Handler]]:
+        """A path route's prefix before each inference path (routing.routes[].path_prefix)."""
+        routes: dict[str, tuple[str, Handler]] = {}
+        for route in selector.path_routes if selector else ():
+            routes |= {f"{route.path_prefix}{p}": ("POST", self.inference) for p in ROUTES}
+        return routes
+
+    async def reload(self, new: Settings) -> Applied:
+        """Apply what ``new`` changes that can change at run time (``api/reload.py``); what
+        was added and removed, and the settings that need a restart for their change (not
+        applied).
+
+        Requests and streams in flight keep the pool, plan, lease and selector they started
+        with; a deployment that stays keeps its state (in-flight count, circuit, health),
+        and one that goes away finishes what it holds (``Fleet.replace``). Nothing here
+        awaits between the fleet's swap and the selector's, so no request sees one new and
+        the other old, except for the DNS lookups of new ``discover`` entries, made first."""
+        pending = restart_needed(self.settings, new)
+        settings = applicable(self.settings, new)
+        before = self._fleet_names()
+        await self.discovery.reconfigure(settings, notify=False)
+        # Through the registry: workers added, drained or removed at run time stay so.
+        self.registry.rebase(settings, self.discovery.answers)
+        selector = ModelSelector.of(settings)
+        old_paths = self._path_routes(self.selector)
+        for path in old_paths:
+            self.routes.pop(path, None)
+        self.selector = self.inference.selector = selector
+        self.inference.caller = self._calls(selector)
+        self.routes |= self._path_routes(selector)
+        self.admission.configure(settings.limits)
+        self.caller.queueing = Queueing(settings.limits, self.metrics)
+        self.security.admin.configure_tiers(settings.limits.all_tiers())
+        if self.hints is not None:
+            self.hints.attach()  # a balancer made prefix-aware by the reload publishes too
+        self.settings = settings
+        return Applied.between(before, self._fleet_names(), pending)
+
+    def _fleet_names(self) -> dict[str, list[str]]:
+        return {m: [s.name for s in p.members] for m, p in self.fleet.snapshot.pools.items()}
+
+    def _audit_reload(self, action: str, actor: str, outcome: str, details: dict[str, Any]) -> None:
+        self.security.audit.record(
+            action, actor=actor, target=self.reloader.path, outcome=outcome, details=details
         )
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
@@ -308,6 +372,7 @@ class Gateway:
         await self.counters.start()
         await self.security.start()  # migrates the store first, if configured
         await self.registry.start()  # the workers added at run time, from the store
+        await self.discovery.start()  # the first answers, before the first request
         if self.ledger is not None:
             await self.ledger.start()
             await self._restore_budgets()
@@ -320,6 +385,7 @@ class Gateway:
         if self.hints is not None:
             self.hints.attach()
             self.hints.start()
+        self.reloader.start()
         # Everything alive now (modules, settings, pools) lives until shutdown: move it out of
         # the collector's reach, so that full collections under load stay short. And collect
         # the young generation less often: a request allocates a few hundred objects that
@@ -344,7 +410,9 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ops.ready = self.cluster.ready = False
         await self.health.stop()
+        await self.reloader.stop()
         await self.watch.stop()
+        await self.discovery.stop()
         await self.registry.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
@@ -385,8 +453,10 @@ class Gateway:
                 return
 
 
-def create_app(settings: Settings) -> ASGIApp:
-    app: Any = Gateway(settings)
+def create_app(settings: Settings, config_path: str | None = None) -> ASGIApp:
+    """The gateway; ``config_path``, the file ``settings`` were read from, is what a reload
+    reads again."""
+    app: Any = Gateway(settings, config_path=config_path)
     server = settings.server
     if server.trusted_hosts:
         app = TrustedHosts(app, server.trusted_hosts)
@@ -406,4 +476,5 @@ def create_app(settings: Settings) -> ASGIApp:
 def app_from_env() -> ASGIApp:
     """Factory for servers started by import string (workers): reads SWARMGATE_CONFIG."""
     configure_logging()
-    return create_app(load_settings(config_path_from_env()))
+    path = config_path_from_env()
+    return create_app(load_settings(path), path)

@@ -22,10 +22,9 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.routing import APIRoute
 
 from swarmgate.api import openapi
-from swarmgate.api.management import principal_of, request_id_of
+from swarmgate.api.management import principal_of, privileged, request_id_of
 from swarmgate.auth.roles import require
 from swarmgate.auth.security import Security
-from swarmgate.errors import Forbidden
 from swarmgate.pipeline.asgi import send_json
 from swarmgate.routing.fleet import DeploymentState, Pool
 from swarmgate.routing.registry import Registry
@@ -108,6 +107,7 @@ def model_status(pool: Pool) -> dict[str, Any]:
     return {
         "status": status,
         "type": str(pool.type),
+        "balancer": pool.strategy,  # the default's choice shows here (Settings.balancing_of)
         "deployments": len(members),
         "usable": pool.usable,
         "healthy": healthy,
@@ -181,17 +181,15 @@ class _Access:
         return principal
 
     async def writer(self, request: Request) -> Principal:
-        auth = self.security.settings.auth
-        if not auth.enabled and not auth.open_admin_without_auth:
-            # Every caller would be the system principal: fleet changes stay closed, as the
-            # admin API does.
-            raise Forbidden(
-                "fleet changes are closed: authentication is disabled (auth.enabled: false); "
-                "set auth.open_admin_without_auth: true to open them to every caller"
-            )
-        principal = await principal_of(self.security.authenticator, request)
-        require(principal, ApiScope.CLUSTER_WRITE)
-        return principal
+        security = self.security
+        return await privileged(
+            security.settings.auth,
+            security.authenticator,
+            request,
+            ApiScope.CLUSTER_WRITE,
+            "fleet changes are closed: authentication is disabled (auth.enabled: false); "
+            "set auth.open_admin_without_auth: true to open them to every caller",
+        )
 
     def audit(
         self, request: Request, who: Principal, action: str, target: str, **details: Any

@@ -11,7 +11,8 @@ seed 001's (``checks`` for the database, Redis and each model's deployments, ``v
   gateway is starting or shutting down.
 
 A call does no I/O: the database and Redis are pinged by a background task every
-``monitoring.health_interval`` seconds (each ping bounded), and deployments are judged by what
+``monitoring.health_interval`` seconds (each ping bounded; the result is also the
+``gateway_dependency_up`` gauge), and deployments are judged by what
 traffic has seen of them (``DeploymentState.healthy``). So a load balancer's probe is answered
 at once even while the database hangs. ``/health/live`` checks nothing at all, so that a
 liveness probe never restarts gateways because a shared database is down.
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from swarmgate import __version__
+from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.asgi import send_json
 from swarmgate.routing.fleet import Fleet, Pool
 from swarmgate.store import Store
@@ -62,8 +64,11 @@ def model_health(pool: Pool) -> dict[str, Any]:
 
 
 class Health:
-    def __init__(self, name: str, fleet: Fleet, store: Store, interval: float) -> None:
+    def __init__(
+        self, name: str, fleet: Fleet, store: Store, interval: float, metrics: Metrics
+    ) -> None:
         self.name = name
+        self.metrics = metrics
         self.fleet = fleet
         self.store = store
         self.interval = interval
@@ -104,8 +109,13 @@ class Health:
             db_up = False
         database = _check(db_up, started, checked_at)
         started = time.perf_counter()
-        redis = _check(await self.store.events.ping(), started, checked_at)
+        redis_up = await self.store.events.ping()
+        redis = _check(redis_up, started, checked_at)
         self.checks = {"database": database, "redis": redis}
+        # gateway_dependency_up, for the alerts (deploy/prometheus): only what is configured.
+        for name, up in (("database", db_up), ("redis", redis_up)):
+            if up is not None:
+                self.metrics.dependency(name, up)
 
     def document(self) -> tuple[int, dict[str, Any]]:
         """The /health document and its status code: pure, from the latest snapshots."""

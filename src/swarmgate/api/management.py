@@ -24,8 +24,11 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from swarmgate import __version__
 from swarmgate.api import openapi
+from swarmgate.auth.roles import require
+from swarmgate.config import Auth
 from swarmgate.errors import (
     BadRequest,
+    Forbidden,
     GatewayError,
     MethodNotAllowed,
     NotFound,
@@ -58,6 +61,19 @@ async def principal_of(authenticator: Authenticator, request: Request) -> Princi
         ", ".join(request.headers.getlist("x-forwarded-for")) or None,
         request_id_of(request),
     )
+
+
+async def privileged(
+    auth: Auth, authenticator: Authenticator, request: Request, scope: str, closed: str
+) -> Principal:
+    """The caller of a route that changes the gateway, holding ``scope``. While
+    authentication is disabled every caller would be the system principal: such routes stay
+    closed (a 403 saying ``closed``) unless ``auth.open_admin_without_auth``."""
+    if not auth.enabled and not auth.open_admin_without_auth:
+        raise Forbidden(closed)
+    principal = await principal_of(authenticator, request)
+    require(principal, scope)
+    return principal
 
 
 def error_response(exc: GatewayError, request: Request) -> JSONResponse:

@@ -265,6 +265,7 @@ _STATUS = {
             "additionalProperties": {
                 "type": "object",
                 "properties": {
+                    "balancer": {"type": "string"},
                     "deployments": {"type": "integer"},
                     "usable": {"type": "integer"},
                     "healthy": {"type": "integer"},

@@ -168,6 +168,12 @@ class KeyAdmin:
         )
         return record, secret
 
+    def configure_tiers(self, tiers: Iterable[str]) -> None:
+        """The tiers of a reloaded config (keys of a tier that went keep it: it has no limits
+        of its own then, and ``default``'s apply)."""
+        if self._tiers is not None:
+            self._tiers = frozenset(tiers)
+
     def _known_tier(self, tier: str) -> None:
         if self._tiers is not None and tier not in self._tiers:
             known = ", ".join(sorted(self._tiers))

@@ -139,6 +139,13 @@ class Admission:
         # With Redis: each model's capacity is taken at admission, across replicas.
         self.line = line
 
+    def configure(self, limits: Limits) -> None:
+        """A reloaded config's limits and tiers: the plans are compiled again, the counters
+        (and what they have counted) stay, and grants held settle as they were taken."""
+        self.limits = limits
+        self.active = limits.any_limit
+        self._plans = {}
+
     def admit(self, x: Exchange, receive: Receive | None = None) -> Awaitable[None] | None:
         """None when decided already (no limit, or in-process counters); else an awaitable
         that decides. Raises ``RateLimited`` (429) or ``ServiceUnavailable`` (503);
@@ -206,9 +213,7 @@ class Admission:
                 plan.tier,
                 plan.shown,
             )
-            metrics.admission(plan.tier, "admitted")
-            if tokens:
-                metrics.tokens_reserved(plan.tier, tokens)
+            metrics.admitted(plan.tier, tokens)
             return
         check = plan.checks[verdict.refused]
         if check.kind is CheckKind.CAPACITY:  # only when the line could not be waited in

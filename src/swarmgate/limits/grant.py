@@ -7,7 +7,6 @@ reserved tokens settled to the usage counted (a refused or failed request used n
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -29,15 +28,20 @@ def duration_text(seconds: float) -> str:
     return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
 
 
-@functools.lru_cache(maxsize=4096)
-def _reset_value(whole_ms: int) -> bytes:
-    return duration_text(whole_ms / 1000).encode()
+RESET_VALUES_MAX = 4096
+_reset_values: dict[int, bytes] = {}  # a pure function's memo, per whole millisecond
 
 
 def reset_value(seconds: float) -> bytes:
     """``duration_text`` as header bytes, remembered per millisecond (a response's resets are
     mostly a window's length, so the same few values come back on every request)."""
-    return _reset_value(math.ceil(seconds * 1000))
+    whole_ms = math.ceil(seconds * 1000)
+    value = _reset_values.get(whole_ms)
+    if value is None:
+        if len(_reset_values) >= RESET_VALUES_MAX:
+            _reset_values.clear()
+        value = _reset_values[whole_ms] = duration_text(whole_ms / 1000).encode()
+    return value
 
 
 def used_tokens(usage: Usage | None, kind: str) -> int:
@@ -121,8 +125,16 @@ class Grant:
         whole reservation, since it may have used any of it."""
         if self.settled >= 0:
             return self.settled
-        unknown = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
-        used = self.reserved if unknown and generated else used_tokens(usage, self.kind)
+        if usage is None or not (usage.prompt_tokens or usage.completion_tokens):
+            used = self.reserved if generated else 0
+        else:  # used_tokens, inline
+            kind = self.kind
+            if kind == "input":
+                used = usage.prompt_tokens
+            elif kind == "output":
+                used = usage.completion_tokens
+            else:
+                used = usage.prompt_tokens + usage.completion_tokens
         self.settled = used
         self.store.settle(self.checks, self.verdict, self.lease, self.reserved, used, cost)
         return used
@@ -131,13 +143,17 @@ class Grant:
         """OpenAI's ``x-ratelimit-*`` headers: the tightest request limit and token limit."""
         out: Headers = []
         remaining, resets = self.verdict.remaining, self.verdict.reset
+        values = _reset_values
         for indexes, limits, (limit_name, remaining_name, reset_name) in self.shown:
             at = 0
             if len(indexes) > 1:
                 left = [remaining[i] for i in indexes]
                 at = left.index(min(left))
             i = indexes[at]
-            out.append((limit_name, limits[at]))
-            out.append((remaining_name, b"%d" % remaining[i]))
-            out.append((reset_name, reset_value(resets[i])))
+            reset = values.get(math.ceil(resets[i] * 1000))  # reset_value, inline when known
+            out += (
+                (limit_name, limits[at]),
+                (remaining_name, b"%d" % remaining[i]),
+                (reset_name, reset if reset is not None else reset_value(resets[i])),
+            )
         return out

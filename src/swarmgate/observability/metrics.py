@@ -40,7 +40,8 @@ Labels = tuple[str, ...]
 
 
 class DeploymentHealthRow(NamedTuple):
-    """One deployment's health as the metrics read it at a flush (from the fleet's states)."""
+    """One deployment's health, and the load its own ``/metrics`` reported, as the metrics
+    read them at a flush (from the fleet's states)."""
 
     model: str
     deployment: str
@@ -50,6 +51,10 @@ class DeploymentHealthRow(NamedTuple):
     ejections: int  # times outlier detection ejected it (a running total)
     probes_ok: int  # active probes that succeeded (a running total)
     probes_failed: int
+    # As last scraped (routing/scrape.py); None: not scraped, or the figures were dropped.
+    waiting: float | None = None
+    running: float | None = None
+    kv_usage: float | None = None  # also None when the server exports no KV gauge
 
 
 class _Counter:
@@ -342,6 +347,61 @@ class Metrics:
             ["model", "deployment", "result"],
             registry=r,
         )
+        # The deployments' own figures, shown only while the scraper holds some.
+        self._scraped = tuple(
+            Gauge(
+                name,
+                text,
+                ["model", "deployment"],
+                registry=r,
+                multiprocess_mode="max",
+            )
+            for name, text in (
+                (
+                    "gateway_deployment_requests_waiting",
+                    "Requests waiting at a deployment, from its own /metrics as last scraped",
+                ),
+                (
+                    "gateway_deployment_requests_running",
+                    "Requests running at a deployment, from its own /metrics as last scraped",
+                ),
+                (
+                    "gateway_deployment_kv_cache_usage",
+                    "A deployment's KV-cache use (0 to 1), from its own /metrics as last scraped",
+                ),
+            )
+        )
+        self._scraped_shown: set[tuple[int, Labels]] = set()
+        # Set by the health checks' pings (api/health.py), not by traffic; "livemin": one
+        # worker that cannot reach it is enough to say so, a worker gone says nothing.
+        self._dependency_up = Gauge(
+            "gateway_dependency_up",
+            "1 while a shared dependency (database, redis) answered its latest health ping",
+            ["dependency"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self._reloads = Counter(
+            "gateway_config_reloads_total",
+            "Configuration reloads, by trigger (api, file, SIGHUP, event) and outcome "
+            "(ok, rejected: the file had problems)",
+            ["trigger", "outcome"],
+            registry=r,
+        )
+        self._reload_ok = Gauge(
+            "gateway_config_last_reload_successful",
+            "1 unless the last reload was refused (the file has problems)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self._reload_ok.set(1)
+        self._lookups = Counter(
+            "gateway_discovery_lookups_total",
+            "DNS lookups of a model's discover entries, by result (ok, failed: the last "
+            "answer kept)",
+            ["model", "result"],
+            registry=r,
+        )
         self._fleet_health: Callable[[], Iterable[DeploymentHealthRow]] | None = None
         self._fleet_seen: dict[tuple[str, str], DeploymentHealthRow] = {}
         # The ledger writer's totals, read at each flush, and the part already counted.
@@ -411,6 +471,15 @@ class Metrics:
     def admission(self, tier: str, decision: str) -> None:
         self._admissions.inc((tier, decision))
 
+    def admitted(self, tier: str, tokens: int) -> None:
+        """An admission and its token reservation: ``admission(tier, "admitted")`` and
+        ``tokens_reserved``, in one call (the hot path of every limited request)."""
+        pending, labels = self._admissions.pending, (tier, "admitted")
+        pending[labels] = pending.get(labels, 0.0) + 1.0
+        if tokens:
+            reserved, tier_only = self._tokens_reserved.pending, (tier,)
+            reserved[tier_only] = reserved.get(tier_only, 0.0) + tokens
+
     def limit_exceeded(self, tier: str, limit: str, scope: str) -> None:
         self._limit_exceeded.inc((tier, limit, scope))
 
@@ -418,7 +487,8 @@ class Metrics:
         self._tokens_reserved.inc((tier,), tokens)
 
     def tokens_settled(self, tier: str, tokens: int) -> None:
-        self._tokens_settled.inc((tier,), tokens)
+        pending, labels = self._tokens_settled.pending, (tier,)
+        pending[labels] = pending.get(labels, 0.0) + tokens
 
     def limiter_redis(self, op: str, seconds: float) -> None:
         self._redis_latency.observe((op,), seconds)
@@ -454,6 +524,17 @@ class Metrics:
 
     # Off the hot path.
 
+    def dependency(self, name: str, up: bool) -> None:
+        """The latest health ping of ``name`` (``database``, ``redis``) answered, or not."""
+        self._dependency_up.labels(name).set(1 if up else 0)
+
+    def config_reload(self, trigger: str, outcome: str) -> None:
+        self._reloads.labels(trigger, outcome).inc()
+        self._reload_ok.set(1 if outcome == "ok" else 0)
+
+    def discovery_lookup(self, model: str, ok: bool) -> None:
+        self._lookups.labels(model, "ok" if ok else "failed").inc()
+
     def follow_ledger(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Count the ledger writer's records: ``counts`` returns its totals by state (the
         writer counts in plain integers; they are read here, at each flush)."""
@@ -468,7 +549,8 @@ class Metrics:
         if self._fleet_health is None:
             return
         seen = self._fleet_seen
-        for row in self._fleet_health():
+        rows = list(self._fleet_health())
+        for row in rows:
             labels = (row.model, row.deployment)
             self._circuit.labels(*labels).set(row.circuit)
             self._deployment_up.labels(*labels).set(1 if row.up else 0)
@@ -491,6 +573,24 @@ class Metrics:
                 if delta:
                     child.inc(delta)
             seen[labels] = row
+        self._flush_scraped(rows)
+
+    def _flush_scraped(self, rows: list[DeploymentHealthRow]) -> None:
+        # Only the figures the scraper holds now are shown: one it dropped (stale, never
+        # read), or a deployment's that left the fleet, is removed rather than left at its
+        # last value, since an old "idle" must not look current. (With several workers a
+        # removed series stays in the multiprocess files at its last value.)
+        gauges = self._scraped
+        shown: set[tuple[int, Labels]] = set()
+        for row in rows:
+            labels = (row.model, row.deployment)
+            for i, value in enumerate((row.waiting, row.running, row.kv_usage)):
+                if value is not None:
+                    gauges[i].labels(*labels).set(value)
+                    shown.add((i, labels))
+        for i, gone in self._scraped_shown - shown:
+            gauges[i].remove(*gone)
+        self._scraped_shown = shown
 
     def _flush_ledger(self) -> None:
         if self._ledger_counts is None:

@@ -63,6 +63,7 @@ class Deployment:
         timeouts: Timeouts,
         model_config: Model | None = None,
     ) -> Deployment:
+        assert dep.url is not None, "a discovered deployment is built once resolved"
         breaker = dep.circuit_breaker or (model_config.circuit_breaker if model_config else None)
         probes = dep.health_check or (model_config.health_check if model_config else None)
         unary_first_byte = min(timeouts.unary_first_byte or timeouts.total, timeouts.total)
@@ -210,7 +211,10 @@ class Pool:
     config: Model
     members: tuple[DeploymentState, ...]
     balancer: Balancer = field(default_factory=LeastOutstanding)
+    strategy: str = "least_outstanding"  # the name of ``balancer``'s strategy, for status views
     capacity: int = field(init=False)  # its deployments' max_concurrent, summed
+    # The pool's line; a pool may have no member (a DNS name not resolved yet).
+    queue: SlotQueue[DeploymentState] = field(init=False)
 
     @property
     def type(self) -> ModelType:
@@ -225,10 +229,7 @@ class Pool:
         queue.capacity = self.capacity
         for member in self.members:
             member.queue = queue
-
-    @property
-    def queue(self) -> SlotQueue[DeploymentState]:
-        return self.members[0].queue
+        self.queue = queue
 
     @property
     def usable(self) -> int:
@@ -244,19 +245,21 @@ class Pool:
 def _deployment_name(model: str, dep: DeploymentConfig) -> str:
     if dep.name:
         return dep.name
-    parts = urlsplit(dep.url)
+    parts = urlsplit(dep.url or "")
     return f"{model}@{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def deployments_of(settings: Settings) -> dict[str, tuple[Deployment, ...]]:
-    """Every model's deployments, named (``model@host:port``, ``#i`` added when two clash)."""
+    """Every model's deployments, named (``model@host:port``, ``#i`` added when two clash).
+    A ``discover`` entry has none of its own: ``routing/discovery.py`` expands it first."""
     out = {}
     for model_id, model in settings.models.items():
-        names = [_deployment_name(model_id, dep) for dep in model.deployments]
+        servers = [dep for dep in model.deployments if dep.url is not None]
+        names = [_deployment_name(model_id, dep) for dep in servers]
         names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
         out[model_id] = tuple(
             Deployment.build(names[i], model_id, dep, settings.timeouts_for(dep), model)
-            for i, dep in enumerate(model.deployments)
+            for i, dep in enumerate(servers)
         )
     return out
 
@@ -295,11 +298,13 @@ class FleetSnapshot:
 
 class Fleet:
     def __init__(self, settings: Settings) -> None:
-        self.snapshot = self._build(settings, {})
+        self.snapshot = self._build(settings, {}, {})
 
     @staticmethod
     def _build(
-        settings: Settings, old: dict[tuple[str, str, str], DeploymentState]
+        settings: Settings,
+        old: dict[tuple[str, str, str], DeploymentState],
+        old_pools: dict[str, Pool],
     ) -> FleetSnapshot:
         pools = {}
         for model_id, deployments in deployments_of(settings).items():
@@ -311,8 +316,22 @@ class Fleet:
                 state.health.configure(d.circuit_breaker, d.health_check)
                 members.append(state)
             model = settings.models[model_id]
+            # Decided here, once per build: the default depends on the whole fleet's config.
+            balancing = settings.balancing_of(model)
+            # The same balancer while its settings stay: what it learnt (a prefix index, a
+            # ring, smooth round robin's turns, all kept by deployment name) outlives a
+            # reload or a change found in DNS.
+            previous = old_pools.get(model_id)
+            if (
+                previous is not None
+                and previous.config.balancer == model.balancer
+                and previous.strategy == balancing.strategy
+            ):
+                balancer = previous.balancer
+            else:
+                balancer = balancer_for(balancing)
             pools[model_id] = Pool(
-                model_id, model, tuple(members), balancer=balancer_for(model.balancer)
+                model_id, model, tuple(members), balancer=balancer, strategy=balancing.strategy
             )
         aliases = {a: m for m, model in settings.models.items() for a in model.aliases}
         return FleetSnapshot(pools, aliases, settings.default_model)
@@ -328,4 +347,4 @@ class Fleet:
         nobody reads any more.
         """
         old = {(s.deployment.model, s.name, s.deployment.url): s for s in self.snapshot.states()}
-        self.snapshot = self._build(settings, old)
+        self.snapshot = self._build(settings, old, self.snapshot.pools)

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from swarmgate.config import Deployment as DeploymentConfig
 from swarmgate.config import Settings, validation_problems
 from swarmgate.errors import BadRequest, Conflict, NotFound, StoreError
+from swarmgate.routing.discovery import Found, Target, expand, found_names
 from swarmgate.routing.fleet import DeploymentState, Fleet, _deployment_name, deployments_of
 from swarmgate.store import names
 from swarmgate.store.deployments import ACTIVE, DRAINING, REMOVED, DeploymentStore, FleetChange
@@ -80,7 +81,9 @@ def effective(
     for model_id, model in settings.models.items():
         kept = tuple(
             config.model_copy(update={"name": dep.name})
-            for config, dep in zip(model.deployments, named[model_id], strict=True)
+            for config, dep in zip(
+                (d for d in model.deployments if d.url is not None), named[model_id], strict=True
+            )
             if dep.name not in removed
         )
         deployments = kept + tuple(added[model_id])
@@ -128,6 +131,8 @@ def parse_worker(
         config = DeploymentConfig.model_validate(resolved)
     except ValidationError as exc:
         problems.extend(f"{where}.{p}" for p in validation_problems(exc, DeploymentConfig))
+    if "discover" in spec:
+        problems.append(f"{where}.discover: only in the config file; a worker has a url")
     if problems:
         raise BadRequest("; ".join(problems))
     return model, spec, config
@@ -152,6 +157,9 @@ class Registry:
         self.interval = settings.monitoring.fleet_sync_interval
         self.clock = clock
         self.changes: dict[str, FleetChange] = {}
+        # What DNS discovery found for the file's ``discover`` entries (routing/discovery.py).
+        self.answers: dict[Target, tuple[Found, ...]] = {}
+        self._discovered: set[str] = set()  # the names of the deployments found
         self._reads = 0  # reads of the store started; only the newest one read is applied
         self._applied = 0
         self._task: asyncio.Task[None] | None = None
@@ -214,13 +222,25 @@ class Registry:
         self.changes = changes
         self._apply()
 
-    def rebase(self, settings: Settings) -> None:
-        """A reloaded config file: the new base, with the run-time changes still applied."""
+    def rebase(
+        self, settings: Settings, answers: dict[Target, tuple[Found, ...]] | None = None
+    ) -> None:
+        """A reloaded config file: the new base (with discovery's answers for it), with the
+        run-time changes still applied."""
         self.settings = settings
+        if answers is not None:
+            self.answers = answers
+        self._apply()
+
+    def discovered(self, answers: dict[Target, tuple[Found, ...]]) -> None:
+        """DNS discovery's new answers: the fleet with the servers found now."""
+        self.answers = answers
         self._apply()
 
     def _apply(self) -> None:
-        self.fleet.replace(effective(self.settings, self.changes.values(), self.environ))
+        base = expand(self.settings, self.answers)
+        self._discovered = found_names(self.settings, self.answers)
+        self.fleet.replace(effective(base, self.changes.values(), self.environ))
         draining = {c.name for c in self.changes.values() if c.state == DRAINING}
         for state in self.fleet.snapshot.states():
             state.draining = state.name in draining
@@ -234,9 +254,14 @@ class Registry:
         )
 
     def source(self, name: str) -> str:
-        """``config`` for a deployment of the config file, ``api`` for one added at run time."""
+        """``config`` for a deployment of the config file, ``dns`` for one its ``discover``
+        entries found, ``api`` for one added at run time."""
         change = self.changes.get(name)
-        return "api" if change is not None and change.spec is not None else "config"
+        if change is not None and change.spec is not None:
+            return "api"
+        if name in self._discovered:
+            return "dns"
+        return "config"
 
     async def _put(
         self, name: str, model: str, spec: dict[str, Any] | None, state: str, by: str | None

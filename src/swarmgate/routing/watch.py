@@ -34,11 +34,12 @@ MAX_SLEEP = 1.0
 
 
 def health_rows(fleet: Fleet) -> Callable[[], Iterator[DeploymentHealthRow]]:
-    """What the metrics read of each deployment's health at a flush."""
+    """What the metrics read of each deployment's health (and scraped load) at a flush."""
 
     def rows() -> Iterator[DeploymentHealthRow]:
         for state in fleet.snapshot.states():
             h = state.health
+            load = state.load
             yield DeploymentHealthRow(
                 state.deployment.model,
                 state.name,
@@ -48,6 +49,9 @@ def health_rows(fleet: Fleet) -> Callable[[], Iterator[DeploymentHealthRow]]:
                 h.times_ejected,
                 h.probes_ok,
                 h.probes_failed,
+                None if load is None else load.waiting,
+                None if load is None else load.running,
+                None if load is None else load.kv_usage,
             )
 
     return rows

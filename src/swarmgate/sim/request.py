@@ -1,8 +1,9 @@
 """The fields of an OpenAI request body that the simulator acts on, checked once.
 
 Pure functions from a parsed JSON body to small frozen values; anything malformed is a
-``BadRequest`` (400), never a 500. Fields the simulator does not use (``temperature``,
-``tools``, ``n``, ...) are accepted and ignored, as a lenient server would.
+``BadRequest`` (400), never a 500. Fields the simulator does not use (``temperature``, ``n``,
+``logprobs``, ...) are accepted and ignored, as a lenient server would. A chat request's
+``tools`` and ``response_format`` are read by ``sim.tools``, only when present.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from swarmgate.errors import BadRequest
 from swarmgate.sim.text import render_chat, render_inputs
+from swarmgate.sim.tools import Structure, parse_structure
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     seed: int | None
+    structure: Structure | None = None  # tools or response_format: see sim.tools
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +86,15 @@ def parse_generation(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
     """``/v1/chat/completions`` (``chat``) or ``/v1/completions``. Several prompts in one
     completions request are served as one prompt, with one choice."""
     model = model_of(body)
+    structure = None
     if chat:
         prompt = render_chat(body.get("messages"))
+        # A few lookups on the plain path; the tool path's parsing only when asked for.
+        if "tools" in body or "response_format" in body or "tool_choice" in body:
+            structure = parse_structure(body)
+            if structure is not None and structure.tools:
+                # As a chat template does: the tools' definitions open the prompt.
+                prompt = f"<|tools|>\n{orjson.dumps(body['tools']).decode()}\n{prompt}"
     else:
         prompt = "\n".join(render_inputs(body.get("prompt"), "prompt"))
     max_tokens = _optional_int(body, "max_completion_tokens", 1)
@@ -96,7 +108,7 @@ def parse_generation(body: dict[str, Any], *, chat: bool) -> GenerationRequest:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise BadRequest("'seed' must be an integer", param="seed")
-    return GenerationRequest(model, prompt, max_tokens, stream, include_usage, seed)
+    return GenerationRequest(model, prompt, max_tokens, stream, include_usage, seed, structure)
 
 
 def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:

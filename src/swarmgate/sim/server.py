@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmgate.errors import BadRequest, GatewayError, InvalidJSON, ModelNotFound, Unauthorized
-from swarmgate.sim import failures, media, metrics, pull, text, wire
+from swarmgate.sim import failures, media, metrics, pull, text, tools, wire
 from swarmgate.sim.engine import ModelEngine, Prefill
 from swarmgate.sim.failures import NO_FAILURE, FailurePlan
 from swarmgate.sim.profile import ServerProfile
@@ -35,7 +35,7 @@ from swarmgate.sim.request import (
     parse_image,
     parse_speech,
 )
-from swarmgate.sim.stream import abort, stream_tokens
+from swarmgate.sim.stream import abort, stream_tokens, stream_tool_calls
 from swarmgate.types import Usage
 
 SERVER_HEADER = "X-Sim-Server"
@@ -205,12 +205,70 @@ class SimServer:
                 f"the request has {len(tokens)} prompt tokens and max_tokens {limit}.",
                 param="max_tokens",
             )
+        reply = self._reply(gen)
         plan, early = await self._profile_failures(request, engine, plan)
         if early is not None:
             return early
-        async with engine.slot(tokens, len(tokens) + limit) as prefill:
+        # A reply's length is its own (tool calls, JSON): its KV blocks are that many.
+        output = limit if reply is None or gen.max_tokens is not None else reply.tokens
+        async with engine.slot(tokens, len(tokens) + output) as prefill:
             await asyncio.sleep(prefill.seconds)
+            if reply is not None:
+                return await self._structured(request, plan, engine, gen, prefill, reply)
             return await self._generate(request, plan, engine, gen, prefill, limit, chat=chat)
+
+    def _reply(self, gen: GenerationRequest) -> tools.Reply | None:
+        """Tool calls or JSON content when the request asks for them (None: plain text).
+        Decided before the slot so that a schema it cannot serve is a 400 at once."""
+        if gen.structure is None:
+            return None
+        seed = text.request_seed(gen.seed, gen.prompt, self._text_rng)
+        reply = tools.answer(gen.structure, seed)
+        return None if reply.is_text else reply
+
+    async def _structured(
+        self,
+        request: web.Request,
+        plan: FailurePlan,
+        engine: ModelEngine,
+        gen: GenerationRequest,
+        prefill: Prefill,
+        reply: tools.Reply,
+    ) -> web.StreamResponse:
+        """Tool calls, or content that is JSON: its length is the reply's, not max_tokens'
+        (unless max_tokens cuts it short: finish_reason "length")."""
+        finish = "tool_calls" if reply.tool_calls else "stop"
+        if gen.max_tokens is not None and reply.tokens > gen.max_tokens:
+            reply, finish = reply.cut(gen.max_tokens), "length"
+        usage = Usage(prompt_tokens=prefill.prompt_tokens, completion_tokens=reply.tokens)
+        cached = prefill.cached_tokens if engine.kv.prefix_caching else None
+        id_, created = wire.completion_id("chatcmpl"), int(time.time())
+        if gen.stream:
+            fmt = wire.ChunkFormat(
+                chat=True, id=id_, created=created, model=gen.model, include_usage=gen.include_usage
+            )
+            if reply.content is not None:
+                content = tools.pieces(reply.content)
+                return await stream_tokens(
+                    request, engine, fmt, content, finish, usage, cached, plan.reset_after
+                )
+            return await stream_tool_calls(
+                request, engine, fmt, reply.tool_calls, finish, usage, cached, plan.reset_after
+            )
+        await asyncio.sleep(reply.tokens / engine.profile.tokens_per_second)
+        engine.counters.generation_tokens += reply.tokens
+        engine.counters.requests_finished += 1
+        body = wire.chat_completion(
+            id=id_,
+            created=created,
+            model=gen.model,
+            text=reply.content,
+            finish_reason=finish,
+            usage=usage,
+            cached_tokens=cached,
+            tool_calls=reply.tool_calls,
+        )
+        return await self._respond(request, plan, body)
 
     async def _generate(
         self,

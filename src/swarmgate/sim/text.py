@@ -27,14 +27,14 @@ while the gateway routes load across replicas keeping queues short caches warm a
 low so that applications see one reliable endpoint for chat completions embeddings and
 tasks in a cluster of machines that hum along through the night
 """
-_VOCABULARY = _WORDS.split()
+VOCABULARY = _WORDS.split()
 
 
 def tokenize(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):
@@ -58,8 +58,24 @@ def render_chat(messages: Any) -> str:
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest("each message needs a string 'role'", param="messages")
-        lines.append(f"<|{message['role']}|>\n{_content_text(message.get('content'))}\n")
+        lines.append(f"<|{message['role']}|>\n{content_text(message.get('content'))}\n")
+        calls = message.get("tool_calls")
+        if calls:
+            lines.append(_calls_text(calls))
     lines.append("<|assistant|>\n")
+    return "".join(lines)
+
+
+def _calls_text(calls: Any) -> str:
+    """An assistant message's tool calls, one ``name(arguments)`` line each."""
+    if not isinstance(calls, list):
+        raise BadRequest("'tool_calls' must be an array", param="messages")
+    lines = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise BadRequest("each tool call needs a 'function'", param="messages")
+        lines.append(f"{function.get('name')}({function.get('arguments')})\n")
     return "".join(lines)
 
 
@@ -104,7 +120,7 @@ def generate(seed: int, count: int) -> list[str]:
     rng = random.Random(seed)
     tokens = []
     for i in range(count):
-        word = rng.choice(_VOCABULARY)
+        word = rng.choice(VOCABULARY)
         full_stop = rng.random() < 0.08
         if i == 0:
             tokens.append(word.capitalize())

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from swarmgate.sim.tools import ToolCall
 from swarmgate.types import JSON, Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -39,16 +41,26 @@ def error_json(status: int, message: str, code: str | None = None) -> JSON:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+def tool_call_json(call: ToolCall) -> JSON:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
 def chat_completion(
     *,
     id: str,
     created: int,
     model: str,
-    text: str,
+    text: str | None,
     finish_reason: str,
     usage: Usage,
     cached_tokens: int | None = None,
+    tool_calls: Sequence[ToolCall] = (),
 ) -> JSON:
+    """With ``tool_calls``, ``text`` is None, as OpenAI sends a message that calls tools."""
     return {
         "id": id,
         "object": "chat.completion",
@@ -62,7 +74,7 @@ def chat_completion(
                     "role": "assistant",
                     "content": text,
                     "refusal": None,
-                    "tool_calls": [],
+                    "tool_calls": [tool_call_json(c) for c in tool_calls],
                 },
                 "logprobs": None,
                 "finish_reason": finish_reason,
@@ -139,6 +151,30 @@ class ChunkFormat:
             + orjson.dumps(usage_json(usage, cached_tokens))
             + b"}\n\n"
         )
+
+    def tool_call(self, index: int, call: ToolCall) -> bytes:
+        """A tool call's first chunk: its id and name, no arguments yet; the first call's
+        also opens the message, as OpenAI's does (role, and no content)."""
+        head: JSON = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        if index == 0:
+            delta = {"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}
+            return self._chunk(delta, None)
+        return self._chunk({"tool_calls": [head]}, None)
+
+    def arguments(self, index: int, fragment: str) -> bytes:
+        """A fragment of tool call ``index``'s arguments (its JSON text, cut anywhere)."""
+        return self._chunk(
+            {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}, None
+        )
+
+    def finish(self, finish_reason: str) -> bytes:
+        """The closing chunk of a tool-calling message: an empty delta and the reason."""
+        return self._chunk({}, finish_reason)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

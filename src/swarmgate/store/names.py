@@ -8,3 +8,4 @@ REPLICAS = PREFIX + "limits:replicas"  # sorted set: replica id -> its last hear
 CAPACITY_FREED = PREFIX + "events:capacity"  # pub/sub: a pool's capacity key, a slot freed
 PLACEMENTS = PREFIX + "events:placements"  # pub/sub: prompts' block hashes -> who served them
 FLEET_EVENTS = PREFIX + "events:fleet"  # pub/sub: a worker added, drained, restarted or removed
+CONFIG_EVENTS = PREFIX + "events:config"  # pub/sub: re-read the config file (a reload elsewhere)
