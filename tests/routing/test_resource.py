@@ -148,3 +148,18 @@ def test_choose_takes_a_candidate_of_least_cost(
     costs = [cost(v, NOW, half_life=2.0, stale_after=10.0, kv_requests=4.0) for v in views]
     chosen = _balancer().choose(views, FACTS)
     assert costs[chosen] == pytest.approx(min(costs))
+
+
+def test_a_slow_deployment_is_not_starved_while_the_fast_one_queues() -> None:
+    # In steady state a deployment 4x slower holds its requests 4x longer, so its in-flight
+    # count already shows its slowness (Little's law). Its latency counted in full on top, it
+    # would take the next request only once the fast one held 4x its count (its share falling
+    # with the square of its latency); counted as a square root, at 2x.
+    balancer = _balancer()
+    for _ in range(5):
+        balancer.finished("slow", FACTS, Outcome.OK, 2.0)
+        balancer.finished("fast", FACTS, Outcome.OK, 0.5)
+    views = [View("slow", in_flight=2), View("fast", in_flight=6)]
+    assert views[balancer.choose(views, FACTS)].name == "slow"
+    views = [View("slow", in_flight=2), View("fast", in_flight=4)]
+    assert views[balancer.choose(views, FACTS)].name == "fast"

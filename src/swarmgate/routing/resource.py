@@ -18,11 +18,16 @@ subtracting its whole count would make the cost flat in ``in_flight`` right afte
 which is the herd again. Counted twice they weigh every deployment alike, and each pick still
 raises the chosen one's cost by a full request.
 
-The latency factor is the deployment's moving average of time to first byte against the
-candidates' mean, clamped to [0.5, 2] (Finagle's peak-EWMA idea: a slow deployment is
-worth fewer requests). Equal costs are broken at random, so that replicas of the gateway do
-not all pick the same one. ``cost`` is a pure function; the balancer keeps only the moving
-averages, fed by ``finished`` after each served request.
+The latency factor is the square root of the deployment's moving average of time to first
+byte against the candidates' mean, clamped to [0.5, 2] (Finagle's peak-EWMA idea: a slow
+deployment is worth fewer requests). The root, because in steady state the in-flight count
+already grows with latency (Little's law: in flight = rate x latency): with the whole ratio
+on top, a deployment's share of requests would fall with the square of its latency, and one
+4x slower would get 1/16 of a fast one's requests where it can serve 1/4, idling while the
+fast ones queue (bench/routing.py measured it). With the root a burst, before any count can
+show it, still leans 2:1 toward a deployment 4x faster. Equal costs are broken at random, so
+that replicas of the gateway do not all pick the same one. ``cost`` is a pure function; the
+balancer keeps only the moving averages, fed by ``finished`` after each served request.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from swarmgate.routing.balancers import DeploymentView, RoutingFacts, SessionKey
 from swarmgate.routing.load import Load
 from swarmgate.types import Clock, Outcome
 
-LATENCY_CLAMP = (0.5, 2.0)
+LATENCY_CLAMP = (0.5, 2.0)  # of the factor, the square root of the latency ratio
 EWMA_ALPHA = 0.2  # the weight of each new latency sample
 
 
@@ -94,8 +99,8 @@ class ResourceAware:
         self._latency: dict[str, float] = {}  # name → moving average of seconds
 
     def latency_factors(self, views: Sequence[DeploymentView]) -> list[float] | None:
-        """Each candidate's latency against the candidates' mean; None while fewer than two
-        of them have one (then latency does not count)."""
+        """The square root of each candidate's latency against the candidates' mean; None
+        while fewer than two of them have one (then latency does not count)."""
         latency = self._latency
         if len(latency) < 2:
             return None
@@ -105,7 +110,7 @@ class ResourceAware:
             return None
         mean = sum(seen) / len(seen)
         low, high = LATENCY_CLAMP
-        return [1.0 if s is None else min(high, max(low, s / mean)) for s in known]
+        return [1.0 if s is None else min(high, max(low, (s / mean) ** 0.5)) for s in known]
 
     def choose(self, views: Sequence[DeploymentView], request: RoutingFacts) -> int:
         if len(views) == 1:
