@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from swarmgate import seedconfig
+from swarmgate import profiles, seedconfig
 from swarmgate.errors import ConfigError
 from swarmgate.limits.tiers import Limits
 from swarmgate.routing import policy
@@ -95,6 +95,14 @@ MAX_DURATION = 10 * 365 * 86400.0
 Lifetime = Annotated[float, Field(gt=0, le=MAX_DURATION)]
 
 
+def _duration_value(value: Any) -> Any:
+    """``10s``, ``2m`` or a number of seconds."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Duration = Annotated[float, BeforeValidator(_duration_value), Field(gt=0, le=86400)]
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,7 +128,7 @@ class CircuitBreaker(Frozen):
 
     enabled: bool = True
     threshold: Annotated[int, Field(ge=1, le=1000)] = 5
-    open_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    open_seconds: Duration = 60.0
     half_open_requests: Annotated[int, Field(ge=1, le=100)] = 1
 
 
@@ -216,12 +224,6 @@ class Fallback(Frozen):
     retry_after: Annotated[int, Field(ge=0, le=86400)] | None = None
 
 
-def _duration_value(value: Any) -> Any:
-    """``10s``, ``2m`` or a number of seconds."""
-    return parse_duration(value) if isinstance(value, str) else value
-
-
-Duration = Annotated[float, BeforeValidator(_duration_value), Field(gt=0, le=86400)]
 DNS_NAME = re.compile(
     r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?"
@@ -860,7 +862,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         key = name[len(ENV_PREFIX) :].lower()
         if key == "admin_key":
             path = ["auth", "admin_key"]
-        elif key == "config":
+        elif key in ("config", "profile"):  # which file, which of its profiles
             continue
         else:
             path = key.split("__")
@@ -915,18 +917,27 @@ def parse_settings(
     *,
     base_dir: Path | None = None,
     deployment_keys: bool = True,
+    profile: str | None = None,
 ) -> Settings:
     """Validate a parsed YAML document plus environment overrides into ``Settings``.
 
     Relative paths resolve against ``base_dir`` (default: the working directory). With
     ``deployment_keys`` false the deployments' ``api_key_env`` variables are neither required
-    nor read: for commands that work on the store and never call an upstream."""
+    nor read: for commands that work on the store and never call an upstream. ``profile``
+    (default: ``SWARMGATE_PROFILE``; ``""``: none) names the entry of the document's
+    ``profiles`` laid over it, before the environment's overrides."""
     env = os.environ if environ is None else environ
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of sections"])
-    problems: list[str] = []
+    overlay = profiles.apply(
+        raw,
+        profile_from_env(env) if profile is None else profile or None,
+        has_logging="logging" in Settings.model_fields,
+    )
+    raw = overlay.config
+    problems: list[str] = list(overlay.problems)
     if seedconfig.is_seed_config(raw):
         translation = seedconfig.translate(raw, env)
         raw = translation.config
@@ -1003,17 +1014,33 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     *,
     deployment_keys: bool = True,
+    profile: str | None = None,
 ) -> Settings:
     """Read ``path`` (YAML) and apply ``SWARMGATE_*`` overrides. Relative paths in it resolve
     against the file's directory; without a file, against the working directory."""
     if path is None:
-        return parse_settings({}, environ, deployment_keys=deployment_keys)
+        return parse_settings({}, environ, deployment_keys=deployment_keys, profile=profile)
     return parse_settings(
         read_yaml(path),
         environ,
         base_dir=Path(path).resolve().parent,
         deployment_keys=deployment_keys,
+        profile=profile,
     )
+
+
+def profile_names(path: str | Path) -> list[str]:
+    """The profiles a configuration file defines, in its order."""
+    raw = read_yaml(path)
+    return profiles.names(raw) if isinstance(raw, dict) else []
+
+
+def profile_notes(path: str | Path, profile: str) -> list[str]:
+    """What profile ``profile`` of the file maps where, and what of it has no equivalent."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        return []
+    return profiles.apply(raw, profile, has_logging="logging" in Settings.model_fields).notes
 
 
 def seed_translation(
@@ -1041,6 +1068,12 @@ def metrics_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None
 def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(ENV_PREFIX + "CONFIG")
+
+
+def profile_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``SWARMGATE_PROFILE``: the profile ``serve`` was given, passed on to its workers."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + "PROFILE") or None
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

@@ -34,13 +34,22 @@ async def prepare_store(settings: Settings) -> None:
 
 
 def serve(
-    config_path: str | None, settings: Settings, host: str, port: int, workers: int, server: str
+    config_path: str | None,
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    server: str,
+    *,
+    profile: str | None = None,
 ) -> None:
     problem = worker_problem(settings, workers)
     if problem is not None:
         raise ConfigError([problem])
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
+    if profile:
+        os.environ[ENV_PREFIX + "PROFILE"] = profile  # the workers re-read the file with it
     # Workers re-read the settings: they must know which server runs them (see read_body).
     os.environ[ENV_PREFIX + "SERVER__SERVER"] = server
     _raise_open_files_limit(settings.server.max_connections)
