@@ -496,8 +496,23 @@ class Monitoring(Frozen):
 
 
 class Store(Frozen):
+    """The SQL store. On PostgreSQL each process keeps a pool of ``pool_size`` connections,
+    opens up to ``max_overflow`` more under load, and fails a query that waited
+    ``pool_timeout`` seconds for one (seed 001 gives 20 / 30 / 30 s; docs/operations.md).
+
+    ``prepared_statements``: psycopg prepares a query on the server after it ran five times
+    on a connection. Behind pgbouncer in transaction pooling mode (before 1.21, or with
+    ``max_prepared_statements = 0``) the next transaction may run on another server
+    connection, where that statement is missing or another client's holds its name: off by
+    default, since the gateway's queries are few and simple and gain little from it."""
+
     url: str = "sqlite+aiosqlite:///swarmgate.db"
     migrate_on_start: bool = True
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_overflow: Annotated[int, Field(ge=0, le=1000)] = 10
+    pool_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    connect_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0
+    prepared_statements: bool = False
 
 
 class Redis(Frozen):
