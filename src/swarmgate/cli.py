@@ -1,5 +1,5 @@
 """The ``swarmgate`` command: serve, sim, demo, check-config, check, version (keys, ip-blocks
-and migrate: the store; workers and reload: a running gateway)."""
+and migrate: the store; workers, reload and status: a running gateway)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,17 @@ class Commands(click.Group):
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.LAZY, "workers", "reload"])
+        return sorted([*super().list_commands(ctx), *self.LAZY, "workers", "reload", "status"])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "workers":  # a running gateway's API, not the store
             from swarmgate.workers_cli import workers
 
             return workers
+        if cmd_name == "status":
+            from swarmgate.status_cli import status
+
+            return status
         if cmd_name == "reload":
             from swarmgate.reload_cli import reload
 
