@@ -55,6 +55,8 @@ RAW_STRING_FIELDS = frozenset(
         "spool_path",
         "issuer",
         "audience",
+        "cert_file",
+        "key_file",
     }
 )
 
@@ -462,6 +464,51 @@ class Model(Frozen):
         return value
 
 
+# TLS 1.2 suites by their IANA names (seed 003 writes them so) → OpenSSL's names. Only ECDHE
+# key exchange with an AEAD cipher: forward secrecy, no CBC. TLS 1.3's suites are all AEAD and
+# are not configurable here. (tests/test_tls.py keeps this in step with the servers.)
+TLS12_SUITES = {
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+}
+# Seed 003 leaves the hash off the ChaCha20 suites' names.
+TLS12_ALIASES = {
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+}
+
+
+class TLS(Frozen):
+    """HTTPS on the gateway's own port (docs/operations.md): a PEM certificate chain and its
+    key, TLS ``min_version`` or newer. ``ciphers`` narrows TLS 1.2's suites (IANA names, seed
+    003's list for one); uvicorn honours it, granian (rustls) has a fixed set and refuses a
+    list. With ``watch`` the files are looked at every ``watch_interval`` seconds and a changed,
+    valid pair is served to new connections without a restart (a certificate rotation)."""
+
+    cert_file: str
+    key_file: str
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: tuple[str, ...] = ()
+    watch: bool = True
+    watch_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @field_validator("ciphers")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(TLS12_ALIASES.get(n.strip().upper(), n.strip().upper()) for n in value)
+        unknown = [n for n in names if n not in TLS12_SUITES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a TLS 1.2 ECDHE AEAD suite (one of "
+                f"{', '.join(TLS12_SUITES)})"
+            )
+        return names
+
+
 class Server(Frozen):
     name: str = "swarmgate"  # this gateway's name in /health and / (seed 004's service.name)
     host: str = "127.0.0.1"
@@ -483,6 +530,17 @@ class Server(Frozen):
     body_timeout: Seconds = 30.0
     keepalive_timeout: Seconds = 5.0
     max_connections: Annotated[int, Field(ge=1)] = 10000
+    tls: TLS | None = None  # None: plain HTTP (TLS ends at a proxy in front, if anywhere)
+
+    @model_validator(mode="after")
+    def _tls_fits_the_server(self) -> Server:
+        if self.tls is not None and self.tls.ciphers and self.server == "granian":
+            raise ValueError(
+                "tls.ciphers: granian (rustls) serves a fixed set of suites and takes no list "
+                "(TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305, which includes seed 003's); "
+                "remove ciphers, or serve with uvicorn"
+            )
+        return self
 
 
 class Monitoring(Frozen):
@@ -999,9 +1057,19 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     audit_spool = base / settings.audit.spool_path
     ledger = settings.ledger.spool_path
     ledger_spool = base / ledger if ledger else audit_spool.with_name(audit_spool.name + ".ledger")
+    server = settings.server
+    if server.tls is not None:
+        tls = server.tls.model_copy(
+            update={
+                "cert_file": str(base / server.tls.cert_file),
+                "key_file": str(base / server.tls.key_file),
+            }
+        )
+        server = server.model_copy(update={"tls": tls})
     # model_copy: Settings stay frozen; the values are paths built from already valid ones.
     return settings.model_copy(
         update={
+            "server": server,
             "store": settings.store.model_copy(update={"url": url}),
             "auth": auth.model_copy(update={"secret_file": str(secret_file)}),
             "audit": settings.audit.model_copy(update={"spool_path": str(audit_spool)}),
