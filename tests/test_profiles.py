@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from swarmgate.config import load_settings, parse_settings
 from swarmgate.errors import ConfigError
+from tests.api.e2e import FAST
+from tests.plugins.processes import Gateway, Sim
 from tests.test_cli import invoke, run
 
 # Seed 003's "Environment-Specific Configuration", under ``profiles``, as the seed writes it.
@@ -156,3 +161,17 @@ def test_serve_refuses_an_unknown_profile_before_starting(seed_file: Path) -> No
     result = invoke("serve", "--config", str(seed_file), "--profile", "qa")
     assert result.exit_code == 2
     assert "profile 'qa': not in profiles" in result.output
+
+
+def test_serve_passes_the_profile_to_its_workers(
+    gateway_factory: Callable[..., Gateway], sim_factory: Callable[..., Sim]
+) -> None:
+    sim = sim_factory({"chat": FAST})
+    config = {
+        "server": {"name": "base-edge"},
+        "models": {"chat": {"deployments": [{"url": sim.url}]}},
+        "profiles": {"production": {"server": {"name": "prod-edge"}}},
+    }
+    gw = gateway_factory(config, args=("--profile", "production"))
+    with urllib.request.urlopen(gw.url + "/health", timeout=5) as reply:
+        assert json.loads(reply.read())["gateway"] == "prod-edge"
