@@ -145,6 +145,10 @@ def test_check_config_validates_every_profile(tmp_path: Path, seed_file: Path) -
         in (result.stdout)
     )
     assert "profiles.production.authentication.token_refresh: ignored" in result.stdout
+    # The environment's choice is serve's: check-config still checks the base and them all.
+    chosen = run("check-config", str(seed_file), env={"SWARMGATE_PROFILE": "nope"})
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.count(": OK") == 4
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(SEED_003.replace("failure_threshold: 10", "failure_threshold: 0"))

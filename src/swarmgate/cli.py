@@ -169,8 +169,8 @@ def check_config(path: str, profile: str | None) -> None:
 
     A file in the unified-api-gateway format (service, gateway, load_balancer, models with an
     endpoint each, performance, monitoring) is translated: its mapping is printed too."""
-    # The environment's profile is not the base: the base is checked as the file gives it.
-    settings = _load(path, profile) if profile else _checked_base(path)
+    # "": the base as the file gives it, whatever SWARMGATE_PROFILE says; then each profile.
+    settings = _load(path, profile or "")
     translation = seed_translation(path)
     if translation is not None:
         click.echo(f"{path}: unified-api-gateway format, read as swarmgate's configuration:")
@@ -188,16 +188,6 @@ def check_config(path: str, profile: str | None) -> None:
     for name in [profile] if profile else profile_names(path):
         failed |= not _check_profile(path, name)
     if failed:
-        sys.exit(2)
-
-
-def _checked_base(path: str) -> Settings:
-    try:
-        return load_settings(path, profile="")
-    except ConfigError as exc:
-        click.echo(f"swarmgate: invalid configuration in {path}:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
         sys.exit(2)
 
 
