@@ -36,6 +36,8 @@ if [ "${1:-}" = "test" ]; then
   command -v npm >/dev/null || need+=(npm)
   # DNS discovery's tests run a real DNS server (the binary only: no system service on port 53).
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+  # The store's tests run behind a real pgbouncer in transaction mode (tests/plugins/pgbouncer.py).
+  command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
   extras=".[test]"
 else

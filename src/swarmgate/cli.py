@@ -1,5 +1,5 @@
 """The ``swarmgate`` command: serve, sim, demo, check-config, check, version (keys, ip-blocks
-and migrate: the store; workers and reload: a running gateway)."""
+and migrate: the store; workers, reload and status: a running gateway)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,28 @@ from typing import ClassVar
 import click
 
 from swarmgate import __version__
-from swarmgate.config import Settings, load_settings, seed_translation, worker_problem
+from swarmgate.config import (
+    Settings,
+    load_settings,
+    profile_names,
+    profile_notes,
+    seed_translation,
+    worker_problem,
+)
 from swarmgate.errors import ConfigError, StoreError
 
 CONFIG_HELP = "YAML configuration file (SWARMGATE_* environment variables override it)."
+PROFILE_HELP = "The entry of the file's profiles laid over it (development, production, ...)."
 
 
-def _load(path: str | None) -> Settings:
+def _load(path: str | None, profile: str | None = None) -> Settings:
     try:
-        return load_settings(path)
+        return load_settings(path, profile=profile)
     except ConfigError as exc:
-        click.echo(f"swarmgate: invalid configuration in {path or '(environment)'}:", err=True)
+        where = path or "(environment)"
+        if profile:
+            where += f", profile {profile}"
+        click.echo(f"swarmgate: invalid configuration in {where}:", err=True)
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
@@ -37,13 +48,17 @@ class Commands(click.Group):
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.LAZY, "workers", "reload"])
+        return sorted([*super().list_commands(ctx), *self.LAZY, "workers", "reload", "status"])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "workers":  # a running gateway's API, not the store
             from swarmgate.workers_cli import workers
 
             return workers
+        if cmd_name == "status":
+            from swarmgate.status_cli import status
+
+            return status
         if cmd_name == "reload":
             from swarmgate.reload_cli import reload
 
@@ -83,12 +98,14 @@ def main() -> None:
     default=None,
     help="ASGI server (default: server.server).",
 )
+@click.option("--profile", default=None, envvar="SWARMGATE_PROFILE", help=PROFILE_HELP)
 def serve(
     config_path: str | None,
     host: str | None,
     port: int | None,
     workers: int | None,
     server_kind: str | None,
+    profile: str | None,
 ) -> None:
     """Run the gateway."""
     from swarmgate.serve import serve as run
@@ -97,7 +114,7 @@ def serve(
         # Not click's required=True: its help would say [required] of an option that the
         # environment variable can stand in for.
         raise click.UsageError("Missing option '--config' (or set SWARMGATE_CONFIG).")
-    settings = _load(config_path)
+    settings = _load(config_path, profile)
     s = settings.server
     translation = seed_translation(config_path)
     for line in translation.mapped if translation else ():
@@ -111,6 +128,7 @@ def serve(
             s.port if port is None else port,
             workers or s.workers,
             server_kind or s.server,
+            profile=profile,
         )
     except ConfigError as exc:
         click.echo(f"swarmgate: invalid configuration in {config_path}:", err=True)
@@ -144,12 +162,15 @@ def sim(config_path: str, testing: bool) -> None:
 
 @main.command(name="check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
-def check_config(path: str) -> None:
-    """Validate a configuration file; print every problem with its path.
+@click.option("--profile", default=None, help="Check this profile only (default: all of them).")
+def check_config(path: str, profile: str | None) -> None:
+    """Validate a configuration file, and each of its profiles laid over it; print every
+    problem with its path.
 
     A file in the unified-api-gateway format (service, gateway, load_balancer, models with an
     endpoint each, performance, monitoring) is translated: its mapping is printed too."""
-    settings = _load(path)
+    # "": the base as the file gives it, whatever SWARMGATE_PROFILE says; then each profile.
+    settings = _load(path, profile or "")
     translation = seed_translation(path)
     if translation is not None:
         click.echo(f"{path}: unified-api-gateway format, read as swarmgate's configuration:")
@@ -163,6 +184,29 @@ def check_config(path: str) -> None:
     problem = worker_problem(settings, settings.server.workers)
     if problem is not None:
         click.echo(f"swarmgate: warning: serve will refuse this: {problem}", err=True)
+    failed = False
+    for name in [profile] if profile else profile_names(path):
+        failed |= not _check_profile(path, name)
+    if failed:
+        sys.exit(2)
+
+
+def _check_profile(path: str, name: str) -> bool:
+    """One profile over the base: OK, with what it maps where, or its problems."""
+    try:
+        settings = load_settings(path, profile=name)
+    except ConfigError as exc:
+        click.echo(f"swarmgate: invalid configuration in {path}, profile {name}:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        return False
+    click.echo(f"  profile {name}: OK ({len(settings.models)} models)")
+    for note in profile_notes(path, name):
+        click.echo(f"    {note}")
+    refused = worker_problem(settings, settings.server.workers)
+    if refused is not None:
+        click.echo(f"swarmgate: warning: profile {name}: serve will refuse: {refused}", err=True)
+    return True
 
 
 @main.command()

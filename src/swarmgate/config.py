@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from swarmgate import seedconfig
+from swarmgate import profiles, seedconfig
 from swarmgate.errors import ConfigError
 from swarmgate.limits.tiers import Limits
 from swarmgate.routing import policy
@@ -55,6 +55,8 @@ RAW_STRING_FIELDS = frozenset(
         "spool_path",
         "issuer",
         "audience",
+        "cert_file",
+        "key_file",
     }
 )
 
@@ -95,6 +97,14 @@ MAX_DURATION = 10 * 365 * 86400.0
 Lifetime = Annotated[float, Field(gt=0, le=MAX_DURATION)]
 
 
+def _duration_value(value: Any) -> Any:
+    """``10s``, ``2m`` or a number of seconds."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Duration = Annotated[float, BeforeValidator(_duration_value), Field(gt=0, le=86400)]
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,7 +130,7 @@ class CircuitBreaker(Frozen):
 
     enabled: bool = True
     threshold: Annotated[int, Field(ge=1, le=1000)] = 5
-    open_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    open_seconds: Duration = 60.0
     half_open_requests: Annotated[int, Field(ge=1, le=100)] = 1
 
 
@@ -216,12 +226,6 @@ class Fallback(Frozen):
     retry_after: Annotated[int, Field(ge=0, le=86400)] | None = None
 
 
-def _duration_value(value: Any) -> Any:
-    """``10s``, ``2m`` or a number of seconds."""
-    return parse_duration(value) if isinstance(value, str) else value
-
-
-Duration = Annotated[float, BeforeValidator(_duration_value), Field(gt=0, le=86400)]
 DNS_NAME = re.compile(
     r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?"
@@ -466,6 +470,51 @@ class Model(Frozen):
         return value
 
 
+# TLS 1.2 suites by their IANA names (seed 003 writes them so) → OpenSSL's names. Only ECDHE
+# key exchange with an AEAD cipher: forward secrecy, no CBC. TLS 1.3's suites are all AEAD and
+# are not configurable here. (tests/test_tls.py keeps this in step with the servers.)
+TLS12_SUITES = {
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+}
+# Seed 003 leaves the hash off the ChaCha20 suites' names.
+TLS12_ALIASES = {
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+}
+
+
+class TLS(Frozen):
+    """HTTPS on the gateway's own port (docs/operations.md): a PEM certificate chain and its
+    key, TLS ``min_version`` or newer. ``ciphers`` narrows TLS 1.2's suites (IANA names, seed
+    003's list for one); uvicorn honours it, granian (rustls) has a fixed set and refuses a
+    list. With ``watch`` the files are looked at every ``watch_interval`` seconds and a changed,
+    valid pair is served to new connections without a restart (a certificate rotation)."""
+
+    cert_file: str
+    key_file: str
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: tuple[str, ...] = ()
+    watch: bool = True
+    watch_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @field_validator("ciphers")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(TLS12_ALIASES.get(n.strip().upper(), n.strip().upper()) for n in value)
+        unknown = [n for n in names if n not in TLS12_SUITES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a TLS 1.2 ECDHE AEAD suite (one of "
+                f"{', '.join(TLS12_SUITES)})"
+            )
+        return names
+
+
 class Server(Frozen):
     name: str = "swarmgate"  # this gateway's name in /health and / (seed 004's service.name)
     host: str = "127.0.0.1"
@@ -487,6 +536,17 @@ class Server(Frozen):
     body_timeout: Seconds = 30.0
     keepalive_timeout: Seconds = 5.0
     max_connections: Annotated[int, Field(ge=1)] = 10000
+    tls: TLS | None = None  # None: plain HTTP (TLS ends at a proxy in front, if anywhere)
+
+    @model_validator(mode="after")
+    def _tls_fits_the_server(self) -> Server:
+        if self.tls is not None and self.tls.ciphers and self.server == "granian":
+            raise ValueError(
+                "tls.ciphers: granian (rustls) serves a fixed set of suites and takes no list "
+                "(TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305, which includes seed 003's); "
+                "remove ciphers, or serve with uvicorn"
+            )
+        return self
 
 
 class Monitoring(Frozen):
@@ -500,8 +560,23 @@ class Monitoring(Frozen):
 
 
 class Store(Frozen):
+    """The SQL store. On PostgreSQL each process keeps a pool of ``pool_size`` connections,
+    opens up to ``max_overflow`` more under load, and fails a query that waited
+    ``pool_timeout`` seconds for one (seed 001 gives 20 / 30 / 30 s; docs/operations.md).
+
+    ``prepared_statements``: psycopg prepares a query on the server after it ran five times
+    on a connection. Behind pgbouncer in transaction pooling mode (before 1.21, or with
+    ``max_prepared_statements = 0``) the next transaction may run on another server
+    connection, where that statement is missing or another client's holds its name: off by
+    default, since the gateway's queries are few and simple and gain little from it."""
+
     url: str = "sqlite+aiosqlite:///swarmgate.db"
     migrate_on_start: bool = True
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_overflow: Annotated[int, Field(ge=0, le=1000)] = 10
+    pool_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    connect_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0
+    prepared_statements: bool = False
 
 
 class Redis(Frozen):
@@ -893,7 +968,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         key = name[len(ENV_PREFIX) :].lower()
         if key == "admin_key":
             path = ["auth", "admin_key"]
-        elif key == "config":
+        elif key in ("config", "profile"):  # which file, which of its profiles
             continue
         else:
             path = key.split("__")
@@ -948,18 +1023,27 @@ def parse_settings(
     *,
     base_dir: Path | None = None,
     deployment_keys: bool = True,
+    profile: str | None = None,
 ) -> Settings:
     """Validate a parsed YAML document plus environment overrides into ``Settings``.
 
     Relative paths resolve against ``base_dir`` (default: the working directory). With
     ``deployment_keys`` false the deployments' ``api_key_env`` variables are neither required
-    nor read: for commands that work on the store and never call an upstream."""
+    nor read: for commands that work on the store and never call an upstream. ``profile``
+    (default: ``SWARMGATE_PROFILE``; ``""``: none) names the entry of the document's
+    ``profiles`` laid over it, before the environment's overrides."""
     env = os.environ if environ is None else environ
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of sections"])
-    problems: list[str] = []
+    overlay = profiles.apply(
+        raw,
+        profile_from_env(env) if profile is None else profile or None,
+        has_logging="logging" in Settings.model_fields,
+    )
+    raw = overlay.config
+    problems: list[str] = list(overlay.problems)
     if seedconfig.is_seed_config(raw):
         translation = seedconfig.translate(raw, env)
         raw = translation.config
@@ -1006,9 +1090,19 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     audit_spool = base / settings.audit.spool_path
     ledger = settings.ledger.spool_path
     ledger_spool = base / ledger if ledger else audit_spool.with_name(audit_spool.name + ".ledger")
+    server = settings.server
+    if server.tls is not None:
+        tls = server.tls.model_copy(
+            update={
+                "cert_file": str(base / server.tls.cert_file),
+                "key_file": str(base / server.tls.key_file),
+            }
+        )
+        server = server.model_copy(update={"tls": tls})
     # model_copy: Settings stay frozen; the values are paths built from already valid ones.
     return settings.model_copy(
         update={
+            "server": server,
             "store": settings.store.model_copy(update={"url": url}),
             "auth": auth.model_copy(update={"secret_file": str(secret_file)}),
             "audit": settings.audit.model_copy(update={"spool_path": str(audit_spool)}),
@@ -1036,17 +1130,33 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     *,
     deployment_keys: bool = True,
+    profile: str | None = None,
 ) -> Settings:
     """Read ``path`` (YAML) and apply ``SWARMGATE_*`` overrides. Relative paths in it resolve
     against the file's directory; without a file, against the working directory."""
     if path is None:
-        return parse_settings({}, environ, deployment_keys=deployment_keys)
+        return parse_settings({}, environ, deployment_keys=deployment_keys, profile=profile)
     return parse_settings(
         read_yaml(path),
         environ,
         base_dir=Path(path).resolve().parent,
         deployment_keys=deployment_keys,
+        profile=profile,
     )
+
+
+def profile_names(path: str | Path) -> list[str]:
+    """The profiles a configuration file defines, in its order."""
+    raw = read_yaml(path)
+    return profiles.names(raw) if isinstance(raw, dict) else []
+
+
+def profile_notes(path: str | Path, profile: str) -> list[str]:
+    """What profile ``profile`` of the file maps where, and what of it has no equivalent."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        return []
+    return profiles.apply(raw, profile, has_logging="logging" in Settings.model_fields).notes
 
 
 def seed_translation(
@@ -1074,6 +1184,12 @@ def metrics_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None
 def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(ENV_PREFIX + "CONFIG")
+
+
+def profile_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``SWARMGATE_PROFILE``: the profile ``serve`` was given, passed on to its workers."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + "PROFILE") or None
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -15,6 +16,7 @@ import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from swarmgate.config import ENV_PREFIX, Settings, worker_problem
 from swarmgate.errors import ConfigError
@@ -34,13 +36,22 @@ async def prepare_store(settings: Settings) -> None:
 
 
 def serve(
-    config_path: str | None, settings: Settings, host: str, port: int, workers: int, server: str
+    config_path: str | None,
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    server: str,
+    *,
+    profile: str | None = None,
 ) -> None:
     problem = worker_problem(settings, workers)
     if problem is not None:
         raise ConfigError([problem])
     if config_path is not None:
         os.environ[ENV_PREFIX + "CONFIG"] = str(Path(config_path).resolve())
+    if profile:
+        os.environ[ENV_PREFIX + "PROFILE"] = profile  # the workers re-read the file with it
     # Workers re-read the settings: they must know which server runs them (see read_body).
     os.environ[ENV_PREFIX + "SERVER__SERVER"] = server
     _raise_open_files_limit(settings.server.max_connections)
@@ -71,11 +82,22 @@ def _raise_open_files_limit(connections: int) -> None:
 def _run_server(settings: Settings, host: str, port: int, workers: int, server: str) -> None:
     target = "swarmgate.api.app:app_from_env"
     limits = settings.server
+    tls = limits.tls
     if server == "granian":
         from granian import Granian
         from granian.http import HTTP1Settings
 
-        Granian(
+        from swarmgate import tls as https
+
+        if tls is not None and tls.ciphers:  # --server granian over a uvicorn config
+            raise ConfigError(["server.tls.ciphers: granian takes no cipher list (see docs)"])
+        watcher = None
+        if tls is not None and tls.watch:
+            from swarmgate.observability.logs import configure_logging
+
+            configure_logging()  # this process logs the rotations; its workers their own
+            watcher = https.watch_for_granian(tls)
+        granian = Granian(
             target,
             address=host,
             port=port,
@@ -91,9 +113,22 @@ def _run_server(settings: Settings, host: str, port: int, workers: int, server: 
                 header_read_timeout=int(min(limits.header_timeout, limits.keepalive_timeout) * 1000)
             ),
             backpressure=limits.max_connections,
-        ).serve()
+            # HTTP/1.1 and HTTP/2 (h2 by ALPN over TLS, prior knowledge in clear text).
+            **(https.granian_options(tls) if tls is not None else {}),
+        )
+        try:
+            granian.serve()
+        finally:
+            if watcher is not None:
+                watcher.stop()
         return
     import uvicorn
+
+    tls_options: dict[str, Any] = {}
+    if tls is not None:
+        from swarmgate import tls as https
+
+        tls_options["ssl_context_factory"] = functools.partial(https.uvicorn_context, tls)
 
     uvicorn.run(
         target,
@@ -111,6 +146,7 @@ def _run_server(settings: Settings, host: str, port: int, workers: int, server: 
         timeout_graceful_shutdown=int(settings.server.shutdown_grace),
         backlog=2048,
         log_level="info",
+        **tls_options,
     )
 
 

@@ -54,7 +54,15 @@ class Store:
 def open(settings: Settings) -> Store:
     """The store of these settings: nothing connects until first used, so this never fails
     for an unreachable database or Redis (only for a malformed URL: ``ConfigError``)."""
-    db = Database.from_url(settings.store.url)
+    sql = settings.store
+    db = Database.from_url(
+        sql.url,
+        connect_timeout=sql.connect_timeout,
+        pool_size=sql.pool_size,
+        max_overflow=sql.max_overflow,
+        pool_timeout=sql.pool_timeout,
+        prepared_statements=sql.prepared_statements,
+    )
     redis = settings.redis
     events: EventBus = (
         RedisBus(redis.url, publish_timeout=redis.publish_timeout) if redis.url else LocalBus()

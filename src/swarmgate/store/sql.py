@@ -111,9 +111,19 @@ class Database:
         self._dialect: Dialect = "sqlite" if name == "sqlite" else "postgresql"
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout: float = 5.0, pool_size: int = 10) -> Database:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout: float = 10.0,
+        prepared_statements: bool = False,
+    ) -> Database:
         """``sqlite:///file.db``, ``sqlite+aiosqlite://...``, ``postgresql://...`` or
-        ``postgresql+psycopg://...``. ``connect_timeout`` bounds a PostgreSQL connect."""
+        ``postgresql+psycopg://...``. ``connect_timeout`` bounds a PostgreSQL connect; the
+        pool's figures and ``prepared_statements`` are ``config.Store``'s (PostgreSQL only)."""
         parsed = normalize_url(url)
         kwargs: dict[str, Any] = {}
         if parsed.drivername.startswith("sqlite"):
@@ -123,13 +133,17 @@ class Database:
             engine = create_async_engine(parsed, **kwargs)
             _configure_sqlite(engine)
         else:
+            connect_args: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout))}
+            if not prepared_statements:
+                # psycopg's switch for "never prepare" (pgbouncer in transaction mode).
+                connect_args["prepare_threshold"] = None
             engine = create_async_engine(
                 parsed,
                 pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_timeout=connect_timeout * 2,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
                 pool_pre_ping=True,  # survive a database restart without failing a request
-                connect_args={"connect_timeout": max(1, round(connect_timeout))},
+                connect_args=connect_args,
             )
         return cls(engine)
 
