@@ -205,6 +205,7 @@ def test_stored_responses_continue_and_are_read_back(client: OpenAI, model: str)
     assert got.id == first.id and got.output_text == first.output_text
     items = client.responses.input_items.list(first.id)
     assert [i.type for i in items.data] == ["message"]
+    assert client.responses.input_items.list(first.id).data == items.data  # ids kept
     second = create(client, model=model, input="What is my name?", previous_response_id=first.id)
     assert second.previous_response_id == first.id
     client.responses.delete(first.id)

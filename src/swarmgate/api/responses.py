@@ -128,12 +128,13 @@ class Turn:
             response = {**response, "store": True}
             if self.payload.get("previous_response_id") is not None:
                 response["previous_response_id"] = self.payload["previous_response_id"]
+            items = [_with_id(i) for i in self.items]  # ids for its input_items, kept
             await store.put(
                 StoredResponse(
                     str(response["id"]),
                     owner,
                     self.created_at,
-                    self.items,
+                    items,
                     [*self.history, *self.items],
                     response,
                 )
@@ -197,17 +198,20 @@ def _unknown(response_id: str) -> NotFound:
     return NotFound(f"no stored response {response_id!r} for this key", param="response_id")
 
 
+def _with_id(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item as ``input_items`` lists it: with an id, a message's text as a part."""
+    item = dict(item)
+    item.setdefault("id", new_id("msg" if item.get("type") == "message" else "item"))
+    if item.get("type") == "message":
+        content = item.get("content")
+        if isinstance(content, str):
+            item["content"] = [{"type": "input_text", "text": content}]
+        item.setdefault("status", "completed")
+    return item
+
+
 def _input_items(stored: StoredResponse) -> dict[str, Any]:
-    items = []
-    for item in stored.input:
-        item = dict(item)
-        item.setdefault("id", new_id("msg" if item.get("type") == "message" else "item"))
-        if item.get("type") == "message":
-            content = item.get("content")
-            if isinstance(content, str):
-                item["content"] = [{"type": "input_text", "text": content}]
-            item.setdefault("status", "completed")
-        items.append(item)
+    items = list(stored.input)
     items.reverse()  # OpenAI lists the newest first by default
     return {
         "object": "list",
