@@ -232,6 +232,7 @@ def skeleton(
     for name, default in ECHOED.items():
         value = payload.get(name)
         response[name] = default if value is None else value
+    response["tools"] = [_echoed_tool(t) for t in response["tools"] if isinstance(t, dict)]
     response["text"] = {"format": (payload.get("text") or {}).get("format") or {"type": "text"}}
     response["store"] = payload.get("store", True) is not False
     if isinstance(payload.get("user"), str):
@@ -241,6 +242,14 @@ def skeleton(
 
 def output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool as a response echoes it: a function's ``strict`` and ``parameters`` always
+    there, null when the client sent none (nor is any sent to the deployment)."""
+    if tool.get("type") != "function":
+        return tool
+    return {"strict": None, "parameters": None, "description": None, **tool}
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
