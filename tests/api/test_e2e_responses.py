@@ -255,3 +255,35 @@ def test_the_ledger_counts_responses(gw: Gateway, client: OpenAI, model: str) ->
     assert row["model"] == model
     assert (row["tokens_in"], row["tokens_out"]) == (usage.input_tokens, usage.output_tokens)
     assert row["status"] == 200
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_stream_cut_mid_arguments_ends_in_an_error_and_is_recorded_cut(
+    gw: Gateway, model: str
+) -> None:
+    request_id = f"responses-cut-{model}"
+    body = {"model": model, "input": "Weather?", "tools": [WEATHER], "stream": True}
+    response = urllib3.request(
+        "POST",
+        gw.url + "/v1/responses",
+        body=json.dumps(body),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {gw.admin_key}",
+            "X-Sim-Fail": "reset:3",
+            "X-Request-ID": request_id,
+        },
+        timeout=20,
+    )
+    assert response.status == 200
+    blocks = [b for b in response.data.split(b"\n\n") if b.strip()]
+    first = [json.loads(b.split(b"data: ", 1)[1]) for b in blocks[:-1]]
+    assert first[0]["type"] == "response.created"
+    assert not any(e["type"] == "response.completed" for e in first)
+    last = json.loads(blocks[-1].split(b"data: ", 1)[1])
+    # The gateway's own end of a broken stream: an error event (translated), or, passed
+    # through, OpenAI's error object that the SDK raises.
+    assert last.get("type") == "error" or "error" in last, last
+    wait_for(lambda: request_id in ledger_rows(gw), 10, 0.1, "the ledger row")
+    row = ledger_rows(gw)[request_id]
+    assert row["cut"] and row["streamed"] and row["route"] == "/v1/responses"
