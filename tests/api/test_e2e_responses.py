@@ -208,6 +208,10 @@ def test_stored_responses_continue_and_are_read_back(client: OpenAI, model: str)
     assert client.responses.input_items.list(first.id).data == items.data  # ids kept
     second = create(client, model=model, input="What is my name?", previous_response_id=first.id)
     assert second.previous_response_id == first.id
+    # The model was given the conversation: the first input and output before the new input.
+    alone = create(client, model=model, input="What is my name?", store=False)
+    assert second.usage is not None and alone.usage is not None and first.usage is not None
+    assert second.usage.input_tokens > alone.usage.input_tokens + first.usage.output_tokens
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)

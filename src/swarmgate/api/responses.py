@@ -100,8 +100,12 @@ class Turn:
             stored = await self._stored(previous, x.principal)
             self.history = stored.history
         native = CAPABILITY in x.pool.config.capabilities
-        x.route = NATIVE if native else TRANSLATED
-        x.request = self._native() if native else self._translated()
+        if native:
+            x.route, x.request = NATIVE, self._native()
+        elif self.history and x.request is not None:
+            # In place: the edits model routing made to the chat request (a transform's
+            # set_params, say) stay.
+            x.request.payload["messages"] = self._translated().payload["messages"]
         answer = self.answer
         assert answer is not None
         answer.native = native
