@@ -19,14 +19,16 @@ any deployment, translated or not.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from swarmgate.api.v1 import Inference
-from swarmgate.errors import BadRequest, GatewayError, NotFound
+from swarmgate.errors import BadRequest, GatewayError, NotFound, ServiceUnavailable, StoreError
 from swarmgate.pipeline.asgi import Headers, parse_json_object, read_head, send_bytes, send_error
 from swarmgate.pipeline.exchange import Exchange
 from swarmgate.pipeline.request import InferenceRequest, Route
@@ -35,6 +37,8 @@ from swarmgate.pipeline.responses_answer import ResponsesAnswer
 from swarmgate.store.responses import ResponseStore, StoredResponse
 from swarmgate.types import ASGIScope, ModelType, Principal, Receive, Send
 
+log = logging.getLogger("swarmgate.responses")
+T = TypeVar("T")
 PATH = "/v1/responses"
 CAPABILITY = "responses"  # a model whose deployments serve /v1/responses natively
 TRANSLATED = Route(
@@ -116,7 +120,7 @@ class Turn:
     async def _stored(self, response_id: str, principal: Principal) -> StoredResponse:
         stored = None
         if self.store is not None:
-            stored = await self.store.get(response_id, owner_of(principal))
+            stored = await _reading(self.store.get(response_id, owner_of(principal)))
         if stored is None:
             raise NotFound(
                 f"no stored response {response_id!r} for this key", param="previous_response_id"
@@ -133,16 +137,19 @@ class Turn:
             if self.payload.get("previous_response_id") is not None:
                 response["previous_response_id"] = self.payload["previous_response_id"]
             items = [_with_id(i) for i in self.items]  # ids for its input_items, kept
-            await store.put(
-                StoredResponse(
-                    str(response["id"]),
-                    owner,
-                    self.created_at,
-                    items,
-                    [*self.history, *self.items],
-                    response,
-                )
+            stored = StoredResponse(
+                str(response["id"]),
+                owner,
+                self.created_at,
+                items,
+                [*self.history, *self.items],
+                response,
             )
+            try:
+                await store.put(stored)
+            except StoreError as exc:
+                # The answer is the client's all the same; only a later GET will not find it.
+                log.warning("response %s not stored: %s", stored.id, exc)
 
         return keep
 
@@ -184,18 +191,26 @@ class Responses:
             owner = owner_of(principal)
             headers: Headers = [(b"x-request-id", head.request_id.encode())]
             if method == "DELETE":
-                if self.store is None or not await self.store.delete(response_id, owner):
+                if self.store is None or not await _reading(self.store.delete(response_id, owner)):
                     raise _unknown(response_id)
                 body = {"id": response_id, "object": "response.deleted", "deleted": True}
                 await send_bytes(send, 200, orjson.dumps(body), headers)
                 return
-            stored = await self.store.get(response_id, owner) if self.store else None
+            stored = await _reading(self.store.get(response_id, owner)) if self.store else None
             if stored is None:
                 raise _unknown(response_id)
             body = _input_items(stored) if tail else stored.response
             await send_bytes(send, 200, orjson.dumps(body), headers)
         except GatewayError as exc:
             await send_error(send, exc, head.request_id)
+
+
+async def _reading(query: Awaitable[T]) -> T:
+    """A read (or delete) of stored responses: an unavailable store is a 503."""
+    try:
+        return await query
+    except StoreError as exc:
+        raise ServiceUnavailable(f"stored responses are unavailable: {exc}") from exc
 
 
 def _unknown(response_id: str) -> NotFound:
