@@ -33,7 +33,7 @@ from swarmgate.pipeline.asgi import Headers, parse_json_object, read_head, send_
 from swarmgate.pipeline.exchange import Exchange
 from swarmgate.pipeline.request import InferenceRequest, Route
 from swarmgate.pipeline.responses import chat_request, input_items, new_id, skeleton
-from swarmgate.pipeline.responses_answer import ResponsesAnswer
+from swarmgate.pipeline.responses_answer import Keep, ResponsesAnswer
 from swarmgate.store.responses import ResponseStore, StoredResponse
 from swarmgate.types import ASGIScope, ModelType, Principal, Receive, Send
 
@@ -56,7 +56,7 @@ class Turn:
     """One ``POST /v1/responses``: the client's request, and what becomes of it."""
 
     store: ResponseStore | None
-    answer: ResponsesAnswer | None = None
+    answer: ResponsesAnswer  # the client's send, once the request is known to it
     payload: dict[str, Any] = field(default_factory=dict)
     items: list[dict[str, Any]] = field(default_factory=list)  # this request's input
     history: list[dict[str, Any]] = field(default_factory=list)  # the previous response's
@@ -81,7 +81,11 @@ class Turn:
         if store is not None and not isinstance(store, bool):
             raise BadRequest("'store' must be a boolean", param="store")
         self.items = input_items(payload)
-        return self._translated()
+        request = self._translated()
+        self.answer.skeleton.update(
+            skeleton(payload, new_id("resp"), self.created_at, request.model or "")
+        )
+        return request
 
     def _translated(self) -> InferenceRequest:
         chat = chat_request(self.payload, [*self.history, *self.items])
@@ -111,7 +115,6 @@ class Turn:
             # set_params, say) stay.
             x.request.payload["messages"] = self._translated().payload["messages"]
         answer = self.answer
-        assert answer is not None
         answer.native = native
         answer.skeleton["model"] = x.pool.model
         if self.store is not None and self.payload.get("store", True) is not False:
@@ -127,7 +130,7 @@ class Turn:
             )
         return stored
 
-    def _keeper(self, principal: Principal) -> Any:
+    def _keeper(self, principal: Principal) -> Keep:
         store = self.store
         assert store is not None
         owner = owner_of(principal)
@@ -161,19 +164,9 @@ class Responses:
 
     async def create(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         x = self.inference.accounting.start(scope, TRANSLATED)
-        turn = Turn(self.store)
-        turn.answer = answer = ResponsesAnswer(send, {}, None)
-        # The skeleton is written once the body is parsed (the parser fills the payload).
-        original = turn.parse
-
-        def parse(route: Route, body: bytes) -> InferenceRequest:
-            request = original(route, body)
-            answer.skeleton.update(
-                skeleton(turn.payload, new_id("resp"), turn.created_at, request.model or "")
-            )
-            return request
-
-        await self.inference.serve(x, parse, receive, answer, _error, turn.prepare)
+        answer = ResponsesAnswer(send, {}, None)
+        turn = Turn(self.store, answer)
+        await self.inference.serve(x, turn.parse, receive, answer, _error, turn.prepare)
 
     async def stored(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """``GET``/``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``."""
