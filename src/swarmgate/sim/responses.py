@@ -21,6 +21,7 @@ from aiohttp import web
 from swarmgate.errors import BadRequest, NotFound
 from swarmgate.pipeline.responses import chat_request, input_items, response_of, skeleton
 from swarmgate.pipeline.responses_stream import ResponseStream
+from swarmgate.sim.stream import abort
 
 _FORWARDED = ("Authorization", "X-Sim-Fail")
 
@@ -51,9 +52,14 @@ async def respond(request: web.Request, body: dict[str, Any], served: bool) -> w
         await out.prepare(request)
         stream = ResponseStream(response)
         await out.write(stream.start())
-        async for chunk in upstream.content.iter_any():
-            events = stream.feed(chunk)
-            if events:
-                await out.write(events)
+        try:
+            async for chunk in upstream.content.iter_any():
+                events = stream.feed(chunk)
+                if events:
+                    await out.write(events)
+        except aiohttp.ClientError:
+            # The chat stream broke off (an injected reset): so does this one, as it would.
+            abort(request)
+            return out
         await out.write_eof()
         return out
