@@ -8,14 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from swarmgate.api.responses import Responses
+from swarmgate.api.responses import TRANSLATED, Responses, Turn
 from swarmgate.api.v1 import Inference
 from swarmgate.config import parse_settings
 from swarmgate.errors import StoreError
+from swarmgate.limits.admission import reservation
 from swarmgate.observability.metrics import Metrics
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.queueing import Queueing
+from swarmgate.pipeline.responses_answer import ResponsesAnswer
 from swarmgate.pipeline.stages import Admission
 from swarmgate.routing.fleet import Fleet
 from swarmgate.routing.plan import Router
@@ -168,3 +170,18 @@ async def test_no_such_route_under_a_response(method: str, path: str) -> None:
     responses, _ = face(Store())
     status, error = await call(responses, method, path)
     assert status == 404 and error["error"]["message"].startswith("no route")
+
+
+async def _nowhere(message: dict[str, Any]) -> None:
+    raise AssertionError("nothing is sent")
+
+
+def test_admission_reserves_for_a_responses_request_either_way() -> None:
+    turn = Turn(None, ResponsesAnswer(_nowhere, {}, None))
+    body = orjson.dumps({"model": "m", "input": "x" * 400, "max_output_tokens": 7})
+    translated = turn.parse(TRANSLATED, body)
+    native = turn._native()
+    for request in (translated, native):
+        assert reservation(request, "responses", "output", 1024) == 7
+        # The prompt is estimated from what goes upstream, as for chat.
+        assert reservation(request, "responses", "input", 1024) >= 100

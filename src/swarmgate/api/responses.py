@@ -89,15 +89,12 @@ class Turn:
 
     def _translated(self) -> InferenceRequest:
         chat = chat_request(self.payload, [*self.history, *self.items])
-        stream = chat.get("stream") is True
-        # ``edited``: the body is always written from the payload, never the client's bytes.
-        return InferenceRequest(chat, b"", chat["model"], stream, True, edited=True)
+        return _request(chat)
 
     def _native(self) -> InferenceRequest:
         upstream = {**self.payload, "input": [*self.history, *self.items], "store": False}
         upstream.pop("previous_response_id", None)
-        stream = upstream.get("stream") is True
-        return InferenceRequest(upstream, b"", upstream.get("model"), stream, True, edited=True)
+        return _request(upstream)
 
     async def prepare(self, x: Exchange) -> None:
         """After the pool is resolved and authorized, before admission: the conversation
@@ -112,8 +109,9 @@ class Turn:
             x.route, x.request = NATIVE, self._native()
         elif self.history and x.request is not None:
             # In place: the edits model routing made to the chat request (a transform's
-            # set_params, say) stay.
+            # set_params, say) stay. The bytes are what admission estimates the prompt by.
             x.request.payload["messages"] = self._translated().payload["messages"]
+            x.request.raw = _encoded(x.request.payload)
         answer = self.answer
         answer.native = native
         answer.skeleton["model"] = x.pool.model
@@ -196,6 +194,23 @@ class Responses:
             await send_bytes(send, 200, orjson.dumps(body), headers)
         except GatewayError as exc:
             await send_error(send, exc, head.request_id)
+
+
+def _request(payload: dict[str, Any]) -> InferenceRequest:
+    """The upstream request; ``raw`` is its encoding (admission's estimate of the prompt
+    reads it), ``edited``: the body sent is always written from the payload, as it may be
+    changed again (the model's name, model routing's transforms)."""
+    stream = payload.get("stream") is True
+    return InferenceRequest(
+        payload, _encoded(payload), payload.get("model"), stream, True, edited=True
+    )
+
+
+def _encoded(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+        raise BadRequest(f"the request body cannot be forwarded: {exc}") from None
 
 
 async def _reading(query: Awaitable[T]) -> T:
