@@ -53,10 +53,10 @@ async def test_migrating_twice_changes_nothing(database_url: str) -> None:
         assert await current_revision(db) is None
         assert await _tables(db) == set()
         await migrate(db)
-        assert await current_revision(db) == head_revision() == "0007"
+        assert await current_revision(db) == head_revision() == "0008"
         assert await _tables(db) == set(metadata.tables)
         await migrate(db)
-        assert await current_revision(db) == "0007"
+        assert await current_revision(db) == "0008"
     finally:
         await db.close()
 
@@ -99,7 +99,7 @@ async def test_a_database_at_0001_upgrades_to_head_keeping_its_rows(database_url
             )
         assert "model_downloads" not in await _tables(db)
         await migrate(db)
-        assert await current_revision(db) == "0007"
+        assert await current_revision(db) == "0008"
         assert await _tables(db) == set(metadata.tables)
         async with db.connect() as conn:
             count = (await conn.execute(sa.text("SELECT count(*) FROM ip_blocks"))).scalar()

@@ -26,6 +26,8 @@ from swarmgate.api.native_downloads import NativeDownloads
 from swarmgate.api.native_models import NativeModels
 from swarmgate.api.ops import Ops
 from swarmgate.api.reload import Applied, Reloader, applicable, restart_needed
+from swarmgate.api.responses import PATH as RESPONSES
+from swarmgate.api.responses import Responses
 from swarmgate.api.usage import build_usage_router
 from swarmgate.api.v1 import Inference
 from swarmgate.auth.ip import Networks
@@ -182,6 +184,8 @@ class Gateway:
         self.native = NativeInference(self.inference, self.results)
         # Counted by ``Accounting.finish``, as /v1's inference routes are.
         self.native_inference: dict[str, Handler] = {path: self.native for path in PARSERS}
+        self.responses = Responses(self.inference, self.store.responses)
+        self.native_inference[RESPONSES] = self.responses.create
         self.ops = Ops(self.fleet, self.metrics, self.authenticator)
         self.routes: dict[str, tuple[str, Handler]] = {
             path: ("POST", self.inference) for path in ROUTES
@@ -205,6 +209,7 @@ class Gateway:
             "/v1/models": ("GET", self.ops.models),
         }
         self.routes |= {path: ("POST", self.native) for path in PARSERS}
+        self.routes[RESPONSES] = ("POST", self.responses.create)
         self.native_models = NativeModels(self.fleet, self.authenticator)
         self.routes["/api/v1/models"] = ("GET", self.native_models)
         self.downloads = Downloads(
@@ -227,6 +232,7 @@ class Gateway:
         # the longest prefix first.
         self.prefixes: tuple[tuple[str, str, Handler, str], ...] = (
             ("/v1/models/", "GET", self.ops.models, "/v1/models/{model}"),
+            (RESPONSES + "/", "GET,DELETE", self.responses.stored, RESPONSES + "/{id}"),
             ("/api/v1/inference/", "GET", self.native.task, "/api/v1/inference/{task_id}"),
             # Ahead of /api/v1/models/{model_id}, which would take "download" for a model.
             (
@@ -354,7 +360,10 @@ class Gateway:
                 await self.management(scope, receive, counting_send)
                 return
             method, handler = route
-            if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
+            allowed = method.split(",")  # one method, or a few: "GET,DELETE"
+            if scope["method"] not in allowed and not (
+                "GET" in allowed and scope["method"] == "HEAD"
+            ):
                 error = MethodNotAllowed(
                     f"{scope['method']} is not allowed on {path}; use {method}"
                 )

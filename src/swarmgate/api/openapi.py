@@ -208,6 +208,62 @@ def _modalities() -> dict[str, Any]:
     }
 
 
+def _responses() -> dict[str, Any]:
+    """The Responses API (docs/agents.md): created like any inference, read and deleted when
+    stored (the key's own; anyone else's is a 404)."""
+    create = _inference(
+        "The Responses API: a response, JSON or SSE events (passed through to deployments "
+        "that serve it, else translated to chat completions)",
+        "input",
+        True,
+    )
+    create["post"]["responses"]["404"] = error(
+        "Unknown model, or no stored response of this key by previous_response_id"
+    )
+    unknown = error("No stored response of this key by that id")
+    auth = {str(k): v for k, v in AUTH_ERRORS.items()}
+    stored = _json("The stored response", {"type": "object"})
+    deleted = _json(
+        "Deleted",
+        {
+            "type": "object",
+            "required": ["id", "object", "deleted"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response.deleted"},
+                "deleted": {"const": True},
+            },
+        },
+    )
+    items = _json(
+        "The request's own input items, newest first",
+        {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}},
+        },
+    )
+    one = {
+        **_get("A stored response", "inference", stored, **auth, **{"404": unknown}),
+        "delete": {
+            "tags": ["inference"],
+            "summary": "Delete a stored response",
+            "responses": {"200": deleted, **auth, "404": unknown},
+        },
+    }
+    listed = _get("A stored response's input items", "inference", items, **auth, **{"404": unknown})
+    for operation in (*one.values(), *listed.values()):
+        operation["security"] = [{"bearer": []}]
+        operation["parameters"] = [
+            {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+    return {
+        "/v1/responses": create,
+        "/v1/responses/{response_id}": one,
+        "/v1/responses/{response_id}/input_items": listed,
+    }
+
+
 def _inference(summary: str, required: str, streams: bool) -> dict[str, Any]:
     ok: dict[str, Any] = {
         "description": "The upstream's OpenAI-compatible answer, passed through",
@@ -361,6 +417,7 @@ def hot_path_paths() -> dict[str, Any]:
         "/v1/chat/completions": _inference("Chat completion (JSON or SSE)", "messages", True),
         "/v1/completions": _inference("Text completion (JSON or SSE)", "prompt", True),
         "/v1/embeddings": _inference("Embeddings", "input", False),
+        **_responses(),
         **_modalities(),
         "/v1/models": _models("List the models this key may use", _json("The models", model_list)),
         "/v1/models/{model_id}": model_get,

@@ -36,6 +36,9 @@ log = logging.getLogger("swarmgate.proxy")
 
 ParseBody = Callable[[Route, bytes], InferenceRequest]
 WriteError = Callable[[Send, GatewayError, Exchange], Awaitable[None]]
+# A face's own step once the pool is known, before admission (the Responses API's: the stored
+# conversation read, the request passed through or translated for the pool).
+Prepare = Callable[[Exchange], Awaitable[None]]
 
 
 class Inference:
@@ -80,9 +83,11 @@ class Inference:
         receive: Receive,
         send: Send,
         write_error: WriteError,
+        prepare: Prepare | None = None,
     ) -> None:
         """The stages, for any face: ``parse_body`` turns the client's body into the upstream
-        request, ``write_error`` renders an error in the face's schema."""
+        request, ``write_error`` renders an error in the face's schema, ``prepare`` (if any)
+        may replace the request and route once the pool is known."""
         try:
             head = x.head
             x.principal = await self.authenticator.authenticate(
@@ -101,6 +106,10 @@ class Inference:
             else:
                 x.pool = pool = self._select(selector, x, request)
             authorize(x)
+            if prepare is not None:
+                await prepare(x)
+                request = x.request
+                assert request is not None
             admitting = self.admission.admit(x, receive)  # None: decided without waiting
             if admitting is not None:
                 await admitting

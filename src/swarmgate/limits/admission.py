@@ -51,7 +51,8 @@ WINDOWS = (("rpm", 60.0), ("rph", 3600.0), ("rpd", 86400.0))
 TOKEN_WINDOWS = (("tpm", 60.0), ("tpd", 86400.0))
 BUDGETS = (("daily_budget", budget.DAY), ("monthly_budget", budget.MONTH))
 PLAN_CACHE = 10_000  # plans kept; past it the cache starts over
-TOKEN_ROUTES = frozenset({"chat", "completions", "embeddings"})  # answers with usage
+# Answers with usage (``responses``: the Responses API, translated or passed through).
+TOKEN_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
 
 
 class Plan(NamedTuple):
@@ -104,7 +105,12 @@ def reservation(request: InferenceRequest, route: str, kind: str, default_max: i
     answer = 0
     if route != "embeddings":
         payload = request.payload
-        named = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        # The Responses API's bound, for a request passed through as the client wrote it.
+        named = (
+            payload.get("max_completion_tokens")
+            or payload.get("max_tokens")
+            or payload.get("max_output_tokens")
+        )
         if isinstance(named, int) and not isinstance(named, bool) and named > 0:
             answer = named
         else:

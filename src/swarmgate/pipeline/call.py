@@ -38,6 +38,7 @@ from swarmgate.pipeline.request import Answer, InferenceRequest
 from swarmgate.routing.fleet import Deployment
 from swarmgate.routing.plan import Plan
 from swarmgate.types import Outcome, Receive, Send, Transport, UpstreamResponse, Usage
+from swarmgate.upstream.event_relay import EventRelay
 from swarmgate.upstream.relay import StreamRelay, usage_from, usage_object
 from swarmgate.upstream.sse import encode_json_event
 from swarmgate.upstream.watchdog import Watchdog
@@ -186,7 +187,7 @@ class Caller:
         watchdog = Watchdog(d.timeouts, attempt.state.health)
         client = DisconnectWatch(receive)
         response: UpstreamResponse | None = None
-        relay = StreamRelay(request.wants_usage)
+        relay = EventRelay() if x.route.events else StreamRelay(request.wants_usage)
         beat = _keepalive(x, d, send)
         try:
             response = await self._send(x, request, attempt)
@@ -247,7 +248,7 @@ class Caller:
         attempt: Attempt,
         response: UpstreamResponse,
         watchdog: Watchdog,
-        relay: StreamRelay,
+        relay: StreamRelay | EventRelay,
         beat: KeepAlive | None,
         send: Send,
     ) -> None:
@@ -330,7 +331,7 @@ class Caller:
         x: Exchange,
         attempt: Attempt,
         response: UpstreamResponse,
-        relay: StreamRelay,
+        relay: StreamRelay | EventRelay,
         watchdog: Watchdog,
         send: Send,
         beat: KeepAlive | None = None,

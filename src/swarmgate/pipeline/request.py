@@ -46,6 +46,8 @@ class Route:
     answer: Answer = Answer.ACCOUNTED
     # The client's path when it is not the upstream's (the native face): the metrics label.
     endpoint: str = ""
+    # Its stream is named events without [DONE] (the Responses API's): upstream/event_relay.
+    events: bool = False
 
     @property
     def client_path(self) -> str:

@@ -81,6 +81,8 @@ class ModelProfile(_Frozen):
     prefix_cache: PrefixCacheProfile = PrefixCacheProfile()
     failures: FailureProfile = FailureProfile()
     api_key: str | None = Field(default=None, repr=False)
+    # True: it serves POST /v1/responses too (sim/responses.py), as vLLM does.
+    responses: bool = False
 
     @property
     def is_embedding(self) -> bool:

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmgate.errors import BadRequest, GatewayError, InvalidJSON, ModelNotFound, Unauthorized
-from swarmgate.sim import failures, media, metrics, pull, text, tools, wire
+from swarmgate.sim import failures, media, metrics, pull, responses, text, tools, wire
 from swarmgate.sim.engine import ModelEngine, Prefill
 from swarmgate.sim.failures import NO_FAILURE, FailurePlan
 from swarmgate.sim.profile import ServerProfile
@@ -78,6 +78,7 @@ class SimServer:
         route = app.router
         route.add_post("/v1/chat/completions", self._injecting(self.chat_completions))
         route.add_post("/v1/completions", self._injecting(self.completions))
+        route.add_post("/v1/responses", self.responses)
         route.add_post("/v1/embeddings", self._injecting(self.embeddings))
         route.add_post("/v1/images/generations", self._injecting(self.images))
         route.add_post("/v1/audio/speech", self._injecting(self.speech))
@@ -308,6 +309,14 @@ class SimServer:
             cached_tokens=cached,
         )
         return await self._respond(request, plan, body)
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API, for models whose profile serves it (the header's failures apply
+        on the chat request it makes, ``sim/responses.py``)."""
+        body = await self._body(request)
+        engine = self.engines.get(str(body.get("model")))
+        served = engine is not None and engine.profile.responses
+        return await responses.respond(request, body, served)
 
     async def embeddings(self, request: web.Request, plan: FailurePlan) -> web.StreamResponse:
         req = parse_embedding(await self._body(request))

@@ -1,6 +1,6 @@
 """State that outlives a request: the SQL store (SQLite or PostgreSQL), its schema and migrations,
 the repositories over it (API keys, audit log, usage ledger, IP blocks, model downloads, the
-fleet's run-time changes),
+fleet's run-time changes, stored responses),
 cross-replica events, and the write-behind queue that stores records off the hot path.
 
 ``sql.Database`` is the seam; the repositories (``keys.KeyStore``, ``audit.AuditStore``,
@@ -22,6 +22,7 @@ from swarmgate.store.events import EventBus, LocalBus, RedisBus
 from swarmgate.store.ipblocks import IPBlockStore
 from swarmgate.store.keys import KeyStore
 from swarmgate.store.migrate import migrate
+from swarmgate.store.responses import ResponseStore
 from swarmgate.store.sql import Database
 from swarmgate.store.usage import UsageStore
 
@@ -38,6 +39,7 @@ class Store:
     ip_blocks: IPBlockStore
     downloads: DownloadStore
     deployments: DeploymentStore
+    responses: ResponseStore
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent; see ``store.migrate``)."""
@@ -76,4 +78,5 @@ def open(settings: Settings) -> Store:
         IPBlockStore(db),
         DownloadStore(db),
         DeploymentStore(db),
+        ResponseStore(db),
     )

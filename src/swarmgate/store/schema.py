@@ -159,3 +159,19 @@ fleet_changes = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("updated_by", sa.String(200), nullable=True),
 )
+
+# Stored responses of ``POST /v1/responses`` (``store: true``), readable by their owner only:
+# ``owner`` is the key's id (the subject for a token without one). ``conversation`` is the
+# input the model was given (the history of ``previous_response_id`` followed by ``input``,
+# items as the Responses API writes them), so that a follow-up rebuilds it in one read.
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("input", sa.JSON, nullable=False),  # this request's own input items
+    sa.Column("conversation", sa.JSON, nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),  # the Response object as answered
+    sa.Index("ix_responses_owner", "owner"),
+)

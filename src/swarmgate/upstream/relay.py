@@ -23,6 +23,8 @@ def usage_from(obj: object) -> Usage | None:
         return None
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
+    if prompt is None and completion is None:  # the Responses API's names
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
     return Usage(
         prompt if isinstance(prompt, int) else 0,
         completion if isinstance(completion, int) else 0,
