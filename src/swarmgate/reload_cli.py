@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from swarmgate.workers_cli import URL
+
 TIMEOUT = 60.0  # a reload waits for the DNS lookups of new discover entries
 
 
@@ -27,14 +29,7 @@ def _answer(body: bytes) -> Any:
 
 
 @click.command(name="reload")
-@click.option(
-    "--url",
-    envvar="SWARMGATE_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    show_envvar=True,
-    help="The gateway's base URL.",
-)
+@URL
 @click.option(
     "--api-key",
     envvar="SWARMGATE_ADMIN_KEY",
