@@ -49,6 +49,7 @@ class Gateway:
         admission: Admission | None = None,
         principal: Principal = USER,
         limits: dict[str, Any] | None = None,
+        accounting: dict[str, Any] | None = None,
         **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
@@ -69,7 +70,7 @@ class Gateway:
             admission or Admission(settings.limits, metrics=self.metrics),
             Router(),
             Caller(self.transport, Queueing(settings.limits, self.metrics)),
-            Accounting(self.metrics),
+            Accounting(self.metrics, **(accounting or {})),
             1 << 20,
             max_upload_bytes=settings.server.max_upload_bytes,
         )
