@@ -1,7 +1,7 @@
 """The access log: one line per request, written by a thread of its own, never on the path.
 
-``put`` is all a request pays: a sampling draw (only when sampling below 1) and an append of
-what it was given to a bounded deque, no formatting and no I/O. Every ``flush_interval`` the
+``wants`` and ``put`` are all a request pays: a sampling draw (only when sampling below 1) and
+an append of its entry to a bounded deque, no formatting and no I/O. Every ``flush_interval`` the
 writer thread takes what has queued, renders each entry (the caller's ``render``: a dict) as
 a JSON line or a console line, and writes them in one call. A full queue drops lines rather
 than hold a request up; how many is written to the log itself when room comes back.
@@ -77,10 +77,12 @@ class AccessLog(Generic[T]):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def put(self, entry: T, failed: bool = False) -> None:
-        """Queue ``entry`` (sampled unless ``failed``). Never blocks, never writes."""
-        if self.sample < 1.0 and not failed and random.random() >= self.sample:
-            return
+    def wants(self, failed: bool = False) -> bool:
+        """Whether to log this request (sampled unless ``failed``), before its entry is made."""
+        return self.sample >= 1.0 or failed or random.random() < self.sample
+
+    def put(self, entry: T) -> None:
+        """Queue ``entry``. Never blocks, never writes."""
         if len(self.queue) >= self.max_queue:
             self.dropped += 1
             return

@@ -1,8 +1,10 @@
-"""A request's access-log entry, rendered from its ``Exchange`` by the access log's thread.
+"""A request's access-log entry: taken from its ``Exchange`` as it finishes, rendered as a
+line by the access log's thread.
 
-The request queues only ``(exchange, latency, time)`` (``Accounting.finish``); an exchange is
-not changed once finished, so reading it later, from another thread, reads what it ended as.
-The key's id is logged, never its secret (the principal holds none).
+``entry`` is all the request pays: one tuple of the values the line shows (strings and
+numbers), so that nothing of the request outlives it (a queued exchange, with its dicts and
+lists, would be kept past the young generation's collections and cost the collector more
+than the tuple costs). The key's id is logged, never its secret (the principal holds none).
 """
 
 from __future__ import annotations
@@ -11,43 +13,50 @@ from typing import Any
 
 from swarmgate.pipeline.exchange import Exchange
 
-Entry = tuple[Exchange, float, float]  # the exchange, its latency (s), when it ended (epoch s)
+FIELDS = (
+    "time", "request_id", "trace_id", "path", "status", "outcome", "latency_ms", "ttft_ms",
+    "key_id", "subject", "tier", "client", "model", "deployment", "attempts", "stream",
+    "prompt_tokens", "completion_tokens", "limit", "error",
+)  # fmt: skip
+Entry = tuple[Any, ...]  # FIELDS' values, in order
 
 
-def render(entry: Entry) -> dict[str, Any]:
-    x, latency, when = entry
+def entry(x: Exchange, latency: float, when: float) -> Entry:
     principal = x.principal
     usage = x.usage
     request = x.request
     last = x.attempts[-1] if x.attempts else None
-    return {
-        "time": when,
-        "event": "request",
-        "request_id": x.head.request_id,
-        "trace_id": x.trace_id,
-        "method": "POST",
-        "path": x.route.client_path,
-        "status": x.status,
-        "outcome": x.outcome,
-        "latency_ms": round(latency * 1000, 3),
-        "ttft_ms": (
-            round((last.first_byte - x.started) * 1000, 3)
-            if last is not None and last.first_byte
-            else None
-        ),
-        "key_id": principal.key_id if principal is not None else None,
-        "subject": principal.subject if principal is not None else None,
-        "tier": principal.tier if principal is not None else None,
-        "client": x.peer,
-        "model": x.pool.model if x.pool is not None else (request.model if request else None),
-        "deployment": last.deployment.name if last is not None else None,
-        "attempts": len(x.attempts),
-        "stream": request.stream if request is not None else None,
-        "prompt_tokens": usage.prompt_tokens if usage is not None else None,
-        "completion_tokens": usage.completion_tokens if usage is not None else None,
-        "limit": _limit(x),
-        "error": x.error,
-    }
+    return (
+        when,
+        x.head.request_id,
+        x.trace_id,
+        x.route.client_path,
+        x.status,
+        x.outcome,
+        latency,
+        last.first_byte - x.started if last is not None and last.first_byte else None,
+        principal.key_id if principal is not None else None,
+        principal.subject if principal is not None else None,
+        principal.tier if principal is not None else None,
+        x.peer,
+        x.pool.model if x.pool is not None else (request.model if request else None),
+        last.deployment.name if last is not None else None,
+        len(x.attempts),
+        request.stream if request is not None else None,
+        usage.prompt_tokens if usage is not None else None,
+        usage.completion_tokens if usage is not None else None,
+        _limit(x),
+        x.error,
+    )
+
+
+def render(values: Entry) -> dict[str, Any]:
+    """The line's object (in the access log's thread)."""
+    line = dict(zip(FIELDS, values, strict=True))
+    line["latency_ms"] = round(line["latency_ms"] * 1000, 3)
+    if line["ttft_ms"] is not None:
+        line["ttft_ms"] = round(line["ttft_ms"] * 1000, 3)
+    return {"time": line.pop("time"), "event": "request", "method": "POST", **line}
 
 
 def _limit(x: Exchange) -> str | None:

@@ -10,8 +10,8 @@ record on the ledger. It never awaits: the ledger's record is a named tuple appe
 write-behind queue (``limits.ledger``), encoded and stored later, off the request's path.
 
 When they are on, the access log and tracing are told here too, and they cost a request only
-what is on: the access log's entry is a tuple queued for its thread to render
-(``observability/access.py``); tracing's decision is taken in ``start`` (an unsampled request
+what is on: the access log's entry is a tuple of values queued for its thread to render
+(``pipeline/access.py``); tracing's decision is taken in ``start`` (an unsampled request
 carries no trace) and a sampled request's spans are built here, from the times it recorded
 (``pipeline/spans.py``), and exported by the SDK's thread.
 """
@@ -26,6 +26,7 @@ from swarmgate.limits.ledger import Ledger
 from swarmgate.observability.access import AccessLog
 from swarmgate.observability.metrics import Metrics
 from swarmgate.observability.tracecontext import Sampler
+from swarmgate.pipeline.access import Entry, entry
 from swarmgate.pipeline.exchange import Attempt, Exchange
 from swarmgate.pipeline.request import Route
 from swarmgate.store.usage import UsageRecord
@@ -33,7 +34,6 @@ from swarmgate.types import ASGIScope, Outcome, Principal, Usage
 
 if TYPE_CHECKING:
     from swarmgate.observability.tracing import Tracing
-    from swarmgate.pipeline.access import Entry
 
 log = logging.getLogger("swarmgate.requests")
 # The ledger's deployment for a request answered with its model's fallback response (every
@@ -96,8 +96,9 @@ class Accounting:
                 self.ledger.put(_record(x, principal, usage, cost, latency))
         if x.status >= 400:
             self._log_failure(x, latency)
-        if self.access is not None:
-            self.access.put((x, latency, time.time()), x.status >= 400)
+        access = self.access
+        if access is not None and access.wants(x.status >= 400):
+            access.put(entry(x, latency, time.time()))
         if x.trace is not None and self.tracing is not None:
             from swarmgate.pipeline.spans import record  # needs the SDK: only when tracing
 
