@@ -6,6 +6,7 @@ they are there as soon as the request has finished.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -62,7 +63,6 @@ async def test_a_sampled_request_has_a_span_per_stage_under_the_clients_span() -
     assert set(spans) == {
         "POST /v1/chat/completions",
         "authenticate",
-        "parse",
         "admit",
         "route",
         "upstream m@a.test:8000",
@@ -77,6 +77,7 @@ async def test_a_sampled_request_has_a_span_per_stage_under_the_clients_span() -
     assert root.attributes["swarmgate.request_id"] == "rid-1"
     assert root.attributes["http.response.status_code"] == 200
     assert root.attributes["gen_ai.usage.output_tokens"] == 2
+    assert root.attributes["swarmgate.deployment"] == "m@a.test:8000"
     assert root.context.trace_state.get("vendor") == "x"
     for name, span in spans.items():
         assert span.context is not None and span.context.trace_id == root.context.trace_id
@@ -85,7 +86,7 @@ async def test_a_sampled_request_has_a_span_per_stage_under_the_clients_span() -
         assert span.start_time is not None and span.end_time is not None
         assert span.start_time <= span.end_time
     # The stages follow each other in order, within the request.
-    order = ["authenticate", "parse", "admit", "route", "upstream m@a.test:8000"]
+    order = ["authenticate", "admit", "route", "upstream m@a.test:8000"]
     starts = [spans[n].start_time for n in order]
     assert starts == sorted(starts)
     assert root.start_time == spans["authenticate"].start_time
@@ -175,3 +176,15 @@ async def test_an_error_body_carries_a_trace_id_only_when_the_request_has_a_trac
     error = (await gw.post({**CHAT, "model": "nope"}, headers=headers)).json()["error"]
     assert error["request_id"] == "rid-1"
     assert error.get("trace_id") == (TRACE if traceparent else None)
+
+
+async def test_a_failed_requests_log_line_names_its_request_and_its_trace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = Gateway(ok, A)
+    header = f"00-{TRACE}-{PARENT}-00"
+    with caplog.at_level(logging.INFO, logger="swarmgate.requests"):
+        await gw.post({**CHAT, "model": "nope"}, headers=[(b"traceparent", header.encode())])
+    [record] = [r for r in caplog.records if r.name == "swarmgate.requests"]
+    assert f"request_id=rid-1 trace_id={TRACE} " in record.getMessage()
+    assert (record.request_id, record.trace_id, record.status) == ("rid-1", TRACE, 404)  # type: ignore[attr-defined]
