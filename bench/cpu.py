@@ -12,6 +12,13 @@ figures; the difference is the gateway's code.
     .venv/bin/python bench/cpu.py --baseline 8eb7d52           # this tree against a commit
     .venv/bin/python bench/cpu.py --src /path/to/other/src     # or against any source tree
     .venv/bin/python bench/cpu.py --limits                     # and this tree with limits on
+    .venv/bin/python bench/cpu.py --observed                   # and with tracing at 10% and
+                                                               # JSON access logs on (--split:
+                                                               # and each of the two alone)
+
+With ``--observed`` the traces go over OTLP/HTTP to a sink in this (the parent) process, so that
+the child's CPU figure holds what the gateway spends on them (building, encoding, posting) and
+not the receiver's; the access log is written to /dev/null.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +52,18 @@ def _minimal_app() -> Any:
 LIMITS = {"tiers": {"default": {"rpm": 10**9, "tpm": 10**12, "concurrent": 10**5}}}
 
 
-def _gateway_app(limits: bool = False) -> Any:
+def _observed(otlp: str, parts: str = "both") -> dict[str, Any]:
+    """Tracing at seed 003's 10% sampling to ``otlp``, and JSON access logs of every request
+    (``parts``: ``tracing`` or ``access`` for one of the two)."""
+    out: dict[str, Any] = {}
+    if parts in ("both", "tracing"):
+        out["tracing"] = {"enabled": True, "sampling": 0.1, "endpoint": otlp}
+    if parts in ("both", "access"):
+        out["logging"] = {"access": {"enabled": True, "format": "json", "path": os.devnull}}
+    return out
+
+
+def _gateway_app(limits: bool = False, otlp: str = "", parts: str = "both") -> Any:
     from swarmgate.api.app import create_app
     from swarmgate.config import parse_settings
 
@@ -51,6 +71,7 @@ def _gateway_app(limits: bool = False) -> Any:
     settings = parse_settings(
         {
             **({"limits": LIMITS} if limits else {}),
+            **(_observed(otlp, parts) if otlp else {}),
             "models": {
                 "bench-model": {"deployments": [{"url": UPSTREAM, "max_concurrent": 10**6}]}
             },
@@ -63,7 +84,14 @@ def _gateway_app(limits: bool = False) -> Any:
     return create_app(settings)
 
 
-def _child(requests: int, concurrency: int, minimal: bool = False, limits: bool = False) -> None:
+def _child(
+    requests: int,
+    concurrency: int,
+    minimal: bool = False,
+    limits: bool = False,
+    otlp: str = "",
+    parts: str = "both",
+) -> None:
     """Runs in the subprocess: import the app from sys.path, drive it, print µs/request."""
     import asyncio
     import gc
@@ -71,7 +99,7 @@ def _child(requests: int, concurrency: int, minimal: bool = False, limits: bool 
 
     import orjson
 
-    app = _minimal_app() if minimal else _gateway_app(limits)
+    app = _minimal_app() if minimal else _gateway_app(limits, otlp, parts)
     body = orjson.dumps(CHAT)
     headers = [
         (b"host", b"bench"),
@@ -129,19 +157,42 @@ def _child(requests: int, concurrency: int, minimal: bool = False, limits: bool 
     print(json.dumps({"us_per_request": uvloop.run(main())}))
 
 
-def _measure(src: Path | None, requests: int, concurrency: int, limits: bool = False) -> float:
-    """In a subprocess: swarmgate from ``src`` (with limits on: ``limits``), or the minimal
-    proxy when ``src`` is None."""
+def _measure(
+    src: Path | None,
+    requests: int,
+    concurrency: int,
+    limits: bool = False,
+    otlp: str = "",
+    parts: str = "both",
+) -> float:
+    """In a subprocess: swarmgate from ``src`` (with limits on: ``limits``; traced to
+    ``otlp`` with access logs on, when given), or the minimal proxy when ``src`` is None."""
     path = f"{src}{os.pathsep}{REPO / 'bench'}" if src else str(REPO / "bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMGATE_")}
     env["PYTHONPATH"] = path
-    code = f"import cpu; cpu._child({requests}, {concurrency}, {src is None}, {limits})"
+    code = (
+        f"import cpu; cpu._child({requests}, {concurrency}, {src is None}, {limits}, {otlp!r},"
+        f" {parts!r})"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
         raise SystemExit(f"{src}: {out.stderr[-2000:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_request"])
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver that accepts every export and reads nothing of it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def main() -> int:
@@ -152,22 +203,39 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--limits", action="store_true", help="this tree with limits on too")
+    parser.add_argument(
+        "--observed", action="store_true", help="this tree traced at 10%% with access logs too"
+    )
+    parser.add_argument(
+        "--split", action="store_true", help="with --observed: tracing alone, access log alone"
+    )
     args = parser.parse_args()
-    trees: dict[str, tuple[Path | None, bool]] = {
-        "this tree": (REPO / "src", False),
-        "minimal proxy": (None, False),
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    otlp = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
+    here = REPO / "src"
+    trees: dict[str, tuple[Path | None, bool, str, str]] = {
+        "this tree": (here, False, "", ""),
+        "minimal proxy": (None, False, "", ""),
     }
     if args.limits:
-        trees["this tree, limits on"] = (REPO / "src", True)
+        trees["this tree, limits on"] = (here, True, "", "")
+    if args.observed:
+        trees["this tree, traced+logged"] = (here, False, otlp, "both")
+        if args.split:
+            trees["this tree, traced"] = (here, False, otlp, "tracing")
+            trees["this tree, access log"] = (here, False, otlp, "access")
     if args.baseline:
-        trees[f"at {args.baseline}"] = (baseline_tree(args.baseline) / "src", False)
+        trees[f"at {args.baseline}"] = (baseline_tree(args.baseline) / "src", False, "", "")
     if args.src:
-        trees[args.src] = (Path(args.src), False)
+        trees[args.src] = (Path(args.src), False, "", "")
     figures: dict[str, list[float]] = {name: [] for name in trees}
     with running(upstream_service()):
         for round_ in range(args.rounds):
-            for name, (src, limits) in trees.items():  # interleaved: drifting load spreads
-                figures[name].append(_measure(src, args.requests, args.concurrency, limits))
+            for name, (src, limits, to, parts) in trees.items():  # interleaved: load drifts
+                figures[name].append(
+                    _measure(src, args.requests, args.concurrency, limits, to, parts or "both")
+                )
                 print(f"round {round_ + 1}: {name}: {figures[name][-1]:.1f} µs", flush=True)
     print(f"\nCPU per chat request, {args.requests} requests {args.concurrency} at a time, "
           f"median of {args.rounds}:")  # fmt: skip

@@ -559,6 +559,59 @@ class Monitoring(Frozen):
     fleet_sync_interval: Seconds = 5.0
 
 
+class Tracing(Frozen):
+    """OpenTelemetry spans of the inference requests, exported over OTLP (docs/observability.md).
+
+    A request is sampled once, when it arrives: by the client's ``traceparent`` sampled flag
+    when it sent one (``parent_based``), else by a random draw against ``sampling``. Only a
+    sampled request's spans are built, after it has finished, from the times it recorded."""
+
+    enabled: bool = False
+    sampling: Annotated[float, Field(ge=0, le=1)] = 0.1  # seed 003's probabilistic 0.1
+    parent_based: bool = True  # a client's traceparent decides for its request
+    protocol: Literal["http", "grpc"] = "http"
+    # OTLP/HTTP: the traces URL (Jaeger and the collector: :4318/v1/traces); gRPC: host:port
+    # URL (:4317). None: the protocol's local default.
+    endpoint: HttpUrl | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    insecure: bool = True  # gRPC without TLS (a collector beside the gateway)
+    timeout: Seconds = 10.0
+    service_name: str | None = None  # default: server.name
+    export_interval: Seconds = 2.0  # the batch processor's delay between exports
+    max_queue: Annotated[int, Field(ge=1)] = 2048  # spans waiting for export; more are dropped
+    max_batch: Annotated[int, Field(ge=1)] = 512
+
+    @property
+    def target(self) -> str:
+        if self.endpoint is not None:
+            return self.endpoint
+        if self.protocol == "grpc":
+            return "http://localhost:4317"
+        return "http://localhost:4318/v1/traces"
+
+
+class AccessLog(Frozen):
+    """One line per inference request, written by a background thread (never on the request's
+    path): queued on the request's finish, rendered and written in batches."""
+
+    enabled: bool = False
+    format: Literal["json", "console"] = "json"
+    # The fraction of answered (< 400) requests logged; refused and failed ones always are.
+    sample: Annotated[float, Field(ge=0, le=1)] = 1.0
+    path: str | None = None  # a file to append to; None: standard error
+    flush_interval: Annotated[float, Field(gt=0, le=60)] = 0.2
+    max_queue: Annotated[int, Field(ge=1)] = 100_000  # lines waiting; more are dropped, counted
+
+
+class Logging(Frozen):
+    """The gateway's own log lines (``text``: the default, ``json``: one object a line,
+    ``console``: short and readable, for the demo) and the access log."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json", "console"] = "text"
+    access: AccessLog = AccessLog()
+
+
 class Store(Frozen):
     """The SQL store. On PostgreSQL each process keeps a pool of ``pool_size`` connections,
     opens up to ``max_overflow`` more under load, and fails a query that waited
@@ -772,6 +825,8 @@ class Settings(Frozen):
     scrape: Scrape = Scrape()
     discovery: Discovery = Discovery()
     reload: Reload = Reload()
+    tracing: Tracing = Tracing()
+    logging: Logging = Logging()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

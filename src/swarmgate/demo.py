@@ -87,6 +87,8 @@ def demo_config(
     raw["store"] = {"url": f"sqlite+aiosqlite:///{data_dir / 'swarmgate.db'}"}
     raw["audit"] = {"spool_path": str(data_dir / "audit.spool")}
     raw.setdefault("auth", {})["admin_key"] = key
+    # Short lines for a terminal, and one for each request (docs/observability.md).
+    raw["logging"] = {"format": "console", "access": {"enabled": True, "format": "console"}}
     for model in raw["models"].values():
         for dep in model["deployments"]:
             dep["url"] = (urls or {}).get(dep["url"], dep["url"])

@@ -87,7 +87,7 @@ class GatewayError(SwarmgateError):
             self.code = code  # type: ignore[misc]
         self.headers = headers or {}
 
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
+    def body(self, request_id: str | None = None, trace_id: str | None = None) -> dict[str, Any]:
         error: dict[str, Any] = {
             "message": self.message,
             "type": self.type,
@@ -96,6 +96,8 @@ class GatewayError(SwarmgateError):
         }
         if request_id is not None:
             error["request_id"] = request_id
+        if trace_id is not None:  # only where the request belongs to a trace
+            error["trace_id"] = trace_id
         return {"error": error}
 
 
@@ -119,8 +121,8 @@ class ConfigRejected(BadRequest):
         self.path = path
         self.problems = problems
 
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
-        out = super().body(request_id)
+    def body(self, request_id: str | None = None, trace_id: str | None = None) -> dict[str, Any]:
+        out = super().body(request_id, trace_id)
         out["error"]["problems"] = self.problems
         out["error"]["config"] = self.path
         return out
@@ -248,10 +250,10 @@ class DeploymentsDown(NoDeployment):
         self.status = status  # type: ignore[misc]
         self.content = content
 
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
+    def body(self, request_id: str | None = None, trace_id: str | None = None) -> dict[str, Any]:
         if self.content is not None:
             return self.content
-        return super().body(request_id)
+        return super().body(request_id, trace_id)
 
 
 class ServiceUnavailable(GatewayError):

@@ -160,7 +160,7 @@ async def serve_in_loop(
     from swarmgate.connections import GuardedHttpToolsProtocol
     from swarmgate.observability.logs import configure_logging
 
-    configure_logging()
+    configure_logging(settings.logging)
     config = uvicorn.Config(
         create_app(settings),
         host=host,

@@ -50,6 +50,7 @@ class Gateway:
         principal: Principal = USER,
         limits: dict[str, Any] | None = None,
         scrape: dict[str, Any] | None = None,
+        accounting: dict[str, Any] | None = None,
         **model: Any,
     ) -> None:
         deployments = [{"url": u, "api_key_env": "UP_KEY", **(deployment or {})} for u in urls]
@@ -71,7 +72,7 @@ class Gateway:
             admission or Admission(settings.limits, metrics=self.metrics),
             Router(),
             Caller(self.transport, Queueing(settings.limits, self.metrics)),
-            Accounting(self.metrics),
+            Accounting(self.metrics, **(accounting or {})),
             1 << 20,
             max_upload_bytes=settings.server.max_upload_bytes,
         )

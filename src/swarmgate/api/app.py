@@ -12,7 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmgate import store
 from swarmgate.api.admin import build_admin_router
@@ -39,13 +39,15 @@ from swarmgate.config import (
     load_settings,
     metrics_dir_from_env,
 )
-from swarmgate.errors import GatewayError, MethodNotAllowed, NotFound, StoreError
+from swarmgate.errors import ConfigError, GatewayError, MethodNotAllowed, NotFound, StoreError
 from swarmgate.jobs.downloads import Downloads
 from swarmgate.limits.admission import Admission
 from swarmgate.limits.capacity import CapacityLine
 from swarmgate.limits.ledger import Ledger
+from swarmgate.observability.access import AccessLog
 from swarmgate.observability.logs import configure_logging
 from swarmgate.observability.metrics import Metrics
+from swarmgate.pipeline import access
 from swarmgate.pipeline.accounting import Accounting
 from swarmgate.pipeline.asgi import read_head, send_error
 from swarmgate.pipeline.call import Caller
@@ -80,6 +82,9 @@ from swarmgate.types import (
 )
 from swarmgate.upstream.exposition import HttpExpositions
 from swarmgate.upstream.transport import HttpTransport
+
+if TYPE_CHECKING:
+    from swarmgate.observability.tracing import Tracing
 
 log = logging.getLogger("swarmgate")
 
@@ -163,6 +168,9 @@ class Gateway:
         self.selector = selector = ModelSelector.of(settings)
         self.router = router = Router()
         self.caller = Caller(self.transport, Queueing(settings.limits, self.metrics))
+        # Both read at start only: a reload does not change them (docs/observability.md).
+        self.tracing = tracing_of(settings)
+        self.access = access_log_of(settings)
         calls = self._calls(selector)
         self.inference = Inference(
             self.authenticator,
@@ -170,7 +178,7 @@ class Gateway:
             self.admission,
             router,
             calls,
-            Accounting(self.metrics, self.ledger),
+            Accounting(self.metrics, self.ledger, tracing=self.tracing, access=self.access),
             settings.server.max_body_bytes,
             # uvicorn's protocol bounds a stalled body (connections.py); granian does not.
             settings.server.body_timeout if settings.server.server == "granian" else None,
@@ -387,6 +395,8 @@ class Gateway:
             await self._restore_budgets()
         self._retention_task = asyncio.create_task(self.retention.run(), name="retention")
         self.metrics.start()
+        if self.access is not None:
+            self.access.start()
         await self.health.start()
         self.watch.start()
         self.downloads.start()
@@ -437,6 +447,11 @@ class Gateway:
         if self.hints is not None:
             await self.hints.stop()
         await self.transport.close()
+        # Every request has finished: its access line and spans are queued; written now.
+        if self.access is not None:
+            await asyncio.to_thread(self.access.stop)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         await self.counters.close()
         await self.metrics.stop()
         await self.security.close()
@@ -460,6 +475,36 @@ class Gateway:
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def tracing_of(settings: Settings) -> Tracing | None:
+    """The tracer when ``tracing.enabled``; its SDK is imported only then."""
+    if not settings.tracing.enabled:
+        return None
+    try:
+        from swarmgate.observability.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            [
+                "tracing.enabled needs OpenTelemetry's SDK and OTLP exporters:"
+                " pip install 'swarmgate[tracing]'"
+            ]
+        ) from exc
+    return Tracing(settings.tracing, settings.server.name)
+
+
+def access_log_of(settings: Settings) -> AccessLog[access.Entry] | None:
+    config = settings.logging.access
+    if not config.enabled:
+        return None
+    return AccessLog(
+        access.render,
+        format=config.format,
+        sample=config.sample,
+        path=config.path,
+        flush_interval=config.flush_interval,
+        max_queue=config.max_queue,
+    )
 
 
 def create_app(settings: Settings, config_path: str | None = None) -> ASGIApp:
@@ -486,4 +531,6 @@ def app_from_env() -> ASGIApp:
     """Factory for servers started by import string (workers): reads SWARMGATE_CONFIG."""
     configure_logging()
     path = config_path_from_env()
-    return create_app(load_settings(path), path)
+    settings = load_settings(path)
+    configure_logging(settings.logging)
+    return create_app(settings, path)

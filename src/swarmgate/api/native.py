@@ -56,7 +56,7 @@ class NativeInference:
             details = {"model": x.request.model, "available_models": sorted(visible)}
         # ``send`` is the answer's translator: errors go straight to the client.
         target = send.client if isinstance(send, NativeAnswer) else send
-        await send_native_error(target, exc, x.head.request_id, details)
+        await send_native_error(target, exc, x.head.request_id, details, x.trace_id)
 
     async def task(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         """``GET /api/v1/inference/{task_id}``: a kept answer, to the caller who got it."""

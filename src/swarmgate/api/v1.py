@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from swarmgate.errors import GatewayError
@@ -88,11 +89,14 @@ class Inference:
         """The stages, for any face: ``parse_body`` turns the client's body into the upstream
         request, ``write_error`` renders an error in the face's schema, ``prepare`` (if any)
         may replace the request and route once the pool is known."""
+        trace = x.trace  # None unless sampled: then the stages' ends are marked, for its spans
         try:
             head = x.head
             x.principal = await self.authenticator.authenticate(
                 head.authorization, x.peer, head.forwarded_for, head.request_id
             )
+            if trace is not None:
+                trace.authenticated = time.perf_counter()
             if x.route.body is Body.JSON:
                 body = await read_body(
                     receive, self.max_body_bytes, head.content_length, self.body_stall
@@ -106,6 +110,8 @@ class Inference:
             else:
                 x.pool = pool = self._select(selector, x, request)
             authorize(x)
+            if trace is not None:
+                trace.parsed = time.perf_counter()
             if prepare is not None:
                 await prepare(x)
                 request = x.request
@@ -113,6 +119,8 @@ class Inference:
             admitting = self.admission.admit(x, receive)  # None: decided without waiting
             if admitting is not None:
                 await admitting
+            if trace is not None:
+                trace.admitted = time.perf_counter()
             balancer = pool.balancer
             session = balancer.session  # None unless the balancer keys on a session
             if session is None:  # the prompt is hashed only for a prefix-aware pool
@@ -179,7 +187,7 @@ class Inference:
 
 
 async def _openai_error(send: Send, error: GatewayError, x: Exchange) -> None:
-    await send_error(send, error, x.head.request_id)
+    await send_error(send, error, x.head.request_id, x.trace_id)
 
 
 async def _unless_gone(writing: Awaitable[None]) -> None:

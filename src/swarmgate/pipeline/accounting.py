@@ -8,19 +8,32 @@ kind are observed, tokens and spend are counted from usage, the request's metric
 recorded, a failed request leaves one log line, and an authenticated request leaves one usage
 record on the ledger. It never awaits: the ledger's record is a named tuple appended to a
 write-behind queue (``limits.ledger``), encoded and stored later, off the request's path.
+
+When they are on, the access log and tracing are told here too, and they cost a request only
+what is on: the access log's entry is a tuple of values queued for its thread to render
+(``pipeline/access.py``); tracing's decision is taken in ``start`` (an unsampled request
+carries no trace) and a sampled request's spans are built here, from the times it recorded
+(``pipeline/spans.py``), and exported by the SDK's thread.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from swarmgate.limits.ledger import Ledger
+from swarmgate.observability.access import AccessLog
 from swarmgate.observability.metrics import Metrics
+from swarmgate.observability.tracecontext import Sampler
+from swarmgate.pipeline.access import Entry, entry
 from swarmgate.pipeline.exchange import Attempt, Exchange
 from swarmgate.pipeline.request import Route
 from swarmgate.store.usage import UsageRecord
 from swarmgate.types import ASGIScope, Outcome, Principal, Usage
+
+if TYPE_CHECKING:
+    from swarmgate.observability.tracing import Tracing
 
 log = logging.getLogger("swarmgate.requests")
 # The ledger's deployment for a request answered with its model's fallback response (every
@@ -36,13 +49,26 @@ def error_kind(attempt: Attempt) -> str:
 
 
 class Accounting:
-    def __init__(self, metrics: Metrics, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ledger: Ledger | None = None,
+        *,
+        tracing: Tracing | None = None,
+        access: AccessLog[Entry] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.ledger = ledger
+        self.tracing = tracing
+        self.sampler: Sampler | None = tracing.sampler if tracing is not None else None
+        self.access = access
 
     def start(self, scope: ASGIScope, route: Route) -> Exchange:
         self.metrics.in_flight += 1
-        return Exchange.start(scope, route)
+        x = Exchange.start(scope, route)
+        if self.sampler is not None:  # tracing off: this one test is all it costs
+            x.trace = self.sampler.sample(x.head.forward)
+        return x
 
     def finish(self, x: Exchange) -> None:
         metrics = self.metrics
@@ -70,6 +96,13 @@ class Accounting:
                 self.ledger.put(_record(x, principal, usage, cost, latency))
         if x.status >= 400:
             self._log_failure(x, latency)
+        access = self.access
+        if access is not None and access.wants(x.status >= 400):
+            access.put(entry(x, latency, time.time()))
+        if x.trace is not None and self.tracing is not None:
+            from swarmgate.pipeline.spans import record  # needs the SDK: only when tracing
+
+            record(self.tracing, x, x.trace, now)
 
     def _spent(self, x: Exchange, usage: Usage | None) -> float:
         """The tokens and cost of the usage counted, and the admission's grant settled with
@@ -118,11 +151,13 @@ class Accounting:
         level = logging.WARNING if x.status >= 500 else logging.INFO
         if not log.isEnabledFor(level):
             return
+        trace_id = x.trace_id
         log.log(
             level,
-            "request_id=%s route=%s model=%s deployment=%s outcome=%s status=%d latency_ms=%.1f"
-            ' attempts=%d error="%s"',
+            "request_id=%s trace_id=%s route=%s model=%s deployment=%s outcome=%s status=%d"
+            ' latency_ms=%.1f attempts=%d error="%s"',
             x.head.request_id,
+            trace_id or "-",
             x.route.name,
             x.model,
             x.deployment,
@@ -131,6 +166,15 @@ class Accounting:
             latency * 1000,
             len(x.attempts),
             (x.error or "").replace('"', "'"),
+            extra={
+                "request_id": x.head.request_id,
+                "trace_id": trace_id,
+                "route": x.route.name,
+                "model": x.model,
+                "deployment": x.deployment,
+                "status": x.status,
+                "latency_ms": round(latency * 1000, 1),
+            },
         )
 
 

@@ -184,11 +184,13 @@ async def send_json(send: Send, status: int, payload: object, headers: Headers) 
     await send_bytes(send, status, orjson.dumps(payload), headers)
 
 
-async def send_error(send: Send, exc: GatewayError, request_id: str) -> None:
+async def send_error(
+    send: Send, exc: GatewayError, request_id: str, trace_id: str | None = None
+) -> None:
     headers: Headers = [(b"x-request-id", request_id.encode())]
     for name, value in exc.headers.items():
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     try:
-        await send_json(send, exc.status, exc.body(request_id), headers)
+        await send_json(send, exc.status, exc.body(request_id, trace_id), headers)
     except OSError as gone:  # some servers raise when the client has left
         raise ClientGone from gone

@@ -151,6 +151,8 @@ class Caller:
             headers["authorization"] = "Bearer " + d.api_key
         if request.stream:
             headers["accept"] = "text/event-stream"
+        if x.trace is not None:  # sampled: the deployment's spans are children of this call's
+            headers["traceparent"] = x.trace.upstream()
         try:
             response = await self.transport.send(d.origin, x.route.path, body, headers)
         except UpstreamError as exc:
@@ -237,7 +239,7 @@ class Caller:
             send,
             {
                 "type": "http.response.body",
-                "body": encode_json_event(error.body(x.head.request_id)),
+                "body": encode_json_event(error.body(x.head.request_id, x.trace_id)),
                 "more_body": False,
             },
         )

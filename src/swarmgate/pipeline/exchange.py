@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from swarmgate.limits.grant import Grant
+from swarmgate.observability.tracecontext import Trace, trace_id_of
 from swarmgate.pipeline.asgi import RequestHead, read_head
 from swarmgate.pipeline.request import InferenceRequest, Route
 from swarmgate.routing.balancers import RoutingFacts
@@ -55,6 +56,12 @@ class Exchange:
     status: int = 0  # what the client was answered (499: it left first)
     error: str | None = None  # the message of the error the client was answered with
     fallback: bool = False  # answered with the model's fallback response: every deployment down
+    trace: Trace | None = None  # set only when the request is sampled for tracing
+
+    @property
+    def trace_id(self) -> str | None:
+        """Its trace id (hex): the sampled trace's, else its client's; None without either."""
+        return trace_id_of(self.trace, self.head.forward)
 
     @classmethod
     def start(cls, scope: ASGIScope, route: Route) -> Exchange:

@@ -79,36 +79,48 @@ def timestamp(now: float | None = None) -> str:
 
 
 def error_body(
-    code: str, message: str, request_id: str, details: dict[str, Any] | None = None
+    code: str,
+    message: str,
+    request_id: str,
+    details: dict[str, Any] | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": details or {},
-            "request_id": request_id,
-            "timestamp": timestamp(),
-        }
+    error = {
+        "code": code,
+        "message": message,
+        "details": details or {},
+        "request_id": request_id,
+        "timestamp": timestamp(),
     }
+    if trace_id is not None:  # only where the request belongs to a trace
+        error["trace_id"] = trace_id
+    return {"error": error}
 
 
 def body_of(
-    exc: errors.GatewayError, request_id: str, details: dict[str, Any] | None = None
+    exc: errors.GatewayError,
+    request_id: str,
+    details: dict[str, Any] | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
     extra = dict(details or {})
     if exc.param is not None:
         extra.setdefault("param", exc.param)
-    return error_body(code_of(exc), exc.message, request_id, extra)
+    return error_body(code_of(exc), exc.message, request_id, extra, trace_id)
 
 
 async def send_native_error(
-    send: Send, exc: errors.GatewayError, request_id: str, details: dict[str, Any] | None = None
+    send: Send,
+    exc: errors.GatewayError,
+    request_id: str,
+    details: dict[str, Any] | None = None,
+    trace_id: str | None = None,
 ) -> None:
     """The one writer of native errors: the status and headers of ``exc``, seed 001's body."""
     headers: Headers = [(b"x-request-id", request_id.encode())]
     for name, value in exc.headers.items():
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     try:
-        await send_json(send, exc.status, body_of(exc, request_id, details), headers)
+        await send_json(send, exc.status, body_of(exc, request_id, details, trace_id), headers)
     except OSError as gone:  # some servers raise when the client has left
         raise ClientGone from gone
