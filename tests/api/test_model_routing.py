@@ -40,7 +40,9 @@ IMAGE: Any = [
 
 @pytest.fixture(scope="module")
 def gw(procs: Processes) -> Iterator[Gateway]:
-    sim = procs.sim({"chat": FAST})
+    sim = procs.sim(
+        {"chat": FAST, "busy": {**FAST, "failures": {"error_rate": 1.0, "error_status": 429}}}
+    )
 
     def model(price: float, **extra: Any) -> dict[str, Any]:
         dep = {"url": sim.url, "model": "chat", "input_cost_per_1k": price}
@@ -55,6 +57,14 @@ def gw(procs: Processes) -> Iterator[Gateway]:
             "primary": {"fallbacks": ["backup"], "deployments": [{"url": dead}]},
             "backup": model(1.0),
             "orphan": {"deployments": [{"url": dead}]},
+            # Both deployments answer 429: busy, not broken; the chain takes over.
+            "throttled": {
+                "fallbacks": ["backup"],
+                "deployments": [
+                    {"url": sim.url, "model": "busy", "name": f"busy-{i}"} for i in (1, 2)
+                ],
+            },
+            "throttled-alone": {"deployments": [{"url": sim.url, "model": "busy"}]},
             "arm-a": model(1.0),
             "arm-b": model(1.0),
             "capped": model(
@@ -129,6 +139,17 @@ def test_a_fallback_serves_when_the_primary_is_down(gw: Gateway) -> None:
         with pytest.raises(openai.APIStatusError) as exc:
             c.chat.completions.create(model="orphan", messages=MESSAGES)
     assert exc.value.status_code == 502
+
+
+def test_a_model_whose_deployments_all_answer_429_falls_back(gw: Gateway) -> None:
+    with client(gw) as c:
+        raw = c.chat.completions.with_raw_response.create(model="throttled", messages=MESSAGES)
+        assert raw.headers["x-swarmgate-model"] == "backup"
+        assert raw.parse().choices[0].message.content
+        # Without a fallback, the deployment's own 429 (and its Retry-After) is the answer.
+        with pytest.raises(openai.RateLimitError) as exc:
+            c.chat.completions.create(model="throttled-alone", messages=MESSAGES)
+    assert exc.value.response.headers["retry-after"] == "1"
 
 
 def test_routes_by_header_and_by_path(gw: Gateway) -> None:

@@ -112,7 +112,7 @@ class Caller:
             else:
                 attempt = x.attempt(plan.tried[-1], lease)
                 lease = None
-            attempt.final = not plan.may_retry()
+            attempt.final = not plan.may_retry() and not x.chained
             try:
                 if request.stream:
                     await self._stream(x, request, attempt, receive, send)

@@ -56,6 +56,9 @@ class Exchange:
     status: int = 0  # what the client was answered (499: it left first)
     error: str | None = None  # the message of the error the client was answered with
     fallback: bool = False  # answered with the model's fallback response: every deployment down
+    # A fallback model follows if this one is exhausted: its deployments' last 429 is then a
+    # reason to fall back (raised), not the answer (passed through). Set by FallbackCaller.
+    chained: bool = False
     trace: Trace | None = None  # set only when the request is sampled for tracing
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from swarmgate.errors import NoDeployment, UpstreamError, UpstreamUnreachable
+from swarmgate.errors import NoDeployment, UpstreamError, UpstreamThrottled, UpstreamUnreachable
 from swarmgate.pipeline.call import Caller
 from swarmgate.pipeline.exchange import Exchange
 from swarmgate.routing.balancers import RoutingFacts
@@ -26,9 +26,10 @@ from swarmgate.types import Outcome, Receive, Send
 log = logging.getLogger("swarmgate.proxy")
 
 
-def exhausted(x: Exchange, exc: NoDeployment | UpstreamError) -> bool:
-    """Whether a failed call leaves its model's deployments exhausted, nothing answered."""
-    if isinstance(exc, NoDeployment | UpstreamUnreachable):
+def exhausted(x: Exchange, exc: NoDeployment | UpstreamError | UpstreamThrottled) -> bool:
+    """Whether a failed call leaves its model's deployments exhausted, nothing answered
+    (every one down, unreachable, failing or answering 429)."""
+    if isinstance(exc, NoDeployment | UpstreamUnreachable | UpstreamThrottled):
         return True
     return bool(x.attempts) and x.attempts[-1].outcome is Outcome.SERVER_ERROR
 
@@ -47,10 +48,15 @@ class FallbackCaller:
         assert principal is not None and request is not None, "the call stage runs after parse"
         tried: list[str] = []
         while True:
+            model = plan.pool.model
+            x.chained = (
+                self.selector.next_model(model, [*tried, model], principal.allows_model)
+                is not None
+            )
             try:
                 await self.caller.run(x, plan, receive, send)
                 return
-            except (NoDeployment, UpstreamError) as exc:
+            except (NoDeployment, UpstreamError, UpstreamThrottled) as exc:
                 failed = plan.pool.model
                 if not exhausted(x, exc):
                     raise
