@@ -221,6 +221,23 @@ def test_stored_responses_continue_and_are_read_back(client: OpenAI, model: str)
     assert newest.type == "message" and newest.content[0].text == "What is my name?"
 
 
+def test_input_items_are_paged_as_openai_pages_them(client: OpenAI) -> None:
+    said = [f"Line {n}." for n in range(5)]
+    stored = create(
+        client, model="chat", input=[{"role": "user", "content": text} for text in said]
+    )
+    newest_first = client.responses.input_items.list(stored.id, limit=2)
+    assert [i.content[0].text for i in newest_first.data] == said[::-1][:2]
+    assert newest_first.has_more
+    # The SDK follows ``after`` from page to page: every item once, in order.
+    every = [i.content[0].text for i in client.responses.input_items.list(stored.id, limit=2)]
+    assert every == said[::-1]
+    oldest = client.responses.input_items.list(stored.id, order="asc", limit=10)
+    assert [i.content[0].text for i in oldest.data] == said and not oldest.has_more
+    with pytest.raises(openai.BadRequestError):
+        client.responses.input_items.list(stored.id, limit=0)
+
+
 def test_a_response_not_stored_is_not_found(client: OpenAI) -> None:
     response = create(client, model="chat", input="Hi", store=False)
     with pytest.raises(openai.NotFoundError):

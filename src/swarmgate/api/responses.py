@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -190,7 +191,7 @@ class Responses:
             stored = await _reading(self.store.get(response_id, owner)) if self.store else None
             if stored is None:
                 raise _unknown(response_id)
-            body = _input_items(stored) if tail else stored.response
+            body = _input_items(stored, scope.get("query_string", b"")) if tail else stored.response
             await send_bytes(send, 200, orjson.dumps(body), headers)
         except GatewayError as exc:
             await send_error(send, exc, head.request_id)
@@ -237,15 +238,38 @@ def _with_id(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def _input_items(stored: StoredResponse) -> dict[str, Any]:
+def _input_items(stored: StoredResponse, query: bytes = b"") -> dict[str, Any]:
+    """One page of a stored response's input items, as OpenAI pages them: ``limit`` (1 to
+    100, default 20), ``order`` (``desc``, the newest first, by default; or ``asc``), and
+    ``after`` (an item id: the page starts past it)."""
+    params = parse_qs(query.decode("latin-1"))
+
+    def one(name: str) -> str | None:
+        values = params.get(name)
+        return values[-1] if values else None
+
+    raw_limit = one("limit") or "20"
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise BadRequest("limit must be an integer from 1 to 100", param="limit")
+    order = one("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise BadRequest("order must be 'asc' or 'desc'", param="order")
     items = list(stored.input)
-    items.reverse()  # OpenAI lists the newest first by default
+    if order == "desc":
+        items.reverse()
+    after = one("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise BadRequest(f"no input item {after!r} in this response", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[: int(raw_limit)]
     return {
         "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-        "has_more": False,
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > len(page),
     }
 
 
