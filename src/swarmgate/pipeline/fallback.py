@@ -50,8 +50,7 @@ class FallbackCaller:
         while True:
             model = plan.pool.model
             x.chained = (
-                self.selector.next_model(model, [*tried, model], principal.allows_model)
-                is not None
+                self.selector.next_model(model, [*tried, model], principal.allows_model) is not None
             )
             try:
                 await self.caller.run(x, plan, receive, send)
