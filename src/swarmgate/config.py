@@ -717,6 +717,14 @@ class Audit(Frozen):
     retention: Retention | None = THIRTY_DAYS
 
 
+class Responses(Frozen):
+    """Stored responses of ``POST /v1/responses`` (``store: true``)."""
+
+    # Seconds a stored response is kept (OpenAI's: 30 days); None: forever. Pruned every
+    # ``ledger.prune_interval``, with the ledger and the audit log.
+    retention: Retention | None = THIRTY_DAYS
+
+
 class Ledger(Frozen):
     """The usage ledger (one record per authenticated inference request, docs/usage.md),
     written behind the hot path like the audit log."""
@@ -820,6 +828,7 @@ class Settings(Frozen):
     auth: Auth = Auth()
     audit: Audit = Audit()
     ledger: Ledger = Ledger()
+    responses: Responses = Responses()
     native: Native = Native()
     limits: Limits = Limits()
     scrape: Scrape = Scrape()

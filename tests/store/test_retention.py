@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
-from swarmgate.config import Audit, Ledger
+from swarmgate.config import Audit, Ledger, Responses
 from swarmgate.errors import StoreError
 from swarmgate.store.audit import AuditRecord, AuditStore
+from swarmgate.store.responses import ResponseStore, StoredResponse
 from swarmgate.store.retention import Retention
 from swarmgate.store.sql import Database
 from swarmgate.store.usage import UsageRecord, UsageStore
@@ -38,17 +39,17 @@ async def fill(db: Database) -> tuple[UsageStore, AuditStore]:
 async def test_rows_past_retention_go(database: Database) -> None:
     usages, audit = await fill(database)
     job = Retention(usages, audit, Ledger(), Audit(retention=10 * DAY), clock=lambda: NOW)
-    assert await job.run_once() == (2, 3)  # ledger: 30 days (seed 003); audit: 10 days
+    assert await job.run_once() == (2, 3, 0)  # ledger: 30 days (seed 003); audit: 10 days
     assert sorted(await usages.request_ids()) == ["r0", "r1"]
     records, _ = await audit.query()
     assert [r.action for r in records] == ["a0"]
-    assert await job.run_once() == (0, 0)
+    assert await job.run_once() == (0, 0, 0)
 
 
 async def test_no_retention_keeps_everything(database: Database) -> None:
     usages, audit = await fill(database)
     job = Retention(usages, audit, Ledger(retention=None), Audit(retention=None), clock=lambda: NOW)
-    assert await job.run_once() == (0, 0)
+    assert await job.run_once() == (0, 0, 0)
     assert len(await usages.request_ids()) == 4
 
 
@@ -80,3 +81,21 @@ async def test_the_job_runs_every_interval_through_failures(database: Database) 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_stored_responses_past_retention_go(database: Database) -> None:
+    usages, audit = await fill(database)
+    store = ResponseStore(database)
+    for n, age in enumerate([1, 29, 31, 90]):  # days
+        await store.put(StoredResponse(f"resp_{n}", "k", NOW - age * DAY, [], [], {"id": n}))
+    job = Retention(
+        usages, audit, Ledger(retention=None), Audit(retention=None), lambda: NOW, store
+    )
+    assert await job.run_once() == (0, 0, 2)  # OpenAI's 30 days, by default
+    assert [await store.get(f"resp_{n}", "k") is not None for n in range(4)] == [
+        True, True, False, False
+    ]  # fmt: skip
+    forever = Retention(
+        usages, audit, Ledger(), Audit(), lambda: NOW + 400 * DAY, store, Responses(retention=None)
+    )
+    assert (await forever.run_once())[2] == 0

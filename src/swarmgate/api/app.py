@@ -150,7 +150,12 @@ class Gateway:
             self.ledger = Ledger(self.store.usage, config)
             self.metrics.follow_ledger(self.ledger.counts)
         self.retention = Retention(
-            self.store.usage, self.store.audit, settings.ledger, settings.audit
+            self.store.usage,
+            self.store.audit,
+            settings.ledger,
+            settings.audit,
+            responses=self.store.responses,
+            responses_config=settings.responses,
         )
         self._retention_task: asyncio.Task[None] | None = None
         self.counters = counters_of(settings, self.metrics)

@@ -68,3 +68,9 @@ class ResponseStore:
         )
         async with self._db.begin() as conn:
             return bool((await conn.execute(query)).rowcount)
+
+    async def prune(self, before: float) -> int:
+        """Delete the responses stored before ``before`` (epoch seconds); how many."""
+        query = sa.delete(responses).where(responses.c.created_at < before)
+        async with self._db.begin() as conn:
+            return int((await conn.execute(query)).rowcount or 0)

@@ -1,10 +1,12 @@
-"""Retention of the usage ledger and the audit log (seed 003: 30 days), pruned in the background.
+"""Retention of the usage ledger, the audit log (seed 003: 30 days) and stored responses (OpenAI's
+30 days), pruned in the background.
 
 Every ``ledger.prune_interval`` seconds, on every replica: ledger rows that ended longer ago than
-``ledger.retention`` and audit rows older than ``audit.retention`` are deleted (either retention
-unset: those rows are kept). Each is one ``DELETE`` on an indexed time, idempotent, so replicas
-pruning at once only repeat each other's work. Nothing here is on the request path: a failure is
-logged and tried again next round (the same pattern as the keys' lifecycle job).
+``ledger.retention``, audit rows older than ``audit.retention`` and responses stored longer ago
+than ``responses.retention`` are deleted (a retention unset: those rows are kept). Each is one
+``DELETE`` on an indexed time, idempotent, so replicas pruning at once only repeat each other's
+work. Nothing here is on the request path: a failure is logged and tried again next round (the
+same pattern as the keys' lifecycle job).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import asyncio
 import logging
 import time
 
-from swarmgate.config import Audit, Ledger
+from swarmgate.config import Audit, Ledger, Responses
 from swarmgate.errors import StoreError
 from swarmgate.store.audit import AuditStore
+from swarmgate.store.responses import ResponseStore
 from swarmgate.store.usage import UsageStore
 from swarmgate.types import Clock
 
@@ -30,24 +33,36 @@ class Retention:
         ledger: Ledger,
         audit_config: Audit,
         clock: Clock = time.time,
+        responses: ResponseStore | None = None,
+        responses_config: Responses | None = None,
     ) -> None:
         self._usage = usage
         self._audit = audit
         self._ledger = ledger
         self._audit_config = audit_config
         self._clock = clock
+        self._responses = responses
+        self._responses_config = responses_config or Responses()
 
-    async def run_once(self) -> tuple[int, int]:
-        """One round: (ledger rows, audit rows) deleted."""
+    async def run_once(self) -> tuple[int, int, int]:
+        """One round: (ledger rows, audit rows, stored responses) deleted."""
         now = self._clock()
-        usage = audit = 0
+        usage = audit = stored = 0
         if self._ledger.retention is not None:
             usage = await self._usage.prune(now - self._ledger.retention)
         if self._audit_config.retention is not None:
             audit = await self._audit.prune(now - self._audit_config.retention)
-        if usage or audit:
-            log.info("retention: deleted %d ledger and %d audit rows", usage, audit)
-        return usage, audit
+        kept = self._responses_config.retention
+        if self._responses is not None and kept is not None:
+            stored = await self._responses.prune(now - kept)
+        if usage or audit or stored:
+            log.info(
+                "retention: deleted %d ledger and %d audit rows, %d stored responses",
+                usage,
+                audit,
+                stored,
+            )
+        return usage, audit, stored
 
     async def run(self) -> None:
         """``run_once`` now and every ``ledger.prune_interval`` seconds, until cancelled."""

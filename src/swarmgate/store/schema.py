@@ -174,4 +174,5 @@ responses = sa.Table(
     sa.Column("conversation", sa.JSON, nullable=False),
     sa.Column("response", sa.JSON, nullable=False),  # the Response object as answered
     sa.Index("ix_responses_owner", "owner"),
+    sa.Index("ix_responses_created_at", "created_at"),  # retention prunes by age
 )

@@ -30,8 +30,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_responses"),
     )
     op.create_index("ix_responses_owner", "responses", ["owner"])
+    op.create_index("ix_responses_created_at", "responses", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_responses_created_at", table_name="responses")
     op.drop_index("ix_responses_owner", table_name="responses")
     op.drop_table("responses")
