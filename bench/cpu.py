@@ -12,6 +12,7 @@ figures; the difference is the gateway's code.
     .venv/bin/python bench/cpu.py --baseline 8eb7d52           # this tree against a commit
     .venv/bin/python bench/cpu.py --src /path/to/other/src     # or against any source tree
     .venv/bin/python bench/cpu.py --limits                     # and this tree with limits on
+    .venv/bin/python bench/cpu.py --balancers round_robin,resource_aware,prefix_aware
     .venv/bin/python bench/cpu.py --observed                   # and with tracing at 10% and
                                                                # JSON access logs on (--split:
                                                                # and each of the two alone)
@@ -63,7 +64,9 @@ def _observed(otlp: str, parts: str = "both") -> dict[str, Any]:
     return out
 
 
-def _gateway_app(limits: bool = False, otlp: str = "", parts: str = "both") -> Any:
+def _gateway_app(
+    limits: bool = False, otlp: str = "", parts: str = "both", balancer: str = ""
+) -> Any:
     from swarmgate.api.app import create_app
     from swarmgate.config import parse_settings
 
@@ -72,9 +75,7 @@ def _gateway_app(limits: bool = False, otlp: str = "", parts: str = "both") -> A
         {
             **({"limits": LIMITS} if limits else {}),
             **(_observed(otlp, parts) if otlp else {}),
-            "models": {
-                "bench-model": {"deployments": [{"url": UPSTREAM, "max_concurrent": 10**6}]}
-            },
+            "models": {"bench-model": _model(balancer)},
             "store": {"url": f"sqlite+aiosqlite:///{data / 'cpu.db'}"},
             "audit": {"spool_path": str(data / "audit.spool")},
             "auth": {"secret": "s" * 40, "admin_key": ADMIN_KEY},
@@ -84,6 +85,15 @@ def _gateway_app(limits: bool = False, otlp: str = "", parts: str = "both") -> A
     return create_app(settings)
 
 
+def _model(balancer: str) -> dict[str, Any]:
+    """The benchmark's model: one deployment, or (``balancer`` named) two of the same nginx
+    upstream under that balancer, with its figures scraped where it reads them."""
+    if not balancer:
+        return {"deployments": [{"url": UPSTREAM, "max_concurrent": 10**6}]}
+    pair = [{"url": UPSTREAM, "max_concurrent": 10**6, "name": f"d{i}"} for i in (1, 2)]
+    return {"deployments": pair, "balancer": balancer}
+
+
 def _child(
     requests: int,
     concurrency: int,
@@ -91,6 +101,7 @@ def _child(
     limits: bool = False,
     otlp: str = "",
     parts: str = "both",
+    balancer: str = "",
 ) -> None:
     """Runs in the subprocess: import the app from sys.path, drive it, print µs/request."""
     import asyncio
@@ -99,7 +110,7 @@ def _child(
 
     import orjson
 
-    app = _minimal_app() if minimal else _gateway_app(limits, otlp, parts)
+    app = _minimal_app() if minimal else _gateway_app(limits, otlp, parts, balancer)
     body = orjson.dumps(CHAT)
     headers = [
         (b"host", b"bench"),
@@ -164,6 +175,7 @@ def _measure(
     limits: bool = False,
     otlp: str = "",
     parts: str = "both",
+    balancer: str = "",
 ) -> float:
     """In a subprocess: swarmgate from ``src`` (with limits on: ``limits``; traced to
     ``otlp`` with access logs on, when given), or the minimal proxy when ``src`` is None."""
@@ -172,7 +184,7 @@ def _measure(
     env["PYTHONPATH"] = path
     code = (
         f"import cpu; cpu._child({requests}, {concurrency}, {src is None}, {limits}, {otlp!r},"
-        f" {parts!r})"
+        f" {parts!r}, {balancer!r})"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
@@ -209,32 +221,41 @@ def main() -> int:
     parser.add_argument(
         "--split", action="store_true", help="with --observed: tracing alone, access log alone"
     )
+    parser.add_argument(
+        "--balancers",
+        default="",
+        help="comma-separated strategies, each on a two-deployment model (round_robin,...)",
+    )
     args = parser.parse_args()
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     otlp = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
     here = REPO / "src"
-    trees: dict[str, tuple[Path | None, bool, str, str]] = {
-        "this tree": (here, False, "", ""),
-        "minimal proxy": (None, False, "", ""),
+    trees: dict[str, tuple[Path | None, bool, str, str, str]] = {
+        "this tree": (here, False, "", "", ""),
+        "minimal proxy": (None, False, "", "", ""),
     }
+    for strategy in filter(None, args.balancers.split(",")):
+        trees[f"two deployments, {strategy}"] = (here, False, "", "", strategy)
     if args.limits:
-        trees["this tree, limits on"] = (here, True, "", "")
+        trees["this tree, limits on"] = (here, True, "", "", "")
     if args.observed:
-        trees["this tree, traced+logged"] = (here, False, otlp, "both")
+        trees["this tree, traced+logged"] = (here, False, otlp, "both", "")
         if args.split:
-            trees["this tree, traced"] = (here, False, otlp, "tracing")
-            trees["this tree, access log"] = (here, False, otlp, "access")
+            trees["this tree, traced"] = (here, False, otlp, "tracing", "")
+            trees["this tree, access log"] = (here, False, otlp, "access", "")
     if args.baseline:
-        trees[f"at {args.baseline}"] = (baseline_tree(args.baseline) / "src", False, "", "")
+        trees[f"at {args.baseline}"] = (baseline_tree(args.baseline) / "src", False, "", "", "")
     if args.src:
-        trees[args.src] = (Path(args.src), False, "", "")
+        trees[args.src] = (Path(args.src), False, "", "", "")
     figures: dict[str, list[float]] = {name: [] for name in trees}
     with running(upstream_service()):
         for round_ in range(args.rounds):
-            for name, (src, limits, to, parts) in trees.items():  # interleaved: load drifts
+            for name, (src, limits, to, parts, strategy) in trees.items():  # interleaved
                 figures[name].append(
-                    _measure(src, args.requests, args.concurrency, limits, to, parts or "both")
+                    _measure(
+                        src, args.requests, args.concurrency, limits, to, parts or "both", strategy
+                    )
                 )
                 print(f"round {round_ + 1}: {name}: {figures[name][-1]:.1f} µs", flush=True)
     print(f"\nCPU per chat request, {args.requests} requests {args.concurrency} at a time, "
