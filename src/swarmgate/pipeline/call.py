@@ -39,7 +39,7 @@ from swarmgate.routing.fleet import Deployment
 from swarmgate.routing.plan import Plan
 from swarmgate.types import Outcome, Receive, Send, Transport, UpstreamResponse, Usage
 from swarmgate.upstream.event_relay import EventRelay
-from swarmgate.upstream.relay import StreamRelay, usage_from, usage_object
+from swarmgate.upstream.relay import DecodingRelay, StreamRelay, usage_from, usage_object
 from swarmgate.upstream.sse import encode_json_event
 from swarmgate.upstream.watchdog import Watchdog
 
@@ -250,7 +250,7 @@ class Caller:
         attempt: Attempt,
         response: UpstreamResponse,
         watchdog: Watchdog,
-        relay: StreamRelay | EventRelay,
+        relay: DecodingRelay,
         beat: KeepAlive | None,
         send: Send,
     ) -> None:
@@ -333,7 +333,7 @@ class Caller:
         x: Exchange,
         attempt: Attempt,
         response: UpstreamResponse,
-        relay: StreamRelay | EventRelay,
+        relay: DecodingRelay,
         watchdog: Watchdog,
         send: Send,
         beat: KeepAlive | None = None,

@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import orjson
 
-from swarmgate.types import Usage
-from swarmgate.upstream.relay import usage_from
-from swarmgate.upstream.sse import SSEDecoder, SSEEvent, encode_event
+from swarmgate.upstream.relay import DecodingRelay, usage_from
+from swarmgate.upstream.sse import SSEEvent, encode_event
 
 FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
-class EventRelay:
-    __slots__ = ("_decoder", "done", "started", "usage")
-
-    def __init__(self) -> None:
-        self._decoder = SSEDecoder()
-        self.usage = Usage()
-        self.done = False
-        self.started = False  # whether the response head has gone to the client
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self._frame(self._decoder.feed(chunk))
-
-    def close(self) -> bytes:
-        return self._frame(self._decoder.close())
+class EventRelay(DecodingRelay):
+    __slots__ = ()
 
     def _frame(self, events: list[SSEEvent]) -> bytes:
         out = []

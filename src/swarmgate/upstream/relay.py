@@ -85,12 +85,15 @@ def usage_object(data: bytes) -> Usage | None:
     return None
 
 
-class StreamRelay:
-    __slots__ = ("_decoder", "done", "started", "usage", "wants_usage")
+class DecodingRelay:
+    """What every relay of an SSE stream shares: fed the upstream's raw chunks, it decodes
+    them into events and returns what ``_frame`` makes of them; ``usage`` is what was counted,
+    ``done`` whether the stream's own end was seen."""
 
-    def __init__(self, wants_usage: bool) -> None:
+    __slots__ = ("_decoder", "done", "started", "usage")
+
+    def __init__(self) -> None:
         self._decoder = SSEDecoder()
-        self.wants_usage = wants_usage
         self.usage = Usage()
         self.done = False
         self.started = False  # whether the response head has gone to the client
@@ -101,6 +104,17 @@ class StreamRelay:
     def close(self) -> bytes:
         """At a clean end of the upstream stream: whatever a final unterminated event held."""
         return self._frame(self._decoder.close())
+
+    def _frame(self, events: list[SSEEvent]) -> bytes:
+        raise NotImplementedError
+
+
+class StreamRelay(DecodingRelay):
+    __slots__ = ("wants_usage",)
+
+    def __init__(self, wants_usage: bool) -> None:
+        super().__init__()
+        self.wants_usage = wants_usage
 
     def _frame(self, events: list[SSEEvent]) -> bytes:
         out = []
